@@ -1,0 +1,56 @@
+"""classic_rl: the course's reinforcement-learning algorithms, tabular to deep, on gymnasium.
+
+Python API (see INTERFACE in the README)::
+
+    import classic_rl
+    agent = classic_rl.make("ppo", env="CartPole-v1", seed=0)
+    agent.learn(total_steps=50_000)
+    mean, std = classic_rl.evaluate(agent, "CartPole-v1", episodes=10)
+
+Heavy imports (torch, the agents) happen on first use, so ``classic_rl.tabular`` stays light.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["ALGORITHMS", "make", "load", "evaluate", "train"]
+
+
+def make(algo: str, env: Any = "CartPole-v1", seed: int = 0, **overrides: Any):
+    """Build agent ``algo`` for ``env``; ``overrides`` are fields of the algorithm's config."""
+    from classic_rl.registry import get_algorithm
+
+    env_kwargs = overrides.pop("env_kwargs", None)
+    config_file = overrides.pop("config_file", None)
+    return get_algorithm(algo)(env, seed=seed, env_kwargs=env_kwargs, config_file=config_file, **overrides)
+
+
+def load(path: Any, env: Any = None):
+    """Load an agent saved with ``agent.save(path)`` or written by ``classic-rl train``."""
+    from classic_rl.agents.base import Agent
+
+    return Agent.load(path, env=env)
+
+
+def evaluate(agent: Any, env: Any = None, episodes: int = 10, seed: int = 123, **kwargs: Any) -> tuple[float, float]:
+    """Mean and std of greedy returns over ``episodes`` seeded episodes."""
+    from classic_rl.evaluation import evaluate as _evaluate
+
+    return _evaluate(agent, env if env is not None else agent.env_id, episodes=episodes, seed=seed, **kwargs)
+
+
+def train(*args: Any, **kwargs: Any):
+    """See :func:`classic_rl.train.train_run`."""
+    from classic_rl.train import train_run
+
+    return train_run(*args, **kwargs)
+
+
+def __getattr__(name: str):
+    if name == "ALGORITHMS":
+        from classic_rl.registry import algorithms
+
+        return algorithms()
+    raise AttributeError(f"module 'classic_rl' has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""Agents, one module per family; each registers its classes with ``@register``."""

@@ -1,0 +1,174 @@
+"""Config resolution: dataclass defaults <- configs/classic/<algo>.yaml <- --config FILE <- --set.
+
+Every agent declares its settings as a dataclass (``Agent.Config``). The YAML file of an
+algorithm holds a ``default:`` section and an ``envs:`` section keyed by env id, so tuned
+hyperparameters are picked automatically by env id with a generic fallback::
+
+    default:            # every env
+      learning_rate: 3.0e-4
+    envs:
+      CartPole-v1:      # overrides for this env only
+        n_steps: 32
+
+Unknown keys are errors that name the valid keys, at every layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_ROOT = Path(os.environ.get("CLASSIC_RL_CONFIGS", Path(__file__).resolve().parents[1] / "configs" / "classic"))
+
+
+class ConfigError(ValueError):
+    """A setting that does not exist or has a value of the wrong type."""
+
+
+def field_names(config_cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(config_cls)]
+
+
+def _unknown_key_message(key: str, valid: list[str], where: str) -> str:
+    close = difflib.get_close_matches(key, valid, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return f"Unknown setting {key!r} in {where}.{hint} Valid keys: {', '.join(sorted(valid))}."
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Turn YAML/CLI values into the field's type (YAML reads '1e-3' as a string)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None:
+            return None
+        if isinstance(value, str) and value.lower() in ("none", "null") and len(args) < len(typing.get_args(annotation)):
+            return None
+        for arg in args:
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"Setting {key!r}: cannot use {value!r} as {annotation}")
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"Setting {key!r} needs true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"Setting {key!r} needs an integer, got {value!r}")
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"Setting {key!r} needs an integer, got {value!r}") from None
+        if not as_float.is_integer():
+            raise ConfigError(f"Setting {key!r} needs an integer, got {value!r}")
+        return int(as_float)
+    if annotation is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"Setting {key!r} needs a number, got {value!r}") from None
+    if annotation is str:
+        return str(value)
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"Setting {key!r} needs a list, got {value!r}")
+        (inner, *_) = typing.get_args(annotation) or (Any,)
+        items = [v if inner is Any else _coerce(v, inner, key) for v in value]
+        return items if origin is list else tuple(items)
+    if origin is dict or annotation is dict:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, dict):
+            raise ConfigError(f"Setting {key!r} needs a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def apply_overrides(config: Any, overrides: dict[str, Any], where: str) -> Any:
+    """Return a copy of ``config`` with ``overrides`` applied, validating keys and types."""
+    valid = field_names(type(config))
+    hints = typing.get_type_hints(type(config))
+    changes = {}
+    for key, value in overrides.items():
+        if key not in valid:
+            raise ConfigError(_unknown_key_message(key, valid, where))
+        changes[key] = _coerce(value, hints[key], key)
+    config = dataclasses.replace(config, **changes)
+    validate = getattr(config, "validate", None)
+    if callable(validate):
+        validate()
+    return config
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file {str(path)!r} does not exist")
+    with open(path) as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {str(path)!r} must hold a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def defaults_for(algo: str, env_id: str, root: Path | None = None) -> dict[str, Any]:
+    """The tuned settings of ``algo`` for ``env_id``: the file's ``default`` merged with ``envs[env_id]``."""
+    path = Path(root or CONFIG_ROOT) / f"{algo}.yaml"
+    if not path.is_file():
+        return {}
+    data = load_yaml(path)
+    merged = dict(data.get("default") or {})
+    merged.update((data.get("envs") or {}).get(env_id) or {})
+    return merged
+
+
+def parse_set_args(items: list[str] | None) -> dict[str, Any]:
+    """``["lr=1e-3", "hidden=[64,64]"]`` -> ``{"lr": "1e-3"->..., "hidden": [64, 64]}`` (YAML values)."""
+    result: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set needs key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if not key:
+            raise ConfigError(f"--set needs key=value, got {item!r}")
+        result[key] = yaml.safe_load(raw) if raw.strip() else ""
+    return result
+
+
+def resolve_config(
+    config_cls: type,
+    algo: str,
+    env_id: str,
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Any:
+    """Build the final config for a run, layer by layer (see the module docstring)."""
+    config = config_cls()
+    config = apply_overrides(config, defaults_for(algo, env_id), f"configs/classic/{algo}.yaml")
+    if config_file is not None:
+        data = load_yaml(config_file)
+        # A saved run's config.yaml nests the settings under "config"; accept both shapes.
+        data = data.get("config", data) if isinstance(data.get("config"), dict) else data
+        config = apply_overrides(config, data, str(config_file))
+    if overrides:
+        config = apply_overrides(config, overrides, "--set / keyword overrides")
+    return config
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    data = dataclasses.asdict(config)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}

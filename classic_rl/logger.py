@@ -1,0 +1,112 @@
+"""Run logging: ``episodes.csv``, TensorBoard scalars and a progress bar, in one object.
+
+Agents report finished episodes and scalars to a :class:`RunLogger`; without a run directory it
+only drives the progress bar (``agent.learn()`` from Python), with one it also writes files
+(``classic-rl train``).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from collections import deque
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+EPISODE_COLUMNS = ("step", "episode", "return", "length", "wall_s")
+
+
+class RunLogger:
+    """Collects training progress.
+
+    Args:
+        out_dir: run directory; None keeps everything in memory.
+        total: size of the budget for the progress bar (steps or episodes).
+        unit: ``"step"`` or ``"episode"``: what :meth:`advance` counts.
+        progress: show a progress bar.
+        tensorboard: write TensorBoard event files under ``out_dir/tb``.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path | None = None,
+        total: int | None = None,
+        unit: str = "step",
+        progress: bool = True,
+        tensorboard: bool = True,
+    ) -> None:
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.start = time.perf_counter()
+        self.episodes = 0
+        self.recent_returns: deque[float] = deque(maxlen=20)
+        self.episode_returns: list[float] = []
+        self.episode_steps: list[int] = []
+        self._csv_file = None
+        self._csv = None
+        self._tb = None
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            path = self.out_dir / "episodes.csv"
+            append = path.exists() and path.stat().st_size > 0
+            self._csv_file = open(path, "a", newline="")
+            self._csv = csv.writer(self._csv_file)
+            if not append:
+                self._csv.writerow(EPISODE_COLUMNS)
+            if tensorboard:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+
+                    self._tb = SummaryWriter(log_dir=str(self.out_dir / "tb"))
+                except ImportError:  # tensorboard is optional at run time
+                    self._tb = None
+        self.unit = unit
+        self._bar = tqdm(total=total, unit=unit, disable=not progress, dynamic_ncols=True, leave=False)
+
+    @property
+    def wall_s(self) -> float:
+        return time.perf_counter() - self.start
+
+    def episode(self, step: int, episode_return: float, length: int) -> None:
+        """Record one finished training episode (undiscounted return)."""
+        self.episodes += 1
+        ret = float(episode_return)
+        self.recent_returns.append(ret)
+        self.episode_returns.append(ret)
+        self.episode_steps.append(int(step))
+        if self._csv is not None:
+            self._csv.writerow([int(step), self.episodes, f"{ret:.6g}", int(length), f"{self.wall_s:.3f}"])
+        if self._tb is not None:
+            self._tb.add_scalar("charts/episodic_return", ret, step)
+            self._tb.add_scalar("charts/episodic_length", length, step)
+        if self.unit == "episode":
+            self.advance(1)
+        self._bar.set_postfix(ret=f"{sum(self.recent_returns) / len(self.recent_returns):.2f}", refresh=False)
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        if self._tb is not None and value is not None and math.isfinite(float(value)):
+            self._tb.add_scalar(tag, float(value), step)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        for tag, value in values.items():
+            self.scalar(tag, value, step)
+
+    def advance(self, n: int = 1) -> None:
+        """Move the progress bar by ``n`` units of the budget."""
+        self._bar.update(n)
+
+    def close(self) -> None:
+        self._bar.close()
+        if self._csv_file is not None:
+            self._csv_file.close()
+            self._csv_file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+    def __enter__(self) -> RunLogger:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
