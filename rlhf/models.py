@@ -1,0 +1,183 @@
+"""Loading models and tokenizers (hub id or local directory) with clear errors, and pad-token handling.
+
+The same code serves the offline tiny model and a real checkpoint (e.g. `EleutherAI/pythia-160m`).
+Never `trust_remote_code` unless the user asks; weights load through `from_pretrained` (safetensors).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+PAD_TOKEN = "<|pad|>"
+SCORE_BIAS_KEY = "score_bias"  # config attribute: constant added to a reward model's score (see load_reward_model)
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def _load(loader: Any, name: str, what: str, **kwargs: Any) -> Any:
+    """`loader.from_pretrained(name)`, turning a missing local path or an unreachable hub into a clear error."""
+    try:
+        return loader.from_pretrained(name, **kwargs)
+    except (OSError, ValueError) as err:
+        if Path(name).expanduser().exists():
+            raise
+        reason = (
+            "the Hugging Face Hub cannot be reached offline (HF_HUB_OFFLINE=1 or no network)"
+            if hub_offline()
+            else "it could not be fetched from the Hugging Face Hub"
+        )
+        raise FileNotFoundError(
+            f"{what} '{name}': no such local directory, and {reason}. Pass a directory saved with "
+            f"save_pretrained (build an offline one with `rlhf tiny-model --output_dir DIR`). Cause: {err}"
+        ) from err
+
+
+def torch_dtype(name: str | None) -> torch.dtype | str | None:
+    """'bfloat16' -> torch.bfloat16, 'auto' stays 'auto', None stays None (fp32 weights)."""
+    if name in (None, "auto"):
+        return name
+    valid = ("float32", "float16", "bfloat16", "auto")
+    if name not in valid:
+        raise ValueError(f"dtype '{name}' is not valid; use one of {valid}")
+    return getattr(torch, name)
+
+
+def load_tokenizer(
+    name_or_path: str,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    padding_side: str | None = None,
+) -> PreTrainedTokenizerBase:
+    """Load a tokenizer and make sure it has a pad token distinct from EOS (see `ensure_pad_token`)."""
+    tokenizer = _load(
+        AutoTokenizer, name_or_path, "tokenizer", revision=revision, trust_remote_code=trust_remote_code
+    )
+    if tokenizer.eos_token is None:
+        raise ValueError(f"tokenizer '{name_or_path}' has no eos_token; set one (e.g. tokenizer.eos_token = '</s>')")
+    ensure_pad_token(tokenizer)
+    if padding_side is not None:
+        tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Give the tokenizer a dedicated pad token if it lacks one, or if its pad token is the EOS token.
+
+    Padding with EOS and masking the padding teaches a policy never to stop, so a new `<|pad|>` special
+    token is added instead (the model's embeddings must then grow: `align_model_with_tokenizer`).
+    Returns True when a token was added.
+    """
+    if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return False
+    tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    return True
+
+
+def align_model_with_tokenizer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Grow the embeddings to the tokenizer's size if needed and copy the pad/eos ids into the model configs."""
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    for config in (model.config.get_text_config(), getattr(model, "generation_config", None)):
+        if config is not None:
+            config.pad_token_id = tokenizer.pad_token_id
+            config.eos_token_id = tokenizer.eos_token_id
+
+
+def _model_kwargs(revision: str | None, dtype: str | None, trust_remote_code: bool, **extra: Any) -> dict:
+    kwargs = {"revision": revision, "trust_remote_code": trust_remote_code, **extra}
+    if dtype is not None:
+        kwargs["dtype"] = torch_dtype(dtype)
+    return kwargs
+
+
+def load_causal_lm(
+    name_or_path: str,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    revision: str | None = None,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
+    **kwargs: Any,
+) -> PreTrainedModel:
+    """Load a causal LM; with `tokenizer`, align its vocabulary and pad/eos ids to the tokenizer."""
+    model = _load(
+        AutoModelForCausalLM, name_or_path, "model", **_model_kwargs(revision, dtype, trust_remote_code, **kwargs)
+    )
+    if tokenizer is not None:
+        align_model_with_tokenizer(model, tokenizer)
+    return model
+
+
+def init_score_head(model: PreTrainedModel) -> None:
+    """Reward head init of the RLHF reproductions: weight ~ N(0, 1/sqrt(d_model + 1)), bias 0."""
+    head = model.score
+    d_model = head.weight.shape[1]
+    with torch.no_grad():
+        head.weight.normal_(0.0, 1.0 / math.sqrt(d_model + 1))
+        if head.bias is not None:
+            head.bias.zero_()
+
+
+def is_sequence_classifier(name_or_path: str) -> bool:
+    """True if a local checkpoint's config names a *ForSequenceClassification architecture."""
+    config = Path(name_or_path) / "config.json"
+    return config.exists() and "ForSequenceClassification" in config.read_text()
+
+
+def load_reward_model(
+    name_or_path: str,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    revision: str | None = None,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
+    **kwargs: Any,
+) -> PreTrainedModel:
+    """A one-scalar sequence classifier (reward model or critic) from a reward model or from a causal LM.
+
+    From a causal LM the score head is new and gets the reward-head init. A checkpoint written by
+    `rlhf reward` stores the bias shift that centres the SFT policy's scores in `config.score_bias`
+    (transformers' score heads have no bias); it is installed here as the bias of the score layer, so
+    `model(...).logits` already includes it.
+    """
+    model = _load(
+        AutoModelForSequenceClassification,
+        name_or_path,
+        "reward model",
+        num_labels=1,
+        **_model_kwargs(revision, dtype, trust_remote_code, **kwargs),
+    )
+    local = Path(name_or_path).expanduser()
+    if not (local.exists() and is_sequence_classifier(str(local))):
+        init_score_head(model)
+    if tokenizer is not None:
+        align_model_with_tokenizer(model, tokenizer)
+    set_score_bias(model, float(getattr(model.config, SCORE_BIAS_KEY, 0.0) or 0.0))
+    return model
+
+
+def set_score_bias(model: PreTrainedModel, bias: float) -> None:
+    """Make the score layer compute w.h + bias (adding a bias parameter if it has none)."""
+    head = model.score
+    if head.bias is None:
+        new = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+        new = new.to(device=head.weight.device, dtype=head.weight.dtype)
+        with torch.no_grad():
+            new.weight.copy_(head.weight)
+        model.score = new
+        head = new
+    with torch.no_grad():
+        head.bias.fill_(bias)
+    setattr(model.config, SCORE_BIAS_KEY, float(bias))
