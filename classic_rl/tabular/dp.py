@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from classic_rl.tabular.model import TabularModel, check_gamma
+from classic_rl.tabular.model import TabularModel, check_gamma, outcome_expectation
 
 
 class ConvergenceError(ValueError):
@@ -107,7 +107,7 @@ def _evaluate(
 
     def backup(V: np.ndarray) -> np.ndarray:
         # Bellman expectation backup: V(s) = r_pi(s) + gamma * sum_s' P_pi(s'|s) V(s')
-        return r_pi + gamma * np.einsum("sj,sj->s", c_pi, V[next_pi])
+        return r_pi + gamma * outcome_expectation(c_pi, next_pi, V)
 
     V = np.zeros(model.n_states) if V0 is None else np.asarray(V0, dtype=np.float64).copy()
     return _sweep(backup, V, theta, max_iterations, "policy_evaluation")

@@ -46,6 +46,14 @@ def _outcomes(P: Mapping | Sequence, s: int, a: int) -> Sequence:
         ) from None
 
 
+def outcome_expectation(weights: np.ndarray, next_states: np.ndarray, V: np.ndarray) -> np.ndarray:
+    """sum_k weights[k] * V[next_states[k]] over the leading (outcome) axis."""
+    total = weights[0] * V[next_states[0]]
+    for k in range(1, len(weights)):
+        total += weights[k] * V[next_states[k]]
+    return total
+
+
 @dataclass(frozen=True)
 class TabularModel:
     """A finite MDP with arrays indexed ``[state, action, outcome]``.
@@ -63,11 +71,17 @@ class TabularModel:
     terminated: np.ndarray
     expected_reward: np.ndarray = field(init=False, repr=False)
     continue_probs: np.ndarray = field(init=False, repr=False)
+    _c_by_k: np.ndarray = field(init=False, repr=False)
+    _next_by_k: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         # R(s, a) = sum_k p_k r_k and c_k = p_k (1 - terminated_k): computed once, used every sweep.
         object.__setattr__(self, "expected_reward", (self.probs * self.rewards).sum(axis=-1))
         object.__setattr__(self, "continue_probs", np.where(self.terminated, 0.0, self.probs))
+        # Outcome-major copies (K, S, A): one contiguous slice per outcome makes each sweep about
+        # twice as fast as gathering the whole (S, A, K) block at once.
+        object.__setattr__(self, "_c_by_k", np.ascontiguousarray(np.moveaxis(self.continue_probs, -1, 0)))
+        object.__setattr__(self, "_next_by_k", np.ascontiguousarray(np.moveaxis(self.next_states, -1, 0)))
 
     @property
     def n_states(self) -> int:
@@ -163,19 +177,25 @@ class TabularModel:
 
     def q_values(self, V: np.ndarray, gamma: float) -> np.ndarray:
         """The one-step backup Q(s, a) = R(s, a) + gamma * sum_k c_k V(s'_k), shape (S, A)."""
-        return self.expected_reward + gamma * np.einsum(
-            "sak,sak->sa", self.continue_probs, V[self.next_states]
-        )
+        return self.expected_reward + gamma * outcome_expectation(self._c_by_k, self._next_by_k, V)
 
     def policy_arrays(self, policy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Collapse the action dimension under ``policy`` (S, A) probabilities.
 
-        Returns ``(r_pi (S,), c_pi (S, A*K), next_pi (S, A*K))`` such that
-        ``V <- r_pi + gamma * sum_j c_pi[s, j] V(next_pi[s, j])`` is the Bellman expectation backup.
+        Returns ``(r_pi (S,), c_pi (J, S), next_pi (J, S))`` such that the Bellman expectation
+        backup is ``V <- r_pi + gamma * sum_j c_pi[j, s] V(next_pi[j, s])``. For a deterministic
+        policy J = K (only the chosen action's outcomes), otherwise J <= A * K.
         """
         r_pi = (policy * self.expected_reward).sum(axis=1)
-        c_pi = (policy[:, :, None] * self.continue_probs).reshape(self.n_states, -1)
-        return r_pi, c_pi, self.next_states.reshape(self.n_states, -1)
+        if np.all((policy == 0) | (policy == 1)):
+            states, actions = np.arange(self.n_states), policy.argmax(axis=1)
+            c_pi, next_pi = self.continue_probs[states, actions], self.next_states[states, actions]
+        else:
+            c_pi = (policy[:, :, None] * self.continue_probs).reshape(self.n_states, -1)
+            next_pi = self.next_states.reshape(self.n_states, -1)
+            used = c_pi.any(axis=0)
+            c_pi, next_pi = c_pi[:, used], next_pi[:, used]
+        return r_pi, np.ascontiguousarray(c_pi.T), np.ascontiguousarray(next_pi.T)
 
     def dense_continue(self, policy: np.ndarray | None = None) -> np.ndarray:
         """Dense continuation probabilities: (S, A, S') or, with a policy (S, A), (S, S').
