@@ -1,0 +1,299 @@
+"""Rollouts for PPO on a causal LM: sampling, per-token logprobs and values, truncation, KL shaping.
+
+Everything works on whole batches of token ids (no Python loop over sequences or tokens except
+generation's loop over time steps). Layout of a batch of ``B`` sequences::
+
+    query_responses  (B, P + R)   left-padded prompts (P columns), then R response columns
+    responses        (B, R)       sampled tokens; after the first stop token: pad
+    mask             (B, R)       1 up to and including the first stop token (the "real" tokens)
+
+Prompts are left-padded so every response starts in column P; forwards get ``position_ids``
+recomputed from the attention mask (``cumsum(mask) - 1``), so a padded batch gives the same
+numbers as each sequence alone. The logits that predict response token t sit in column
+``P - 1 + t`` (the last prompt token predicts the first response token).
+
+Reward shaping (Ziegler et al. 2019; InstructGPT)::
+
+    r_t = -beta * KL_t               for every real response token t
+    r_T += score(prompt, response)   at the last real token T (the stop token, if any)
+
+with KL_t = log pi(a_t|s_t) - log pi_ref(a_t|s_t) (k1) or (rho - 1) - log rho with
+rho = pi_ref / pi (k3, unbiased and never negative).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from classic_rl.core.ppo import masked_whiten
+
+__all__ = [
+    "Sampled",
+    "Truncated",
+    "apply_missing_stop_penalty",
+    "entropy_from_logits",
+    "kl_per_token",
+    "left_pad",
+    "logits_for_responses",
+    "per_token_values",
+    "position_ids_from_mask",
+    "sample_responses",
+    "sequence_scores",
+    "shape_rewards",
+    "token_logprobs",
+    "truncate_after_stop",
+]
+
+
+# ----------------------------------------------------------------------------- padding and positions
+def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    """Left-pad token id lists into ``(ids, attention_mask)``, both ``(B, max_len)`` long tensors."""
+    if not sequences:
+        raise ValueError("left_pad: no sequences")
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        if len(seq) == 0:
+            raise ValueError("left_pad: a prompt tokenized to zero tokens; remove empty prompts from the dataset")
+        ids[i, width - len(seq):] = torch.as_tensor(list(seq), dtype=torch.long)
+        mask[i, width - len(seq):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
+    """``cumsum(mask) - 1`` clamped at 0: position 0 is each sequence's first real token."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _accepts(model: nn.Module, name: str) -> bool:
+    """Whether ``model.forward`` (of the innermost model under peft/DDP wrappers) takes ``name``."""
+    inner = model
+    for attr in ("module", "get_base_model"):
+        if hasattr(inner, attr):
+            inner = getattr(inner, attr)() if attr == "get_base_model" else getattr(inner, attr)
+    try:
+        return name in inspect.signature(inner.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+# ----------------------------------------------------------------------------- logprobs
+def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Tensor:
+    """``log softmax(logits / T)[token]`` per position, in float32, without a (B, T, V) log-softmax copy."""
+    scaled = logits.float() / temperature
+    picked = scaled.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(scaled, dim=-1)
+
+
+def entropy_from_logits(logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Entropy ``-sum_a p(a) log p(a)`` of ``softmax(logits / T)`` per position."""
+    scaled = logits.float() / temperature
+    logp = torch.log_softmax(scaled, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def logits_for_responses(
+    model: nn.Module, query_responses: Tensor, attention_mask: Tensor, context_length: int, **forward_kwargs
+) -> Tensor:
+    """Logits ``(B, R, V)`` that predict each response token (columns ``P - 1 .. P + R - 2``).
+
+    Only the last ``R + 1`` positions go through the LM head when the model supports
+    ``logits_to_keep``; pad columns are never read (left pads are before P - 1, right pads are masked
+    by the caller).
+    """
+    response_length = query_responses.shape[1] - context_length
+    kwargs = dict(forward_kwargs)
+    if _accepts(model, "logits_to_keep"):
+        kwargs["logits_to_keep"] = response_length + 1
+    out = model(
+        input_ids=query_responses,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+        **kwargs,
+    )
+    return out.logits[:, -(response_length + 1) : -1]
+
+
+# ----------------------------------------------------------------------------- sampling
+@dataclass
+class Sampled:
+    """Generated responses ``(B, R')`` (R' <= max_new_tokens: generation stops once every sequence
+    has its stop token) and the sampled tokens' logprobs under ``softmax(logits / T)``."""
+
+    responses: Tensor
+    logprobs: Tensor
+
+
+@torch.no_grad()
+def sample_responses(
+    model: nn.Module,
+    query_ids: Tensor,
+    query_mask: Tensor,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    pad_token_id: int,
+    stop_token_ids: Sequence[int] = (),
+    generator: torch.Generator | None = None,
+) -> Sampled:
+    """Sample up to ``max_new_tokens`` tokens for a left-padded batch with the model's KV cache.
+
+    Pure sampling from ``softmax(logits / temperature)`` (no top-k, top-p or repetition penalty, so
+    the logprobs are those of the distribution PPO optimises). Finished sequences (stop token seen)
+    continue with ``pad_token_id``; the loop ends when all are finished.
+    """
+    batch = query_ids.shape[0]
+    device = query_ids.device
+    stops = torch.as_tensor(list(stop_token_ids), dtype=torch.long, device=device)
+    mask = query_mask.long()
+    positions = position_ids_from_mask(mask)
+    kwargs = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+    # transformers >= 5.x names the KV cache `cache`; earlier versions `past_key_values`.
+    cache_arg = "cache" if _accepts(model, "cache") else "past_key_values"
+    out = model(input_ids=query_ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
+    next_position = positions[:, -1:] + 1
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    tokens, logprobs = [], []
+    for step in range(max_new_tokens):
+        logp = torch.log_softmax(out.logits[:, -1].float() / temperature, dim=-1)
+        token = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
+        token = token.masked_fill(done, pad_token_id)
+        tokens.append(token)
+        logprobs.append(logp.gather(1, token.unsqueeze(1)).squeeze(1))
+        if stops.numel():
+            done = done | torch.isin(token, stops)
+            if bool(done.all()):
+                break
+        if step == max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        out = model(
+            input_ids=token.unsqueeze(1),
+            attention_mask=mask,
+            position_ids=next_position,
+            use_cache=True,
+            **{cache_arg: out[cache_arg]},
+        )
+        next_position = next_position + 1
+    return Sampled(torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1))
+
+
+# ----------------------------------------------------------------------------- truncation
+@dataclass
+class Truncated:
+    """Responses cut after their first stop token."""
+
+    responses: Tensor
+    """(B, R) with pad after the first stop token."""
+    mask: Tensor
+    """(B, R) bool, True on real tokens (up to and including the first stop token)."""
+    last_index: Tensor
+    """(B,) column of the last real token (where the score goes)."""
+    has_stop: Tensor
+    """(B,) bool, whether the response contains the stop token."""
+
+
+def truncate_after_stop(responses: Tensor, stop_token_id: int | None, pad_token_id: int) -> Truncated:
+    """Replace every token after the first ``stop_token_id`` with pad and build the response mask.
+
+    The mask comes from the stop position, never from ``== pad`` (the model may sample the pad id).
+    """
+    if stop_token_id is None:
+        mask = torch.ones_like(responses, dtype=torch.bool)
+        has_stop = torch.zeros(responses.shape[0], dtype=torch.bool, device=responses.device)
+        return Truncated(responses, mask, torch.full_like(has_stop, responses.shape[1] - 1, dtype=torch.long), has_stop)
+    is_stop = responses == stop_token_id
+    after_stop = (is_stop.long().cumsum(1) - is_stop.long()) > 0
+    mask = ~after_stop
+    return Truncated(
+        responses.masked_fill(after_stop, pad_token_id), mask, mask.long().sum(1) - 1, is_stop.any(1)
+    )
+
+
+# ----------------------------------------------------------------------------- values and scores
+def _backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The transformer body and the scalar head of an ``AutoModelForSequenceClassification``."""
+    backbone = getattr(model, getattr(model, "base_model_prefix", "model"), None)
+    head = getattr(model, "score", None) or getattr(model, "classifier", None)
+    if backbone is None or head is None:
+        raise ValueError(
+            f"{type(model).__name__} is not a causal-LM sequence classifier with a `score` head; "
+            "give a reward model saved by `rlhf reward` (AutoModelForSequenceClassification, num_labels=1)"
+        )
+    return backbone, head
+
+
+def per_token_values(backbone: nn.Module, head: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """The scalar head applied at every position: ``(B, L)`` in float32."""
+    hidden = backbone(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    ).last_hidden_state
+    return head(hidden).squeeze(-1).float()
+
+
+def sequence_scores(reward_model: nn.Module, input_ids: Tensor, attention_mask: Tensor, last_index: Tensor) -> Tensor:
+    """Reward-model score ``(B,)`` read at column ``last_index`` (the last real token) of each row."""
+    backbone, head = _backbone_and_head(reward_model)
+    hidden = backbone(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    ).last_hidden_state
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    return head(hidden[rows, last_index]).squeeze(-1).float()
+
+
+# ----------------------------------------------------------------------------- reward shaping
+def kl_per_token(logprobs: Tensor, ref_logprobs: Tensor, estimator: Literal["k1", "k3"] = "k1") -> Tensor:
+    """Per-token estimate of KL(pi || pi_ref) from the sampled tokens' logprobs.
+
+    k1 = log pi - log pi_ref; k3 = (rho - 1) - log rho with rho = pi_ref / pi.
+    """
+    if estimator == "k1":
+        return logprobs - ref_logprobs
+    if estimator == "k3":
+        log_rho = ref_logprobs - logprobs
+        return torch.expm1(log_rho) - log_rho
+    raise ValueError(f"kl_estimator must be 'k1' or 'k3', got {estimator!r}")
+
+
+def apply_missing_stop_penalty(scores: Tensor, has_stop: Tensor, penalty: float | None) -> Tensor:
+    """``score - penalty`` for responses that never emitted the stop token (TRL's missing_eos_penalty)."""
+    if penalty is None:
+        return scores
+    return scores - penalty * (~has_stop).to(scores.dtype)
+
+
+def shape_rewards(
+    scores: Tensor,
+    kl: Tensor,
+    mask: Tensor,
+    last_index: Tensor,
+    kl_coef: float,
+    whiten: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Per-token rewards ``-kl_coef * KL_t`` plus the score at the last real token.
+
+    Returns ``(rewards, non_score_rewards)``, both ``(B, R)`` and 0 on padding. ``whiten`` rescales
+    the rewards by their masked std without shifting the mean (N+ details).
+    """
+    valid = mask.to(kl.dtype)
+    non_score = -kl_coef * kl * valid
+    rewards = non_score.clone()
+    rows = torch.arange(rewards.shape[0], device=rewards.device)
+    rewards[rows, last_index] += scores.to(rewards.dtype)
+    if whiten:
+        rewards = masked_whiten(rewards, valid, shift_mean=False)
+    return rewards, non_score
