@@ -13,6 +13,7 @@ Both pairs are checked to agree (learned edge path / max |V difference|). Run:
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import gymnasium as gym
@@ -86,6 +87,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="best of N timings (reference VI runs once)")
     args = parser.parse_args()
 
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (timings are wall-clock)\n")
     cliff = gym.make("CliffWalking-v1")
     P_cliff = cliff.unwrapped.P
     t_ours, ours = best_time(

@@ -150,7 +150,8 @@ def test_episode_and_step_limits():
     run = q_learning(CLIFF, 20, 0.5, 0.1, 1.0, max_steps=5)
     assert np.all(run.episode_lengths <= 5)
     run = q_learning(CLIFF, None, 0.5, 0.1, 1.0, total_steps=1000)
-    assert run.total_steps <= 1000 and len(run.episode_returns) > 0
+    assert run.total_steps == 1000 and len(run.episode_returns) > 0
+    assert run.episode_lengths.sum() + run.unfinished_steps == 1000
     # Continue training from a previous Q.
     more = q_learning(CLIFF, 100, 0.5, 0.1, 1.0, q_init=run.q)
     assert greedy_rollout(more.policy)[0][-1] == GOAL

@@ -43,12 +43,14 @@ class TDControlResult:
         episode_returns: undiscounted return of each finished training episode (behaviour policy).
         episode_lengths: number of steps of each finished episode.
         episode_wall_s: seconds since the start of training at the end of each episode.
+        unfinished_steps: steps of a last episode cut short by ``total_steps`` (not in the arrays).
     """
 
     q: np.ndarray
     episode_returns: np.ndarray
     episode_lengths: np.ndarray
     episode_wall_s: np.ndarray
+    unfinished_steps: int = 0
 
     @property
     def policy(self) -> np.ndarray:
@@ -62,7 +64,8 @@ class TDControlResult:
 
     @property
     def total_steps(self) -> int:
-        return int(self.episode_lengths.sum())
+        """Every environment step taken, including those of an unfinished last episode."""
+        return int(self.episode_lengths.sum()) + self.unfinished_steps
 
 
 def epsilon_greedy(row: list[float], epsilon: float, uniform: UniformStream) -> int:
@@ -142,7 +145,7 @@ def td_control(
     wall: list[float] = []
     start_time = time.perf_counter()
     steps_left = total_steps if total_steps is not None else -1
-    episode = 0
+    episode, unfinished = 0, 0
     while (episodes is None or episode < episodes) and steps_left != 0:
         a_rate, eps = float(alpha_at(episode)), float(epsilon_at(episode))
         s = stepper.reset()
@@ -170,7 +173,8 @@ def td_control(
             s = s2
             a = a2 if sarsa else epsilon_greedy(row, eps, uniform)
         if not done:
-            break  # total_steps ran out mid-episode: the episode did not finish
+            unfinished = length  # total_steps ran out mid-episode: the episode did not finish
+            break
         returns.append(ret)
         lengths.append(length)
         wall.append(time.perf_counter() - start_time)
@@ -183,6 +187,7 @@ def td_control(
         episode_returns=np.array(returns, dtype=np.float64),
         episode_lengths=np.array(lengths, dtype=np.int64),
         episode_wall_s=np.array(wall, dtype=np.float64),
+        unfinished_steps=unfinished,
     )
 
 
