@@ -54,7 +54,7 @@ def outcome_expectation(weights: np.ndarray, next_states: np.ndarray, V: np.ndar
     return total
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TabularModel:
     """A finite MDP with arrays indexed ``[state, action, outcome]``.
 
