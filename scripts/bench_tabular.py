@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
@@ -62,16 +63,28 @@ def reference_value_iteration(P: dict, gamma: float, theta: float = 1e-8) -> np.
             return V
 
 
-def best_time(fn, repeats: int):
-    times, result = [], None
+@dataclass
+class Timing:
+    wall: float  # best wall-clock seconds
+    cpu: float  # process CPU seconds of that best run (less sensitive to a busy machine)
+    result: object
+
+    def __str__(self) -> str:
+        return f"{self.wall:8.3f} s (cpu {self.cpu:6.3f} s)"
+
+
+def timed(fn, repeats: int) -> Timing:
+    best = None
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         result = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), result
+        t = Timing(time.perf_counter() - start, time.process_time() - start_cpu, result)
+        best = t if best is None or t.wall < best.wall else best
+    return best
 
 
 def edge_path_return(q: np.ndarray, P: dict) -> float:
+    """Return of the greedy path from the start on the deterministic Cliff Walking model."""
     s, total = 36, 0.0
     for _ in range(100):
         ((_, s, r, done),) = P[s][int(np.argmax(q[s]))]
@@ -81,55 +94,54 @@ def edge_path_return(q: np.ndarray, P: dict) -> float:
     return total
 
 
+def bench_q_learning(repeats: int) -> None:
+    cliff = gym.make("CliffWalking-v1")
+    P = cliff.unwrapped.P
+    args = (cliff, EPISODES, ALPHA, EPSILON, GAMMA_CLIFF)
+    ours = timed(lambda: q_learning(*args, seed=0), repeats)
+    via_env = timed(lambda: q_learning(*args, seed=0, use_model=False), repeats)
+    ref = timed(lambda: reference_q_learning(cliff, EPISODES), repeats)
+    q_ref, ref_returns = ref.result
+    print(f"Q-learning, {EPISODES} CliffWalking-v1 episodes (best of {repeats})")
+    print(f"  ours (model stepping)  {ours}   greedy path return {edge_path_return(ours.result.q, P):.0f}, "
+          f"last-100 mean return {ours.result.episode_returns[-100:].mean():.1f}")  # fmt: skip
+    print(
+        f"  ours (env.step)        {via_env}   greedy path return {edge_path_return(via_env.result.q, P):.0f}"
+    )
+    print(f"  reference loop         {ref}   greedy path return {edge_path_return(q_ref, P):.0f}, "
+          f"last-100 mean return {ref_returns[-100:].mean():.1f}")  # fmt: skip
+    print(
+        f"  speed-up (wall): {ref.wall / ours.wall:.1f}x model stepping, {ref.wall / via_env.wall:.1f}x env.step"
+    )
+
+
+def bench_value_iteration(size: int, repeats: int, gamma: float = 0.99) -> None:
+    layout = ["S" + "." * (size - 1)] + ["." * size] * (size - 2) + ["." * (size - 1) + "G"]
+    build = timed(lambda: GridWorldEnv(layout, slip=0.1, step_reward=-0.04), 1)
+    P = build.result.P
+    ours = timed(lambda: value_iteration(P, gamma), repeats)
+    convert = timed(lambda: TabularModel.from_P(P), repeats)
+    sweeps = timed(lambda: value_iteration(convert.result, gamma), repeats)
+    ref = timed(lambda: reference_value_iteration(P, gamma), 1)
+    print(f"\nValue iteration, {size}x{size} grid world ({len(P)} states, gamma {gamma}, theta 1e-8)")
+    print(f"  building the env (P)   {build}")
+    print(
+        f"  ours, from dict P      {ours}   of which P -> arrays {convert.wall:.3f} s, sweeps {sweeps.wall:.3f} s"
+    )
+    print(
+        f"  reference loop         {ref}   max |V_ours - V_ref| = {np.abs(ours.result[0] - ref.result).max():.1e}"
+    )
+    print(f"  speed-up (wall): {ref.wall / ours.wall:.0f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=100, help="grid side for value iteration")
     parser.add_argument("--repeats", type=int, default=3, help="best of N timings (reference VI runs once)")
     args = parser.parse_args()
-
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (timings are wall-clock)\n")
-    cliff = gym.make("CliffWalking-v1")
-    P_cliff = cliff.unwrapped.P
-    t_ours, ours = best_time(
-        lambda: q_learning(cliff, EPISODES, ALPHA, EPSILON, GAMMA_CLIFF, seed=0), args.repeats
-    )
-    t_env, via_env = best_time(
-        lambda: q_learning(cliff, EPISODES, ALPHA, EPSILON, GAMMA_CLIFF, seed=0, use_model=False),
-        args.repeats,
-    )
-    t_ref, (q_ref, ref_returns) = best_time(lambda: reference_q_learning(cliff, EPISODES), args.repeats)
-    print(f"Q-learning, {EPISODES} CliffWalking-v1 episodes (best of {args.repeats})")
-    print(f"  ours (model stepping)   {t_ours:8.3f} s   {ours.total_steps} steps, greedy path return "
-          f"{edge_path_return(ours.q, P_cliff):.0f}, last-100 mean return {ours.episode_returns[-100:].mean():.1f}")  # fmt: skip
-    print(
-        f"  ours (env.step)         {t_env:8.3f} s   greedy path return {edge_path_return(via_env.q, P_cliff):.0f}"
-    )
-    print(f"  reference loop          {t_ref:8.3f} s   greedy path return {edge_path_return(q_ref, P_cliff):.0f}, "
-          f"last-100 mean return {ref_returns[-100:].mean():.1f}")  # fmt: skip
-    print(f"  speed-up: {t_ref / t_ours:.1f}x (model stepping), {t_ref / t_env:.1f}x (env.step)")
-
-    n = args.size
-    layout = ["S" + "." * (n - 1)] + ["." * n] * (n - 2) + ["." * (n - 1) + "G"]
-    start = time.perf_counter()
-    grid = GridWorldEnv(layout, slip=0.1, step_reward=-0.04)
-    t_build = time.perf_counter() - start
-    gamma = 0.99
-    t_vi, (V, _) = best_time(lambda: value_iteration(grid.P, gamma), args.repeats)
-    model = TabularModel.from_P(grid.P)
-    t_convert, _ = best_time(lambda: TabularModel.from_P(grid.P), args.repeats)
-    t_sweeps, _ = best_time(lambda: value_iteration(model, gamma), args.repeats)
-    t_ref_vi, V_ref = best_time(lambda: reference_value_iteration(grid.P, gamma), 1)
-    print(
-        f"\nValue iteration, {n}x{n} grid world ({grid.observation_space.n} states, gamma {gamma}, theta 1e-8)"
-    )
-    print(f"  building the env (P)    {t_build:8.3f} s")
-    print(
-        f"  ours, from dict P       {t_vi:8.3f} s   (P -> arrays {t_convert:.3f} s, sweeps {t_sweeps:.3f} s)"
-    )
-    print(
-        f"  reference loop          {t_ref_vi:8.3f} s   max |V_ours - V_ref| = {np.abs(V - V_ref).max():.1e}"
-    )
-    print(f"  speed-up: {t_ref_vi / t_vi:.0f}x")
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n")
+    bench_q_learning(args.repeats)
+    bench_value_iteration(args.size, args.repeats)
 
 
 if __name__ == "__main__":
