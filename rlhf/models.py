@@ -164,20 +164,45 @@ def load_reward_model(
         init_score_head(model)
     if tokenizer is not None:
         align_model_with_tokenizer(model, tokenizer)
-    set_score_bias(model, float(getattr(model.config, SCORE_BIAS_KEY, 0.0) or 0.0))
+    offset = float(getattr(model.config, SCORE_BIAS_KEY, 0.0) or 0.0)
+    if offset:
+        set_score_bias(model, offset)
     return model
 
 
-def set_score_bias(model: PreTrainedModel, bias: float) -> None:
-    """Make the score layer compute w.h + bias (adding a bias parameter if it has none)."""
+class OffsetScore(torch.nn.Linear):
+    """A bias-free score head plus a constant offset: `w.h + offset`.
+
+    transformers' sequence-classification heads have no bias, so the calibration shift lives in
+    `config.score_bias` and in this non-persistent buffer: the saved weights stay exactly those of the
+    architecture (a plain `from_pretrained` loads them without warnings, only without the offset).
+    """
+
+    def __init__(self, head: torch.nn.Linear, offset: float = 0.0):
+        super().__init__(head.in_features, head.out_features, bias=False, device="meta")
+        self.weight = head.weight
+        self.register_buffer("offset", torch.tensor(offset, dtype=head.weight.dtype, device=head.weight.device), persistent=False)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return super().forward(hidden) + self.offset
+
+
+def get_score_bias(model: PreTrainedModel) -> float:
+    """The constant added to the score: the offset, the head's own bias, or 0."""
     head = model.score
-    if head.bias is None:
-        new = torch.nn.Linear(head.in_features, head.out_features, bias=True)
-        new = new.to(device=head.weight.device, dtype=head.weight.dtype)
-        with torch.no_grad():
-            new.weight.copy_(head.weight)
-        model.score = new
-        head = new
+    if isinstance(head, OffsetScore):
+        return float(head.offset)
+    return float(head.bias.item()) if head.bias is not None else 0.0
+
+
+def set_score_bias(model: PreTrainedModel, bias: float) -> None:
+    """Make the score head compute `w.h + bias` (its own bias parameter if it has one, else an offset)."""
+    head = model.score
     with torch.no_grad():
-        head.bias.fill_(bias)
+        if head.bias is not None and not isinstance(head, OffsetScore):
+            head.bias.fill_(bias)
+            return
+        if not isinstance(head, OffsetScore):
+            head = model.score = OffsetScore(head)
+        head.offset.fill_(bias)
     setattr(model.config, SCORE_BIAS_KEY, float(bias))

@@ -45,6 +45,7 @@ from rlhf.data import (
 )
 from rlhf.evaluate import mean, reward_model_scores, sample_completions
 from rlhf.models import (
+    get_score_bias,
     is_sequence_classifier,
     load_causal_lm,
     load_reward_model,
@@ -266,7 +267,7 @@ def calibrate_score(
 ) -> tuple[float, float]:
     """Shift the score bias so `responses` score mean 0; return (mean before, new bias)."""
     before = mean(reward_model_scores(model, tokenizer, prompts, responses))
-    bias = float(model.score.bias.item()) - before
+    bias = get_score_bias(model) - before
     set_score_bias(model, bias)
     return before, bias
 
@@ -293,7 +294,6 @@ def run_reward(
         trust_remote_code=trust,
         attn_implementation=model_args.attn_implementation,
     )
-    model.score.bias.requires_grad_(False)  # pairwise losses ignore it; calibration sets it after training
 
     with run_directory(training_args) as out:
         trainer = RankingRewardTrainer(

@@ -1,0 +1,54 @@
+"""`rlhf <command> [flags]`: dispatch to the command modules, imported only when called (they load torch,
+transformers and TRL). Every command also runs as `accelerate launch [flags] -m rlhf <command> ...`."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+
+# command -> (module, one-line help). Each module has `main(argv: list[str] | None)`.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "tiny-model": ("rlhf.tiny_model", "build a small random-init causal LM and its tokenizer, offline"),
+    "sft": ("rlhf.sft", "supervised fine-tuning on demonstrations (TRL SFTTrainer)"),
+    "reward": ("rlhf.reward", "reward model from pairs or K-wise rankings"),
+    "ppo": ("rlhf.ppo", "PPO fine-tuning against a reward model or a reward function"),
+    "pipeline": ("rlhf.pipeline", "tiny-model, sft, reward and ppo in a row from one YAML config"),
+}
+
+USAGE = "usage: rlhf <command> [--help] [flags]\n\ncommands:\n" + "\n".join(
+    f"  {name:<11} {text}" for name, (_, text) in COMMANDS.items()
+)
+
+
+def resolve(command: str) -> Callable[[list[str] | None], object]:
+    """The `main` function of `command`; ValueError for an unknown or unavailable command."""
+    if command not in COMMANDS:
+        raise ValueError(f"unknown command '{command}'; valid: {', '.join(COMMANDS)}")
+    module_name = COMMANDS[command][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name != module_name:  # a dependency of the module is missing: show the real error
+            raise
+        raise ValueError(f"`rlhf {command}` is not available in this installation: module {module_name} is missing") from err
+    return module.main
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    try:
+        command_main = resolve(command)
+    except ValueError as err:
+        print(f"rlhf: error: {err}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    try:
+        command_main(rest)
+    except (ValueError, FileNotFoundError) as err:  # bad input: a clear message, not a traceback
+        print(f"rlhf {command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0

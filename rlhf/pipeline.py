@@ -1,0 +1,234 @@
+"""`rlhf pipeline --config FILE.yaml`: tiny-model (optional), sft, reward and ppo in a row, then a results table.
+
+    rlhf pipeline --config configs/rlhf/tiny.yaml [--output_dir DIR] [--seed N] [--steps sft reward ...]
+
+The YAML file has top-level `output_dir`, `seed`, `steps` (a subset of tiny_model, sft, reward, ppo, in
+that order), an `evaluation` section, and one section per step holding that command's flags. Each step
+writes to OUTPUT_DIR/<step>/ and the next step starts from it: sft from the tiny model (unless
+`sft.model_name_or_path` is set), reward from the SFT model, ppo from the SFT policy with the reward
+model (unless `ppo.reward_fn` is set). The resolved flags of each step are kept in OUTPUT_DIR/configs/.
+
+At the end, on held-out prompts, the SFT policy and the PPO policy are sampled (as in PPO training) and
+scored by the gold scorer and by the learned reward model. OUTPUT_DIR gets `results.md` (the table),
+`summary.json` and `ppo_curves.png` (reward and KL over PPO steps, from ppo/metrics.jsonl).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rlhf.utils import barrier, is_main_process, read_jsonl, write_json
+
+STEPS = ("tiny_model", "sft", "reward", "ppo")
+STEP_MODULES = {"tiny_model": "rlhf.tiny_model", "sft": "rlhf.sft", "reward": "rlhf.reward", "ppo": "rlhf.ppo"}
+CURVE_KEYS = ("objective/scores", "objective/rlhf_reward", "objective/kl")
+
+
+@dataclass
+class EvaluationConfig:
+    """How the SFT and PPO policies are compared at the end."""
+
+    prompts: str = "rlhf/data/prompts_eval.jsonl"  # held-out {prompt} rows
+    reward_fn: str | None = "rlhf.task:gold_reward"  # the gold scorer (None: skip gold scores)
+    num_prompts: int = 80
+    max_new_tokens: int | None = None  # default: ppo.response_length, else 32
+    temperature: float | None = None  # default: ppo.temperature, else 1.0
+
+
+@dataclass
+class PipelineConfig:
+    output_dir: str = "runs/rlhf-tiny"
+    seed: int = 0
+    steps: list[str] = field(default_factory=lambda: list(STEPS))
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    tiny_model: dict[str, Any] = field(default_factory=dict)
+    sft: dict[str, Any] = field(default_factory=dict)
+    reward: dict[str, Any] = field(default_factory=dict)
+    ppo: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> PipelineConfig:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"pipeline config '{path}' must be a YAML mapping")
+        unknown = sorted(set(data) - {f for f in cls.__dataclass_fields__})
+        if unknown:
+            raise ValueError(f"pipeline config '{path}': unknown keys {unknown}; valid: {sorted(cls.__dataclass_fields__)}")
+        evaluation = EvaluationConfig(**(data.pop("evaluation", None) or {}))
+        sections = {s: dict(data.pop(s, None) or {}) for s in STEPS}
+        return cls(evaluation=evaluation, **sections, **data)
+
+    def validate(self) -> PipelineConfig:
+        bad = [s for s in self.steps if s not in STEPS]
+        if bad:
+            raise ValueError(f"steps {bad} are not valid; choose from {list(STEPS)} (run in that order)")
+        self.steps = [s for s in STEPS if s in self.steps]
+        if "sft" in self.steps and "model_name_or_path" not in self.sft and not self.produces("tiny_model"):
+            raise ValueError("without the tiny_model step, set sft.model_name_or_path (a hub id or local directory)")
+        return self
+
+    def produces(self, step: str) -> bool:
+        """True if `step`'s output is available to later steps: it runs now, or ran before in output_dir."""
+        return step in self.steps or (Path(self.output_dir) / step / "config.json").exists()
+
+
+def step_flags(cfg: PipelineConfig, step: str) -> dict[str, Any]:
+    """The flags of one step: its section, chained to the previous steps' outputs, with the pipeline seed."""
+    out = Path(cfg.output_dir)
+    flags = {"seed": cfg.seed, **getattr(cfg, step), "output_dir": str(out / step)}
+    base = str(out / "tiny_model") if cfg.produces("tiny_model") else None
+    policy = str(out / "sft") if cfg.produces("sft") else cfg.sft.get("model_name_or_path", base)
+    if step == "sft" and base:
+        flags.setdefault("model_name_or_path", base)
+    if step in ("reward", "ppo"):
+        flags.setdefault("model_name_or_path", policy)
+    if step == "ppo" and not flags.get("reward_fn"):
+        flags.setdefault("reward_model_path", str(out / "reward"))
+    return flags
+
+
+def run_step(cfg: PipelineConfig, step: str) -> dict[str, Any]:
+    """Write the step's flags to OUT/configs/<step>.yaml and run its command's main on it."""
+    flags = step_flags(cfg, step)
+    path = Path(cfg.output_dir) / "configs" / f"{step}.yaml"
+    if is_main_process():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(flags, sort_keys=False))
+    barrier()
+    module = importlib.import_module(STEP_MODULES[step])
+    print(f"\n=== rlhf pipeline: {step} -> {flags['output_dir']}", flush=True)
+    result = module.main(["--config", str(path)])
+    barrier()  # the next step reads what rank 0 just saved
+    return result if isinstance(result, dict) else {}
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+def evaluate_policies(cfg: PipelineConfig) -> dict[str, dict[str, float]]:
+    """Gold and learned-reward means of the SFT and PPO policies' samples on held-out prompts."""
+    from rlhf.data import load_dataset_dict, render_prompt
+    from rlhf.evaluate import mean, reward_model_scores, sample_completions
+    from rlhf.models import load_causal_lm, load_reward_model, load_tokenizer
+    from rlhf.ppo_models import load_reward_function
+
+    out = Path(cfg.output_dir)
+    ev = cfg.evaluation
+    data = load_dataset_dict(ev.prompts)
+    rows = data["train"] if "train" in data else next(iter(data.values()))
+    tokenizer = load_tokenizer(str(out / "sft"))
+    prompts = [render_prompt(p, tokenizer) for p in rows["prompt"][: ev.num_prompts]]
+    max_new_tokens = ev.max_new_tokens or cfg.ppo.get("response_length", 32)
+    temperature = ev.temperature if ev.temperature is not None else cfg.ppo.get("temperature", 1.0)
+    gold = load_reward_function(ev.reward_fn) if ev.reward_fn else None
+    reward_model = load_reward_model(str(out / "reward"), tokenizer) if (out / "reward").exists() else None
+    results: dict[str, dict[str, float]] = {}
+    for name in ("sft", "ppo"):
+        if not (out / name).exists():
+            continue
+        policy = load_causal_lm(str(out / name), tokenizer)
+        samples = sample_completions(policy, tokenizer, prompts, max_new_tokens, temperature, seed=cfg.seed)
+        row = {"eos_fraction": mean([float(e) for e in samples.ended])}
+        if gold is not None:
+            row["gold"] = mean([float(s) for s in gold(samples.prompts, samples.completions)])
+        if reward_model is not None:
+            row["reward"] = mean(reward_model_scores(reward_model, tokenizer, samples.prompts, samples.completions))
+        results[name] = row
+    return results
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "n/a"
+
+
+def results_table(summaries: dict[str, dict[str, Any]], evaluation: dict[str, dict[str, float]]) -> str:
+    """A short Markdown table of the run's headline numbers."""
+    sft, rm, ppo = summaries.get("sft", {}), summaries.get("reward", {}), summaries.get("ppo", {})
+    before, after = evaluation.get("sft", {}), evaluation.get("ppo", {})
+    rows = [
+        ("SFT eval loss (before -> after SFT)", f"{_fmt(sft.get('eval_loss_before'))} -> {_fmt(sft.get('eval_loss'))}"),
+        ("RM held-out pairwise accuracy", _fmt(rm.get("eval_accuracy"))),
+        ("gold score (SFT -> PPO policy)", f"{_fmt(before.get('gold'))} -> {_fmt(after.get('gold'))}"),
+        ("learned reward (SFT -> PPO policy)", f"{_fmt(before.get('reward'))} -> {_fmt(after.get('reward'))}"),
+        ("KL(PPO policy || SFT reference)", _fmt(ppo.get("kl_mean"))),
+        ("responses ending with EOS (SFT -> PPO)", f"{_fmt(before.get('eos_fraction'))} -> {_fmt(after.get('eos_fraction'))}"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    lines = [f"| {'metric':<{width}} | value |", f"|{'-' * (width + 2)}|-------|"]
+    lines += [f"| {name:<{width}} | {value} |" for name, value in rows]
+    return "\n".join(lines)
+
+
+def plot_ppo_curves(metrics_path: Path, png_path: Path) -> bool:
+    """Plot reward (scores, RLHF reward) and KL over PPO steps from metrics.jsonl; False if there is no data."""
+    if not metrics_path.exists():
+        return False
+    rows = [r for r in read_jsonl(metrics_path) if "objective/kl" in r]
+    if not rows:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x_key = "episode" if all("episode" in r for r in rows) else "step"
+    x = [r[x_key] for r in rows]
+    fig, (ax_reward, ax_kl) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for key, label in (("objective/scores", "score (reward source)"), ("objective/rlhf_reward", "score - beta KL")):
+        if all(key in r for r in rows):
+            ax_reward.plot(x, [r[key] for r in rows], label=label)
+    ax_reward.set_title("reward")
+    ax_reward.legend()
+    ax_kl.plot(x, [r["objective/kl"] for r in rows], color="tab:red")
+    ax_kl.set_title("KL to the reference policy")
+    for ax in (ax_reward, ax_kl):
+        ax.set_xlabel(x_key)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+# ----------------------------------------------------------------------------------------------- command
+def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
+    """Run the configured steps, evaluate, write results.md / summary.json / ppo_curves.png; return the summary."""
+    from accelerate import PartialState
+
+    cfg.validate()
+    if "ppo" in cfg.steps:  # fail before hours of training, not after
+        importlib.import_module(STEP_MODULES["ppo"])
+    PartialState()  # join the process group under a distributed launcher, so steps can wait for rank 0
+    summaries = {step: run_step(cfg, step) for step in cfg.steps}
+    summary: dict[str, Any] = {"command": "pipeline", "steps": cfg.steps, "seed": cfg.seed, "summaries": summaries}
+    if not is_main_process():
+        return summary
+    out = Path(cfg.output_dir)
+    evaluation = evaluate_policies(cfg) if cfg.produces("sft") else {}
+    table = results_table(summaries, evaluation)
+    has_plot = plot_ppo_curves(out / "ppo" / "metrics.jsonl", out / "ppo_curves.png")
+    summary.update(evaluation=evaluation, plot=str(out / "ppo_curves.png") if has_plot else None)
+    (out / "results.md").write_text(table + "\n")
+    write_json(out / "summary.json", summary)
+    print("\n" + table)
+    if has_plot:
+        print(f"\nreward and KL over PPO steps: {out / 'ppo_curves.png'}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="rlhf pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="pipeline YAML (e.g. configs/rlhf/tiny.yaml)")
+    parser.add_argument("--output_dir", help="override the config's output_dir")
+    parser.add_argument("--seed", type=int, help="override the config's seed")
+    parser.add_argument("--steps", nargs="+", help=f"run only these steps (of {', '.join(STEPS)})")
+    args = parser.parse_args(argv)
+    cfg = PipelineConfig.from_yaml(args.config)
+    for key in ("output_dir", "seed", "steps"):
+        if getattr(args, key) is not None:
+            setattr(cfg, key, getattr(args, key))
+    return run_pipeline(cfg)
