@@ -197,20 +197,6 @@ class TabularModel:
             c_pi, next_pi = c_pi[:, used], next_pi[:, used]
         return r_pi, np.ascontiguousarray(c_pi.T), np.ascontiguousarray(next_pi.T)
 
-    def dense_continue(self, policy: np.ndarray | None = None) -> np.ndarray:
-        """Dense continuation probabilities: (S, A, S') or, with a policy (S, A), (S, S').
-
-        Intended for small models (tests, exact linear solves); refuses more than 5000 states.
-        """
-        if self.n_states > 5000:
-            raise ValueError(f"dense_continue is for small models; this one has {self.n_states} states")
-        dense = np.zeros((self.n_states, self.n_actions, self.n_states))
-        s_idx, a_idx, _ = np.indices(self.next_states.shape)
-        np.add.at(dense, (s_idx, a_idx, self.next_states), self.continue_probs)
-        if policy is None:
-            return dense
-        return np.einsum("sa,sat->st", policy, dense)
-
     def states_that_can_terminate(self, policy: np.ndarray | None = None) -> np.ndarray:
         """Bool (S,): states from which termination has positive probability.
 
