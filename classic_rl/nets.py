@@ -1,10 +1,17 @@
-"""Networks shared by the deep agents: MLP trunks (and, with the DQN family, Q heads and CNNs)."""
+"""Networks shared by the deep agents: MLP trunks, the Nature-DQN CNN, noisy layers and Q heads.
+
+Also :func:`flat_parameters`, which re-homes a module's parameters in one contiguous tensor so
+that Adam, gradient clipping and target-network updates cost one tensor op each instead of one
+per layer (on a CPU with small networks that per-tensor overhead dominates the update).
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "silu": nn.SiLU}
@@ -23,22 +30,24 @@ def mlp(
     act: str = "relu",
     out_gain: float | None = None,
     orthogonal: bool = False,
+    linear: type[nn.Module] = nn.Linear,
 ) -> nn.Sequential:
     """``in -> hidden[0] -> ... -> hidden[-1] (-> out)`` with ``act`` between layers.
 
     ``orthogonal=True`` uses orthogonal init with gain sqrt(2) for hidden layers and ``out_gain``
     for the output layer (the PPO implementation detail; 0.01 for policy logits, 1 for values).
+    ``linear`` is the layer class (:class:`NoisyLinear` for noisy nets).
     """
     layers: list[nn.Module] = []
     dims = [in_dim, *hidden]
     for a, b in zip(dims[:-1], dims[1:]):
-        layer = nn.Linear(a, b)
+        layer = linear(a, b)
         if orthogonal:
             nn.init.orthogonal_(layer.weight, gain=2**0.5)
             nn.init.zeros_(layer.bias)
         layers += [layer, activation(act)()]
     if out_dim is not None:
-        layer = nn.Linear(dims[-1], out_dim)
+        layer = linear(dims[-1], out_dim)
         if orthogonal:
             nn.init.orthogonal_(layer.weight, gain=1.0 if out_gain is None else out_gain)
             nn.init.zeros_(layer.bias)
@@ -55,3 +64,223 @@ def flat_dim(space) -> int:
     if isinstance(space, gym.spaces.Box):
         return int(torch.tensor(space.shape).prod().item())
     raise ValueError(f"Unsupported observation space {space}; use a Box or Discrete space (or a wrapper)")
+
+
+# ---------------------------------------------------------------------------------- noisy nets
+class NoisyLinear(nn.Module):
+    """Factorised Gaussian noisy linear layer (Fortunato et al. 2018, "Noisy Networks for Exploration").
+
+    ``y = (mu_w + sigma_w * eps_w) x + mu_b + sigma_b * eps_b`` with factorised noise
+    ``eps_w = f(eps_out) f(eps_in)^T``, ``eps_b = f(eps_out)``, ``f(x) = sign(x) sqrt(|x|)``.
+    The noise is resampled by :meth:`reset_noise`; in eval mode the layer uses the means only,
+    so greedy evaluation is deterministic. The learned sigmas let the agent anneal its own
+    exploration, which replaces epsilon-greedy.
+    """
+
+    def __init__(self, in_features: int, out_features: int, sigma0: float = 0.5) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight_mu = nn.Parameter(torch.empty(out_features, in_features))
+        self.weight_sigma = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias_mu = nn.Parameter(torch.empty(out_features))
+        self.bias_sigma = nn.Parameter(torch.empty(out_features))
+        self.register_buffer("eps_in", torch.zeros(in_features))
+        self.register_buffer("eps_out", torch.zeros(out_features))
+        bound = 1.0 / math.sqrt(in_features)
+        nn.init.uniform_(self.weight_mu, -bound, bound)
+        nn.init.uniform_(self.bias_mu, -bound, bound)
+        nn.init.constant_(self.weight_sigma, sigma0 / math.sqrt(in_features))
+        nn.init.constant_(self.bias_sigma, sigma0 / math.sqrt(in_features))
+        self.reset_noise()
+
+    @property
+    def weight(self) -> torch.Tensor:  # so generic init code (mlp orthogonal=True) can reach it
+        return self.weight_mu
+
+    @property
+    def bias(self) -> torch.Tensor:
+        return self.bias_mu
+
+    @staticmethod
+    def _scaled(n: int) -> torch.Tensor:
+        x = torch.randn(n)
+        return x.sign() * x.abs().sqrt()
+
+    @torch.no_grad()
+    def reset_noise(self) -> None:
+        self.eps_in.copy_(self._scaled(self.in_features))
+        self.eps_out.copy_(self._scaled(self.out_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return F.linear(x, self.weight_mu, self.bias_mu)
+        weight = torch.addcmul(self.weight_mu, self.weight_sigma, torch.outer(self.eps_out, self.eps_in))
+        bias = torch.addcmul(self.bias_mu, self.bias_sigma, self.eps_out)
+        return F.linear(x, weight, bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+def reset_noise(module: nn.Module) -> None:
+    """Resample the noise of every :class:`NoisyLinear` inside ``module``."""
+    for layer in module.modules():
+        if isinstance(layer, NoisyLinear):
+            layer.reset_noise()
+
+
+# ---------------------------------------------------------------------------------- image trunk
+class NatureCNN(nn.Module):
+    """The Nature-DQN torso (Mnih et al. 2015): 3 convs and a 512-unit layer.
+
+    Takes ``(B, C, H, W)`` uint8 frames (e.g. 4 stacked 84x84 Atari frames), scales them to [0, 1].
+    """
+
+    def __init__(self, obs_shape: Sequence[int], features: int = 512, linear: type[nn.Module] = nn.Linear) -> None:
+        super().__init__()
+        channels = int(obs_shape[0])
+        self.convs = nn.Sequential(
+            nn.Conv2d(channels, 32, 8, stride=4), nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            n_flat = self.convs(torch.zeros(1, *obs_shape)).shape[1]
+        self.fc = nn.Sequential(linear(n_flat, features), nn.ReLU())
+        self.out_dim = features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.convs(x.float() / 255.0))
+
+
+def is_image_space(space) -> bool:
+    """A (C, H, W) uint8 Box: what the Atari wrappers produce."""
+    import gymnasium as gym
+    import numpy as np
+
+    return isinstance(space, gym.spaces.Box) and len(space.shape) == 3 and space.dtype == np.uint8
+
+
+# ---------------------------------------------------------------------------------- Q networks
+def dueling_aggregate(value: torch.Tensor, advantage: torch.Tensor) -> torch.Tensor:
+    """Dueling head (Wang et al. 2016): ``Q(s,a) = V(s) + A(s,a) - mean_a A(s,a)``.
+
+    ``value`` is ``(B, 1, ...)`` and ``advantage`` ``(B, A, ...)``; subtracting the mean advantage
+    makes V and A identifiable (otherwise any constant could move between them).
+    """
+    return value + advantage - advantage.mean(dim=1, keepdim=True)
+
+
+class QNetwork(nn.Module):
+    """Action values for discrete actions; one class for every DQN variant.
+
+    ``trunk`` (MLP over flat observations, or :class:`NatureCNN` for images) then a head:
+    plain (``A`` outputs) or dueling (``V`` and ``A`` streams, :func:`dueling_aggregate`). With
+    ``n_atoms > 1`` each action gets ``n_atoms`` logits of a categorical return distribution
+    (C51); :meth:`q_values` turns them into expected values on ``support``. With ``noisy=True``
+    every fully connected layer is a :class:`NoisyLinear` (the CNN's convs stay deterministic).
+    """
+
+    def __init__(
+        self,
+        obs_shape: Sequence[int],
+        n_actions: int,
+        hidden: Sequence[int] = (64, 64),
+        act: str = "relu",
+        dueling: bool = False,
+        noisy: bool = False,
+        noisy_std: float = 0.5,
+        n_atoms: int = 1,
+        support: torch.Tensor | None = None,
+        image: bool = False,
+    ) -> None:
+        super().__init__()
+        if n_atoms > 1 and (support is None or support.numel() != n_atoms):
+            raise ValueError(f"n_atoms={n_atoms} needs a support tensor of {n_atoms} atoms")
+        linear = (lambda i, o: NoisyLinear(i, o, noisy_std)) if noisy else nn.Linear
+        self.n_actions, self.n_atoms, self.dueling = int(n_actions), int(n_atoms), dueling
+        if image:  # Nature DQN: convs -> 512 units (-> optional extra hidden layers)
+            cnn = NatureCNN(obs_shape, linear=linear)
+            self.trunk: nn.Module = nn.Sequential(cnn, mlp(cnn.out_dim, hidden, act=act, linear=linear))
+            feat = hidden[-1] if hidden else cnn.out_dim
+        else:
+            in_dim = int(math.prod(obs_shape))
+            self.trunk = nn.Sequential(nn.Flatten(), mlp(in_dim, hidden, act=act, linear=linear))
+            feat = hidden[-1] if hidden else in_dim
+        self.advantage = linear(feat, self.n_actions * self.n_atoms)
+        self.value = linear(feat, self.n_atoms) if dueling else None
+        if support is not None:
+            self.register_buffer("support", support.clone().float())
+        else:
+            self.support = None
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """Q-values ``(B, A)``, or distribution logits ``(B, A, n_atoms)`` when ``n_atoms > 1``."""
+        h = self.trunk(obs)
+        out = self.advantage(h)
+        if self.n_atoms > 1:
+            out = out.view(-1, self.n_actions, self.n_atoms)
+        if self.value is not None:
+            value = self.value(h).view(-1, 1, self.n_atoms) if self.n_atoms > 1 else self.value(h)
+            out = dueling_aggregate(value, out)
+        return out
+
+    def q_values(self, obs: torch.Tensor) -> torch.Tensor:
+        """Expected action values ``(B, A)``: ``sum_j p_j(s,a) z_j`` for a distributional head."""
+        out = self(obs)
+        if self.n_atoms > 1:
+            return (out.softmax(-1) * self.support).sum(-1)
+        return out
+
+    def reset_noise(self) -> None:
+        reset_noise(self)
+
+
+# ---------------------------------------------------------------------------------- flat params
+def flat_parameters(module: nn.Module) -> nn.Parameter:
+    """Put all of ``module``'s parameters into one contiguous tensor; return it as a Parameter.
+
+    Each parameter becomes a view into the flat tensor and each ``.grad`` a view into one flat
+    gradient tensor (autograd accumulates into an existing ``.grad`` in place), so an optimizer
+    built on ``[flat]``, gradient clipping and target copies (``target.copy_(online)``) are one
+    op each. Zero gradients with ``flat.grad.zero_()``: ``module.zero_grad()`` would set the
+    per-layer gradients to None and cut them loose from the flat buffer.
+    """
+    params = list(module.parameters())
+    if not params:
+        raise ValueError("flat_parameters: the module has no parameters")
+    total = sum(p.numel() for p in params)
+    flat = torch.empty(total, dtype=params[0].dtype, device=params[0].device)
+    grad = torch.zeros_like(flat)
+    offset = 0
+    with torch.no_grad():
+        for p in params:
+            n = p.numel()
+            flat[offset : offset + n].copy_(p.reshape(-1))
+            p.data = flat[offset : offset + n].view_as(p)
+            p.grad = grad[offset : offset + n].view_as(p)
+            offset += n
+    flat_param = nn.Parameter(flat)
+    flat_param.grad = grad
+    return flat_param
+
+
+def clip_grad_norm_flat(flat: nn.Parameter, max_norm: float) -> torch.Tensor:
+    """``clip_grad_norm_`` for a flat parameter: scale g by min(1, max_norm / (||g|| + 1e-6)); returns ||g||."""
+    norm = flat.grad.norm()
+    if max_norm > 0:
+        flat.grad.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+    return norm
+
+
+@torch.no_grad()
+def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """Polyak averaging of target networks: ``theta' <- (1 - tau) theta' + tau theta`` (``tau = 1`` copies)."""
+    targets, sources = list(target.parameters()), list(source.parameters())
+    if len(targets) != len(sources):
+        raise ValueError("soft_update: target and source networks have different parameter lists")
+    if tau >= 1.0:
+        torch._foreach_copy_(targets, sources)
+    else:
+        torch._foreach_lerp_(targets, sources, tau)
