@@ -1,0 +1,492 @@
+"""Shared machinery of the on-policy agents: vector envs, the rollout collector, normalisers.
+
+Every policy-gradient agent (``reinforce``, ``actor_critic``, ``a2c``, ``a3c``, ``trpo``,
+``ppo``) collects experience with :class:`RolloutCollector` and turns it into advantages with
+:func:`compute_gae` (the PPO core's GAE), so the subtle parts live in one place:
+
+Autoreset. Vector envs run in gymnasium's ``SAME_STEP`` autoreset mode: the step that ends an
+episode already returns the *next* episode's first observation, and the last observation of the
+finished episode arrives in ``info["final_obs"]``. The collector therefore records, per step,
+``next_values[t] = V(s_{t+1})`` -- the next row's value, or ``V(final_obs)`` where the episode was
+*truncated* (a time limit is not the end of the task: bootstrap). Terminated steps are not
+bootstrapped (``terminated`` zeroes the term in GAE) and ``episode_end`` stops the advantage
+recursion at both kinds of ends. Every recorded step is a real transition (no reset steps to mask).
+
+Normalisation. Optional running-mean/std normalisation of observations and of rewards
+(rewards are divided by the std of the discounted return, as SB3's ``VecNormalize``). Their
+statistics are part of the agent's saved state, so a loaded agent acts exactly as it did.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor
+
+from classic_rl.agents.base import Agent
+from classic_rl.core.ppo import gae
+from classic_rl.env_utils import make_env
+from classic_rl.logger import RunLogger
+from classic_rl.policies import ActorCritic, PolicyConfig, obs_to_tensor
+
+__all__ = [
+    "OnPolicyAgent",
+    "OnPolicyConfig",
+    "Rollout",
+    "RolloutCollector",
+    "RunningMeanStd",
+    "compute_gae",
+    "make_vector_env",
+]
+
+VEC_ENV_KINDS = ("sync", "async")
+OPTIMIZERS = ("adam", "rmsprop")
+
+
+# ----------------------------------------------------------------------------- config
+@dataclass
+class OnPolicyConfig(PolicyConfig):
+    """Settings shared by the on-policy agents (each algorithm extends or re-defaults them)."""
+
+    num_envs: int = 1
+    """Environments stepped together (a gymnasium vector env)."""
+    vec_env: str = "sync"
+    """'sync' (one process, best for cheap envs) or 'async' (a process per env)."""
+    gamma: float = 0.99
+    gae_lambda: float = 1.0
+    """GAE lambda; 1.0 gives plain n-step returns (bootstrapped at the rollout's end)."""
+    learning_rate: float = 7e-4
+    anneal_lr: bool = False
+    """Decay the learning rate linearly to 0 over the ``learn`` budget."""
+    optimizer: str = "adam"
+    """'adam' or 'rmsprop' (RMSprop with alpha=0.99, eps=1e-5 as in A2C / SB3)."""
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float | None = 0.5
+    normalize_advantage: bool = False
+    """Whiten advantages of each batch."""
+    normalize_obs: bool = False
+    """Running mean/std normalisation of observations (clipped to +-clip_obs)."""
+    normalize_reward: bool = False
+    """Divide rewards by the running std of the discounted return (clipped to +-clip_reward)."""
+    clip_obs: float = 10.0
+    clip_reward: float = 10.0
+
+    def validate(self) -> None:
+        self.validate_policy()
+        if self.vec_env not in VEC_ENV_KINDS:
+            raise ValueError(f"vec_env={self.vec_env!r} is not valid; use one of {', '.join(VEC_ENV_KINDS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer={self.optimizer!r} is not valid; use one of {', '.join(OPTIMIZERS)}")
+        for name in ("num_envs", "n_steps", "episodes_per_update"):
+            if int(getattr(self, name, 1)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
+            raise ValueError(
+                f"gamma and gae_lambda must lie in [0, 1], got {self.gamma} and {self.gae_lambda}"
+            )
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+
+
+# ----------------------------------------------------------------------------- normalisation
+class RunningMeanStd:
+    """Running mean and variance of a stream of batches (Chan et al.'s parallel update)."""
+
+    def __init__(self, shape: tuple[int, ...] = (), epsilon: float = 1e-4) -> None:
+        self.mean = np.zeros(shape, dtype=np.float64)
+        self.var = np.ones(shape, dtype=np.float64)
+        self.count = float(epsilon)
+
+    def update(self, batch: np.ndarray) -> None:
+        batch = np.asarray(batch, dtype=np.float64)
+        b_mean, b_var, b_count = batch.mean(axis=0), batch.var(axis=0), batch.shape[0]
+        delta = b_mean - self.mean
+        total = self.count + b_count
+        self.mean = self.mean + delta * b_count / total
+        m2 = self.var * self.count + b_var * b_count + delta**2 * self.count * b_count / total
+        self.var = m2 / total
+        self.count = total
+
+    def normalize(self, x: np.ndarray, clip: float) -> np.ndarray:
+        return np.clip((x - self.mean) / np.sqrt(self.var + 1e-8), -clip, clip).astype(np.float32)
+
+    def state(self, prefix: str) -> dict[str, Tensor]:
+        return {
+            f"{prefix}.mean": torch.as_tensor(self.mean),
+            f"{prefix}.var": torch.as_tensor(self.var),
+            f"{prefix}.count": torch.tensor(self.count, dtype=torch.float64),
+        }
+
+    def load(self, tensors: dict[str, Tensor], prefix: str) -> None:
+        if f"{prefix}.mean" in tensors:
+            self.mean = tensors[f"{prefix}.mean"].numpy().astype(np.float64)
+            self.var = tensors[f"{prefix}.var"].numpy().astype(np.float64)
+            self.count = float(tensors[f"{prefix}.count"])
+
+
+class RewardScaler:
+    """Scale rewards by the std of the running discounted return ``R <- gamma * R + r``."""
+
+    def __init__(self, num_envs: int, gamma: float, clip: float) -> None:
+        self.rms = RunningMeanStd(())
+        self.returns = np.zeros(num_envs, dtype=np.float64)
+        self.gamma, self.clip = gamma, clip
+
+    def __call__(self, rewards: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        self.returns = self.returns * self.gamma + rewards
+        self.rms.update(self.returns)
+        self.returns[ends] = 0.0
+        return np.clip(rewards / np.sqrt(self.rms.var + 1e-8), -self.clip, self.clip)
+
+
+# ----------------------------------------------------------------------------- vector envs
+def make_vector_env(
+    env: str | gym.Env, num_envs: int, env_kwargs: dict[str, Any] | None = None, kind: str = "sync"
+) -> gym.vector.VectorEnv:
+    """``num_envs`` copies of ``env`` in SAME_STEP autoreset mode (see the module docstring)."""
+    mode = gym.vector.AutoresetMode.SAME_STEP
+    if isinstance(env, gym.Env):
+        if num_envs != 1 or kind != "sync":
+            raise ValueError(
+                "An environment instance can only run as num_envs=1, vec_env='sync'; pass an env id"
+            )
+        return gym.vector.SyncVectorEnv([lambda: env], autoreset_mode=mode, copy=False)
+    # The passive env checker only inspects the first step but costs a wrapper call on every one.
+    fns = [lambda: make_env(env, env_kwargs, disable_env_checker=True) for _ in range(num_envs)]
+    if kind == "async":
+        return gym.vector.AsyncVectorEnv(fns, autoreset_mode=mode, copy=False)
+    return gym.vector.SyncVectorEnv(fns, autoreset_mode=mode, copy=False)
+
+
+# ----------------------------------------------------------------------------- rollouts
+@dataclass
+class Rollout:
+    """``num_envs`` trajectories of ``T`` steps; every tensor is ``(num_envs, T, ...)``."""
+
+    obs: Tensor
+    """Observations as the policy saw them (normalised when that is on)."""
+    actions: Tensor
+    """Raw action samples (what ``dist.log_prob`` takes)."""
+    logprobs: Tensor
+    values: Tensor
+    rewards: Tensor
+    """Rewards used for learning (scaled when reward normalisation is on)."""
+    next_values: Tensor
+    """``V(s_{t+1})``; ``V(final_obs)`` on truncation; unused (0) after a termination."""
+    terminated: Tensor
+    episode_end: Tensor
+    """terminated or truncated."""
+    mask: Tensor
+    """1 for recorded transitions that count; 0 for cut-off steps (complete-episode mode)."""
+    episode_step: Tensor
+    """t, the index of the step within its episode (for REINFORCE's gamma^t)."""
+    num_steps: int
+    """Environment steps taken, summed over envs."""
+    num_episodes: int
+    """Episodes that finished during the rollout."""
+
+    def flat(self, *names: str) -> list[Tensor]:
+        """The named fields with the env and time dimensions merged: ``(num_envs * T, ...)``."""
+        return [getattr(self, n).flatten(0, 1) for n in names]
+
+
+def compute_gae(rollout: Rollout, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
+    """GAE(lambda) advantages and returns of a rollout (``lam=1``: n-step / Monte-Carlo returns)."""
+    return gae(
+        rollout.rewards,
+        rollout.values,
+        mask=rollout.mask,
+        next_values=rollout.next_values,
+        terminated=rollout.terminated,
+        episode_end=rollout.episode_end,
+        gamma=gamma,
+        lam=lam,
+    )
+
+
+class RolloutCollector:
+    """Steps a vector env with a policy and returns :class:`Rollout` batches.
+
+    The hot path converts observations to one tensor per step for all envs, acts under
+    ``torch.no_grad`` and keeps episode bookkeeping in numpy. Finished episodes (their raw,
+    unnormalised returns) go to ``logger.episode``.
+    """
+
+    def __init__(
+        self,
+        envs: gym.vector.VectorEnv,
+        policy: ActorCritic,
+        seed: int,
+        obs_rms: RunningMeanStd | None = None,
+        reward_scaler: RewardScaler | None = None,
+        clip_obs: float = 10.0,
+    ) -> None:
+        self.envs, self.policy = envs, policy
+        self.num_envs = envs.num_envs
+        self.obs_space = envs.single_observation_space
+        self.obs_rms, self.reward_scaler, self.clip_obs = obs_rms, reward_scaler, clip_obs
+        self.total_steps = 0
+        obs, _ = envs.reset(seed=seed)
+        self._obs = np.array(obs)
+        self._ep_return = np.zeros(self.num_envs, dtype=np.float64)
+        self._ep_len = np.zeros(self.num_envs, dtype=np.int64)
+        if self.obs_rms is not None:
+            self.obs_rms.update(self._obs)
+
+    def obs_tensor(self, obs: np.ndarray, update: bool = False) -> Tensor:
+        """Observations -> the policy's input (normalised with the running stats if enabled)."""
+        if self.obs_rms is not None:
+            if update:
+                self.obs_rms.update(obs)
+            obs = self.obs_rms.normalize(obs, self.clip_obs)
+        return obs_to_tensor(obs, self.obs_space)
+
+    def close(self) -> None:
+        self.envs.close()
+
+    @torch.no_grad()
+    def collect(
+        self,
+        n_steps: int | None = None,
+        logger: RunLogger | None = None,
+        n_episodes: int | None = None,
+        max_steps: int | None = None,
+    ) -> Rollout:
+        """Run ``n_steps`` steps in every env, or -- with ``n_episodes`` -- until that many
+        episodes have finished (complete-episode mode, REINFORCE).
+
+        Complete-episode mode starts from fresh episodes and masks out the unfinished tail of
+        each env (``mask = 0``); ``max_steps`` caps its length (the tail is then masked too).
+        """
+        if (n_steps is None) == (n_episodes is None):
+            raise ValueError("collect() needs exactly one of n_steps or n_episodes")
+        episodes_mode = n_episodes is not None
+        if episodes_mode and self._ep_len.any():
+            self._restart()
+        policy, envs, N = self.policy, self.envs, self.num_envs
+        cols: dict[str, list] = {
+            k: [] for k in ("obs", "actions", "logprobs", "values", "rewards", "term", "trunc", "t")
+        }
+        final: list[tuple[int, int, np.ndarray]] = []  # (t, env, final obs) of truncated episodes
+        finished = 0
+        t = 0
+        obs_t = self.obs_tensor(self._obs)
+        while True:
+            dist, value = policy(obs_t)
+            raw = dist.sample()
+            cols["obs"].append(obs_t)
+            cols["actions"].append(raw)
+            cols["logprobs"].append(dist.log_prob(raw))
+            cols["values"].append(value)
+            cols["t"].append(self._ep_len.copy())
+            next_obs, reward, term, trunc, info = envs.step(policy.to_env(raw))
+            reward = np.asarray(reward, dtype=np.float64)
+            ends = np.logical_or(term, trunc)
+            self._ep_return += reward
+            self._ep_len += 1
+            self.total_steps += N
+            if ends.any():
+                for i in np.flatnonzero(ends):
+                    finished += 1
+                    if logger is not None:
+                        logger.episode(self.total_steps, self._ep_return[i], int(self._ep_len[i]))
+                    if trunc[i] and not term[i]:
+                        final.append((t, int(i), info["final_obs"][i]))
+                self._ep_return[ends] = 0.0
+                self._ep_len[ends] = 0
+            if self.reward_scaler is not None:
+                reward = self.reward_scaler(reward, ends)
+            cols["rewards"].append(reward)
+            cols["term"].append(np.asarray(term))
+            cols["trunc"].append(np.asarray(trunc))
+            self._obs = np.array(next_obs)
+            obs_t = self.obs_tensor(self._obs, update=True)
+            t += 1
+            if episodes_mode:
+                if finished >= n_episodes or (max_steps is not None and t >= max_steps):
+                    break
+            elif t >= n_steps:
+                break
+
+        T = t
+        values = torch.stack(cols["values"], 1)
+        next_values = torch.empty_like(values)
+        next_values[:, :-1] = values[:, 1:]
+        next_values[:, -1] = policy.value(obs_t)
+        if final:
+            final_obs = np.stack([f[2] for f in final])
+            boot = policy.value(self.obs_tensor(final_obs))
+            ts = torch.tensor([f[0] for f in final])
+            envs_idx = torch.tensor([f[1] for f in final])
+            next_values[envs_idx, ts] = boot
+        term = torch.from_numpy(np.stack(cols["term"], 1)).to(values.dtype)
+        trunc = torch.from_numpy(np.stack(cols["trunc"], 1)).to(values.dtype)
+        episode_end = torch.maximum(term, trunc)
+        next_values = next_values * (1.0 - term)
+        mask = torch.ones(N, T)
+        if episodes_mode:  # keep only finished episodes: steps up to each env's last end
+            ends_np = np.stack(cols["term"], 1) | np.stack(cols["trunc"], 1)
+            for i in range(N):
+                done_at = np.flatnonzero(ends_np[i])
+                mask[i, done_at[-1] + 1 if done_at.size else 0 :] = 0.0
+        return Rollout(
+            obs=torch.stack(cols["obs"], 1),
+            actions=torch.stack(cols["actions"], 1),
+            logprobs=torch.stack(cols["logprobs"], 1),
+            values=values,
+            rewards=torch.from_numpy(np.stack(cols["rewards"], 1)).to(torch.float32),
+            next_values=next_values,
+            terminated=term,
+            episode_end=episode_end,
+            mask=mask,
+            episode_step=torch.from_numpy(np.stack(cols["t"], 1)),
+            num_steps=N * T,
+            num_episodes=finished,
+        )
+
+    def _restart(self) -> None:
+        """Begin fresh episodes in every env (the unfinished ones were cut off by a rollout)."""
+        obs, _ = self.envs.reset()
+        self._obs = np.array(obs)
+        self._ep_return[:] = 0.0
+        self._ep_len[:] = 0
+
+
+# ----------------------------------------------------------------------------- base agent
+class OnPolicyAgent(Agent):
+    """Base of the policy-gradient agents: builds the policy, the collector and the optimizer,
+    runs the collect/update loop, acts, and saves normalisation statistics with the weights.
+
+    Subclasses implement :meth:`update` (one learning step from a rollout) and may override
+    :meth:`collect` (default: ``config.n_steps`` steps per env; REINFORCE collects complete
+    episodes) and :meth:`build_optimizers`.
+    """
+
+    family = "policy_gradient"
+    Config: ClassVar[type] = OnPolicyConfig
+    use_critic: ClassVar[bool] = True
+
+    def setup(self) -> None:
+        cfg = self.config
+        self.policy = ActorCritic(
+            self.env.observation_space, self.env.action_space, cfg, critic=self.critic_enabled()
+        )
+        if cfg.normalize_obs and not isinstance(self.env.observation_space, gym.spaces.Box):
+            raise ValueError(
+                f"normalize_obs needs a Box observation space, {self.env_id} has {self.env.observation_space}"
+            )
+        self.obs_rms = RunningMeanStd(self.env.observation_space.shape) if cfg.normalize_obs else None
+        self.reward_scaler = (
+            RewardScaler(cfg.num_envs, cfg.gamma, cfg.clip_reward) if cfg.normalize_reward else None
+        )
+        self.collector: RolloutCollector | None = None
+        self._optimizers = self.build_optimizers()
+        self._base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in self._optimizers.items()}
+
+    # ------------------------------------------------------------------ hooks
+    def critic_enabled(self) -> bool:
+        return self.use_critic
+
+    def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {
+            "optimizer": make_optimizer(
+                self.config.optimizer, self.policy.parameters(), self.config.learning_rate
+            )
+        }
+
+    def collect(self, collector: RolloutCollector, logger: RunLogger) -> Rollout:
+        return collector.collect(self.config.n_steps, logger)
+
+    def update(self, rollout: Rollout, progress_remaining: float) -> dict[str, float]:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ training loop
+    def make_collector(self) -> RolloutCollector:
+        cfg = self.config
+        envs = make_vector_env(self._env_arg, cfg.num_envs, self.env_kwargs, cfg.vec_env)
+        return RolloutCollector(envs, self.policy, self.seed, self.obs_rms, self.reward_scaler, cfg.clip_obs)
+
+    def _learn(self, total_steps: int | None, episodes: int | None, logger: RunLogger) -> None:
+        if self.collector is None:
+            self.collector = self.make_collector()
+        start_steps, start_episodes = self.num_timesteps, self.num_episodes
+        while True:
+            if total_steps is not None:
+                done = (self.num_timesteps - start_steps) / total_steps
+            else:
+                done = (self.num_episodes - start_episodes) / episodes
+            if done >= 1.0:
+                break
+            remaining = 1.0 - done
+            self.set_learning_rate(remaining)
+            rollout = self.collect(self.collector, logger)
+            self.num_timesteps += rollout.num_steps
+            self.num_episodes += rollout.num_episodes
+            if logger.unit == "step":
+                logger.advance(rollout.num_steps)
+            stats = self.update(rollout, remaining)
+            logger.scalars(stats, self.num_timesteps)
+
+    def set_learning_rate(self, progress_remaining: float) -> None:
+        """Linear annealing: ``lr = lr0 * progress_remaining`` when ``anneal_lr`` is on."""
+        if not self.config.anneal_lr:
+            return
+        for name, opt in self._optimizers.items():
+            for group, lr0 in zip(opt.param_groups, self._base_lrs[name]):
+                group["lr"] = lr0 * progress_remaining
+
+    # ------------------------------------------------------------------ acting and state
+    def act(self, obs: Any, deterministic: bool = True) -> Any:
+        """Action for one observation (or a batch with a leading dimension)."""
+        arr = np.asarray(obs)
+        single = arr.shape == self.env.observation_space.shape
+        batch = arr[None] if single else arr
+        if self.obs_rms is not None:
+            batch = self.obs_rms.normalize(batch, self.config.clip_obs)
+        with torch.no_grad():
+            dist = self.policy.distribution(obs_to_tensor(batch, self.env.observation_space))
+            raw = dist.mode() if deterministic else dist.sample()
+        actions = self.policy.to_env(raw)
+        if not single:
+            return actions
+        return int(actions[0]) if self.policy.discrete else actions[0]
+
+    def networks(self) -> dict[str, torch.nn.Module]:
+        return {"policy": self.policy}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return dict(self._optimizers)
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        tensors = super().state_tensors()
+        if self.obs_rms is not None:
+            tensors.update(self.obs_rms.state("obs_rms"))
+        if self.reward_scaler is not None:
+            tensors.update(self.reward_scaler.rms.state("reward_rms"))
+        return tensors
+
+    def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
+        stats = ("obs_rms.", "reward_rms.")
+        super().load_state_tensors({k: v for k, v in tensors.items() if not k.startswith(stats)})
+        if self.obs_rms is not None:
+            self.obs_rms.load(tensors, "obs_rms")
+        if self.reward_scaler is not None:
+            self.reward_scaler.rms.load(tensors, "reward_rms")
+
+
+def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    """Adam (eps=1e-5, as CleanRL/SB3 PPO) or RMSprop (alpha=0.99, eps=1e-5, as SB3 A2C).
+
+    Adam uses the fused kernel (one call for all parameters: small networks are dominated by
+    per-tensor overhead), RMSprop, which has no fused kernel, the multi-tensor one.
+    """
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, alpha=0.99, eps=1e-5, foreach=True)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, eps=1e-5, fused=True)
+    raise ValueError(f"optimizer={name!r} is not valid; use one of {', '.join(OPTIMIZERS)}")
