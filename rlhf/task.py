@@ -81,6 +81,11 @@ def place_of(prompt: str) -> str | None:
     return m.group(1) if m else None
 
 
+def is_well_formed(completion: str) -> bool:
+    """True if the completion is 1..3 clauses "the <aspect> was <adjective>" joined by "and", then "."."""
+    return bool(_WELL_FORMED.match(completion.strip().lower()))
+
+
 def gold_score(prompt: str, completion: str) -> float:
     """The gold score in [-1, 1] of one completion (see the module docstring for the rule)."""
     text = completion.strip().lower()
@@ -99,7 +104,7 @@ def gold_score(prompt: str, completion: str) -> float:
             values.append(SENTIMENT[adjective])
         seen.add(aspect)
     score = sum(values) / len(values)
-    if not _WELL_FORMED.match(text):
+    if not is_well_formed(text):
         score -= MALFORMED_PENALTY
     return max(-1.0, min(1.0, score))
 
