@@ -41,7 +41,8 @@ REPLAY_KINDS = ("uniform", "proportional", "rank")
 
 @dataclass
 class Batch:
-    """A sampled minibatch. ``weights`` is None for uniform replay (all ones)."""
+    """A sampled minibatch. ``weights`` is None for uniform replay (all ones); ``targets`` holds
+    TD targets an agent computed ahead of time (see ``OffPolicyAgent.round_targets``), else None."""
 
     obs: torch.Tensor
     actions: torch.Tensor
@@ -50,6 +51,19 @@ class Batch:
     discounts: torch.Tensor
     weights: torch.Tensor | None
     indices: np.ndarray
+    targets: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def slice(self, start: int, stop: int, targets: torch.Tensor | None = None) -> Batch:
+        """Rows ``start:stop`` as a Batch of views (``targets``: precomputed targets of the whole batch)."""
+        return Batch(
+            obs=self.obs[start:stop], actions=self.actions[start:stop], rewards=self.rewards[start:stop],
+            next_obs=self.next_obs[start:stop], discounts=self.discounts[start:stop],
+            weights=None if self.weights is None else self.weights[start:stop], indices=self.indices[start:stop],
+            targets=None if targets is None else targets[start:stop],
+        )
 
 
 class NStepWindow:

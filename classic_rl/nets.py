@@ -10,11 +10,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "silu": nn.SiLU}
+ACTIVATION_FNS = {"relu": torch.relu, "tanh": torch.tanh, "elu": F.elu, "silu": F.silu}
+NUMPY_ACTIVATIONS = {"relu": lambda h, out: np.maximum(h, 0.0, out=out), "tanh": np.tanh}
 
 
 def activation(name: str) -> type[nn.Module]:
@@ -157,7 +160,6 @@ class NatureCNN(nn.Module):
 def is_image_space(space) -> bool:
     """A (C, H, W) uint8 Box: what the Atari wrappers produce."""
     import gymnasium as gym
-    import numpy as np
 
     return isinstance(space, gym.spaces.Box) and len(space.shape) == 3 and space.dtype == np.uint8
 
@@ -175,7 +177,7 @@ def dueling_aggregate(value: torch.Tensor, advantage: torch.Tensor) -> torch.Ten
 class QNetwork(nn.Module):
     """Action values for discrete actions; one class for every DQN variant.
 
-    ``trunk`` (MLP over flat observations, or :class:`NatureCNN` for images) then a head:
+    Hidden ``layers`` (over flat observations, or after :class:`NatureCNN` for images) then a head:
     plain (``A`` outputs) or dueling (``V`` and ``A`` streams, :func:`dueling_aggregate`). With
     ``n_atoms > 1`` each action gets ``n_atoms`` logits of a categorical return distribution
     (C51); :meth:`q_values` turns them into expected values on ``support``. With ``noisy=True``
@@ -200,24 +202,27 @@ class QNetwork(nn.Module):
             raise ValueError(f"n_atoms={n_atoms} needs a support tensor of {n_atoms} atoms")
         linear = (lambda i, o: NoisyLinear(i, o, noisy_std)) if noisy else nn.Linear
         self.n_actions, self.n_atoms, self.dueling = int(n_actions), int(n_atoms), dueling
-        if image:  # Nature DQN: convs -> 512 units (-> optional extra hidden layers)
-            cnn = NatureCNN(obs_shape, linear=linear)
-            self.trunk: nn.Module = nn.Sequential(cnn, mlp(cnn.out_dim, hidden, act=act, linear=linear))
-            feat = hidden[-1] if hidden else cnn.out_dim
-        else:
-            in_dim = int(math.prod(obs_shape))
-            self.trunk = nn.Sequential(nn.Flatten(), mlp(in_dim, hidden, act=act, linear=linear))
-            feat = hidden[-1] if hidden else in_dim
-        self.advantage = linear(feat, self.n_actions * self.n_atoms)
-        self.value = linear(feat, self.n_atoms) if dueling else None
+        self.act_fn = ACTIVATION_FNS[act] if act in ACTIVATION_FNS else activation(act)()
+        self.cnn = NatureCNN(obs_shape, linear=linear) if image else None  # Nature DQN: convs -> 512 units
+        in_dim = self.cnn.out_dim if image else int(math.prod(obs_shape))
+        dims = [in_dim, *hidden]
+        # layers called one by one (no nn.Sequential): fewer Python calls per step on a CPU
+        self.layers = nn.ModuleList([linear(a, b) for a, b in zip(dims[:-1], dims[1:])])
+        self.advantage = linear(dims[-1], self.n_actions * self.n_atoms)
+        self.value = linear(dims[-1], self.n_atoms) if dueling else None
         if support is not None:
             self.register_buffer("support", support.clone().float())
         else:
             self.support = None
+        self.numpy_ok = self.cnn is None and not noisy and act in NUMPY_ACTIVATIONS
+        self._act_name = act
+        self._numpy_cache: tuple[tuple[int, ...], list[np.ndarray]] | None = None
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """Q-values ``(B, A)``, or distribution logits ``(B, A, n_atoms)`` when ``n_atoms > 1``."""
-        h = self.trunk(obs)
+        h = self.cnn(obs) if self.cnn is not None else (obs if obs.dim() == 2 else obs.flatten(1))
+        for layer in self.layers:
+            h = self.act_fn(layer(h))
         out = self.advantage(h)
         if self.n_atoms > 1:
             out = out.view(-1, self.n_actions, self.n_atoms)
@@ -235,6 +240,43 @@ class QNetwork(nn.Module):
 
     def reset_noise(self) -> None:
         reset_noise(self)
+
+    def _numpy_params(self) -> list[np.ndarray]:
+        """numpy views (no copies) of the weights; rebuilt if a parameter moved to new memory."""
+        params = [p for layer in [*self.layers, self.advantage, self.value] if layer is not None
+                  for p in (layer.weight, layer.bias)]
+        key = tuple(p.data_ptr() for p in params)
+        if self._numpy_cache is None or self._numpy_cache[0] != key:
+            self._numpy_cache = (key, [p.detach().numpy() for p in params])
+        return self._numpy_cache[1]
+
+    def q_values_numpy(self, obs: np.ndarray) -> np.ndarray:
+        """:meth:`q_values` computed with numpy on the same weights (needs ``numpy_ok``).
+
+        Why: acting on one observation per environment step is a dozen tiny torch calls whose
+        fixed overhead dwarfs the arithmetic; numpy does the same matrix products several times
+        faster. Training still runs in torch.
+        """
+        if not self.numpy_ok:
+            raise ValueError("q_values_numpy needs an MLP body without noisy layers and a relu/tanh activation")
+        params = self._numpy_params()
+        act = NUMPY_ACTIVATIONS[self._act_name]
+        h = obs.reshape(len(obs), -1)
+        for i in range(len(self.layers)):
+            h = h @ params[2 * i].T + params[2 * i + 1]
+            act(h, out=h)
+        j = 2 * len(self.layers)
+        out = h @ params[j].T + params[j + 1]
+        if self.n_atoms > 1:
+            out = out.reshape(len(h), self.n_actions, self.n_atoms)
+        if self.value is not None:
+            value = h @ params[j + 2].T + params[j + 3]
+            value = value.reshape(len(h), 1, self.n_atoms) if self.n_atoms > 1 else value
+            out = value + out - out.mean(axis=1, keepdims=True)
+        if self.n_atoms > 1:
+            out = np.exp(out - out.max(axis=-1, keepdims=True))
+            out = (out / out.sum(axis=-1, keepdims=True)) @ self.support.numpy()
+        return out
 
 
 # ---------------------------------------------------------------------------------- flat params

@@ -1,0 +1,441 @@
+"""The one off-policy training loop: act, store in replay, learn from minibatches, sync targets.
+
+Every replay-based agent (the DQN family here; DDPG, TD3, SAC, D4PG later) subclasses
+:class:`OffPolicyAgent` and supplies only its own parts:
+
+- ``setup()``: call ``super().setup()`` (environments and replay), then build networks and
+  optimizers;
+- :meth:`OffPolicyAgent.select_action` ``(obs, explore) -> actions`` for a batch of observations;
+- :meth:`OffPolicyAgent.train_step` ``(batch) -> stats``: one gradient update; return a
+  ``"td_error"`` entry (per sample) to feed prioritized replay;
+- :meth:`OffPolicyAgent.target_pairs`: (online, target) tensors that :meth:`update_targets`
+  copies (``tau = 1``) or averages (``target <- (1 - tau) target + tau online``).
+
+The loop, per environment step (``n_envs`` environments step together)::
+
+    a = random before learning_starts, else select_action(obs, explore=True)
+    step the envs; store (s, a, r, s', terminated, truncated) in replay
+    every target_update_interval steps: update_targets()     (same order as Stable-Baselines3)
+    every train_freq steps after learning_starts: gradient_steps x train_step(sample(batch_size))
+    every eval_freq steps: greedy evaluation, logged as eval/return_mean
+
+Time limits: a truncated episode still bootstraps from its real final observation (it is what
+``s'`` holds in replay); only a terminated one does not. Each environment is reset with a seed
+drawn from the agent's numpy generator, and the actions of the current episodes are kept, so
+a saved agent rebuilds the exact environment state on load by replaying them: together with the
+replay contents, optimizer, torch and numpy RNG states, training resumed from a checkpoint
+produces the same weights as an uninterrupted run with the same seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from classic_rl.agents.base import Agent
+from classic_rl.buffers import REPLAY_KINDS, Batch, make_replay_buffer
+from classic_rl.env_utils import make_env
+from classic_rl.logger import RunLogger
+
+ROUND_ROWS = 16_384
+"""Most transitions drawn from replay at once for one training round."""
+
+
+@dataclass
+class OffPolicyConfig:
+    """Settings every replay-based agent shares (step counts are environment steps, summed over envs)."""
+
+    buffer_size: int = 100_000
+    """Replay capacity in transitions."""
+    batch_size: int = 64
+    learning_starts: int = 1000
+    """Random actions and no updates before this many steps."""
+    train_freq: int = 4
+    """Update every ``train_freq`` steps of each environment."""
+    gradient_steps: int = 1
+    """Updates per training round; -1 means as many as environment steps collected in the round."""
+    gamma: float = 0.99
+    n_step: int = 1
+    """Rewards summed per stored transition before bootstrapping (n-step returns)."""
+    tau: float = 1.0
+    """Target update rate: 1 copies the online weights, < 1 is Polyak averaging."""
+    target_update_interval: int = 1
+    """Steps between target updates."""
+    replay: str = "uniform"
+    """uniform, proportional (prioritized, sum tree) or rank (prioritized, p_i = 1/rank(i))."""
+    per_alpha: float = 0.6
+    """How much prioritization: P(i) ~ p_i^alpha (0 = uniform)."""
+    per_beta0: float = 0.4
+    """Initial importance-sampling exponent, annealed linearly to 1 over the run."""
+    per_eps: float = 1e-6
+    """Added to |TD error| so no transition gets zero priority."""
+    rank_sort_every: int = 100
+    """Rank-based replay: re-sort priorities every this many minibatches (1 = exact)."""
+    n_envs: int = 1
+    """Environments stepped together (sequentially, in one process)."""
+    eval_freq: int = 0
+    """Greedy evaluation every this many steps (0 = never during training)."""
+    eval_episodes: int = 5
+    eval_seed: int = 10_000
+    log_interval: int = 1000
+    """Steps between training-scalar logs (TensorBoard ``train/*``)."""
+    torch_threads: int = 1
+    """torch CPU threads for this process (small networks are fastest on one); 0 keeps torch's default."""
+
+    def validate(self) -> None:
+        positive = ("buffer_size", "batch_size", "train_freq", "n_step", "target_update_interval", "n_envs",
+                    "eval_episodes", "log_interval", "rank_sort_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        for name in ("learning_starts", "eval_freq", "torch_threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.gradient_steps == 0 or self.gradient_steps < -1:
+            raise ValueError(f"gradient_steps must be positive or -1 (one per collected step), got {self.gradient_steps}")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
+        if not 0.0 < self.tau <= 1.0:
+            raise ValueError(f"tau must be in (0, 1], got {self.tau}")
+        if self.replay not in REPLAY_KINDS:
+            raise ValueError(f"replay must be one of {', '.join(REPLAY_KINDS)}; got {self.replay!r}")
+        if not 0.0 <= self.per_beta0 <= 1.0:
+            raise ValueError(f"per_beta0 must be in [0, 1], got {self.per_beta0}")
+
+
+def linear_schedule(start: float, end: float, fraction: float, step: int, horizon: int) -> float:
+    """``start -> end`` linearly over the first ``fraction * horizon`` steps, then ``end``."""
+    span = fraction * horizon
+    if span <= 0:
+        return end
+    return start + (end - start) * min(1.0, step / span)
+
+
+def observation_encoder(space: gym.Space) -> tuple[Callable[[Any], np.ndarray], tuple[int, ...], Any]:
+    """(encode, shape, dtype) turning raw observations into what replay and networks take.
+
+    Box: float32 (uint8 images stay uint8 to keep replay small); Discrete: one-hot float32.
+    """
+    if isinstance(space, gym.spaces.Discrete):
+        eye = np.eye(int(space.n), dtype=np.float32)
+        return (lambda o: eye[int(o) - int(space.start)]), (int(space.n),), np.float32
+    if isinstance(space, gym.spaces.Box):
+        dtype = np.uint8 if space.dtype == np.uint8 else np.float32
+        return (lambda o: np.array(o, dtype=dtype)), tuple(space.shape), dtype  # a copy: envs may reuse arrays
+    raise ValueError(f"Unsupported observation space {space}; use a Box or Discrete space (or a wrapper)")
+
+
+class EnvRunner:
+    """Steps ``n`` environments in lockstep and resets each one when its episode ends.
+
+    ``step`` returns the *real* next observations (the final one at an episode end, which is
+    what replay must store) and keeps the first observation of the new episode in ``obs``.
+    Resets are seeded from ``rng``; with the current episodes' seeds and actions the runner's
+    state is replayable (:meth:`state_dict` / :meth:`load_state_dict`).
+    """
+
+    def __init__(self, envs: list[gym.Env], rng: np.random.Generator, encode: Callable[[Any], np.ndarray]) -> None:
+        self.envs, self.rng, self.encode = envs, rng, encode
+        self.n = len(envs)
+        self.obs: np.ndarray | None = None
+        self.seeds = [0] * self.n
+        self.actions: list[list[Any]] = [[] for _ in range(self.n)]
+        self.returns = [0.0] * self.n
+        self.lengths = [0] * self.n
+
+    def _reset(self, i: int) -> np.ndarray:
+        self.seeds[i] = int(self.rng.integers(2**31 - 1))
+        self.actions[i] = []
+        self.returns[i], self.lengths[i] = 0.0, 0
+        obs, _ = self.envs[i].reset(seed=self.seeds[i])
+        return self.encode(obs)
+
+    def reset(self) -> np.ndarray:
+        self.obs = np.stack([self._reset(i) for i in range(self.n)])
+        return self.obs
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[tuple[float, int]]]:
+        """Step every env; returns (real next obs, rewards, terminated, truncated, finished episodes)."""
+        finished: list[tuple[float, int]] = []
+        if self.n == 1:  # the common case, without per-env array building
+            action = actions[0]
+            obs, reward, terminated, truncated, _ = self.envs[0].step(action)
+            self.actions[0].append(action)
+            self.returns[0] += float(reward)
+            self.lengths[0] += 1
+            real_next = self.encode(obs)[None]
+            if terminated or truncated:
+                finished.append((self.returns[0], self.lengths[0]))
+                self.obs = self._reset(0)[None]
+            else:
+                self.obs = real_next
+            return (real_next, np.array([reward], dtype=np.float32), np.array([terminated]),
+                    np.array([truncated]), finished)
+        next_obs = np.empty_like(self.obs)
+        real_next = np.empty_like(self.obs)
+        rewards = np.empty(self.n, dtype=np.float32)
+        terms = np.empty(self.n, dtype=bool)
+        truncs = np.empty(self.n, dtype=bool)
+        for i, env in enumerate(self.envs):
+            obs, rewards[i], terms[i], truncs[i], _ = env.step(actions[i])
+            self.actions[i].append(actions[i])
+            self.returns[i] += float(rewards[i])
+            self.lengths[i] += 1
+            real_next[i] = self.encode(obs)
+            if terms[i] or truncs[i]:
+                finished.append((self.returns[i], self.lengths[i]))
+                next_obs[i] = self._reset(i)
+            else:
+                next_obs[i] = real_next[i]
+        self.obs = next_obs
+        return real_next, rewards, terms, truncs, finished
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "started": self.obs is not None,
+            "seeds": list(self.seeds),
+            "actions": [torch.from_numpy(np.array(a)) if a else None for a in self.actions],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Rebuild each env's current episode: reset with its seed, replay its actions."""
+        if not state["started"]:
+            self.obs = None
+            return
+        obs_rows = []
+        for i, env in enumerate(self.envs):
+            self.seeds[i] = int(state["seeds"][i])
+            saved = state["actions"][i]
+            actions = [] if saved is None else list(saved.numpy())
+            obs, _ = env.reset(seed=self.seeds[i])
+            self.returns[i], self.lengths[i] = 0.0, 0
+            for action in actions:
+                obs, reward, terminated, truncated, _ = env.step(action)
+                self.returns[i] += float(reward)
+                self.lengths[i] += 1
+                if terminated or truncated:
+                    raise RuntimeError(
+                        f"Cannot restore the environment: replaying the saved episode ended early after "
+                        f"{self.lengths[i]} steps. The environment is not deterministic given its seed."
+                    )
+            self.actions[i] = actions
+            obs_rows.append(self.encode(obs))
+        self.obs = np.stack(obs_rows)
+
+
+class OffPolicyAgent(Agent):
+    """Base of the replay-based agents; see the module docstring for the loop and the hooks."""
+
+    Config = OffPolicyConfig
+    family = "off-policy"
+
+    # ------------------------------------------------------------------ building
+    def setup(self) -> None:
+        cfg = self.config
+        if cfg.torch_threads > 0:
+            torch.set_num_threads(cfg.torch_threads)
+        self.encode, self.obs_shape, obs_dtype = observation_encoder(self.env.observation_space)
+        self.n_envs = int(cfg.n_envs)
+        envs = [self.env] + [self._make_extra_env() for _ in range(self.n_envs - 1)]
+        self.runner = EnvRunner(envs, self.rng, self.encode)
+        space = self.env.action_space
+        if isinstance(space, gym.spaces.Discrete):
+            action_shape, action_dtype = (), np.int64
+        else:
+            action_shape, action_dtype = tuple(space.shape), np.float32
+        self.buffer = make_replay_buffer(
+            cfg.replay, cfg.buffer_size, self.obs_shape, action_shape=action_shape, obs_dtype=obs_dtype,
+            action_dtype=action_dtype, gamma=cfg.gamma, n_step=cfg.n_step, n_envs=self.n_envs, rng=self.rng,
+            alpha=cfg.per_alpha, eps=cfg.per_eps, sort_every=cfg.rank_sort_every,
+        )
+        self.horizon = self.default_steps
+        self.n_updates = 0
+        self.targets_stale = False
+        self.last_log_step = 0
+        self.eval_history: list[tuple[int, float, float]] = []
+
+    def _make_extra_env(self) -> gym.Env:
+        if isinstance(self._env_arg, str):
+            return make_env(self._env_arg, self.env_kwargs)
+        if self.env.spec is None:
+            raise ValueError("n_envs > 1 needs an environment id (or an env with a spec) to make copies")
+        return gym.make(self.env.spec)
+
+    # ------------------------------------------------------------------ hooks for subclasses
+    def select_action(self, obs: np.ndarray, explore: bool) -> np.ndarray:
+        """Actions for a batch of encoded observations ``(n, *obs_shape)``."""
+        raise NotImplementedError
+
+    def train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One gradient update on ``batch``; may return ``td_error`` (per sample) for prioritized replay."""
+        raise NotImplementedError
+
+    def target_pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(online, target) parameter tensors kept in sync by :meth:`update_targets`."""
+        return []
+
+    def random_actions(self, n: int) -> np.ndarray:
+        """Uniform random actions from the agent's generator (not ``space.sample()``, so they replay)."""
+        space = self.env.action_space
+        if isinstance(space, gym.spaces.Discrete):
+            return self.rng.integers(int(space.n), size=n) + int(space.start)
+        return self.rng.uniform(space.low, space.high, size=(n, *space.shape)).astype(np.float32)
+
+    # ------------------------------------------------------------------ the loop
+    def progress(self) -> float:
+        """Fraction of the training budget used, for schedules (epsilon, PER beta)."""
+        return min(1.0, self.num_timesteps / max(self.horizon, 1))
+
+    def per_beta(self) -> float:
+        beta0 = self.config.per_beta0
+        return beta0 + (1.0 - beta0) * self.progress()
+
+    @torch.no_grad()
+    def update_targets(self) -> None:
+        tau = self.config.tau
+        for online, target in self.target_pairs():
+            if tau >= 1.0:
+                target.copy_(online)
+            else:
+                target.lerp_(online, tau)
+        self.targets_stale = False
+
+    def round_targets(self, batch: Batch) -> torch.Tensor | None:
+        """TD targets for a whole training round's minibatches at once, or None (computed per update).
+
+        Within a round the target networks do not change (they are updated between environment
+        steps), so an agent whose targets depend on them alone can compute every target of the
+        round in one large forward pass instead of ``gradient_steps`` small ones.
+        """
+        return None
+
+    def round_batches(self, gradient_steps: int, batch_size: int, beta: float) -> Iterator[Batch]:
+        """The minibatches of one training round.
+
+        Uniform replay draws the whole round at once (one gather from the arrays instead of
+        ``gradient_steps``; the same distribution, since replay does not change during the round)
+        and offers it to :meth:`round_targets`. Prioritized replay samples before each update,
+        because every update changes the priorities.
+        """
+        if self.buffer.prioritized:
+            for _ in range(gradient_steps):
+                yield self.buffer.sample(batch_size, beta)
+            return
+        per_draw = max(1, ROUND_ROWS // batch_size)  # bound the memory of one draw
+        for start in range(0, gradient_steps, per_draw):
+            n = min(per_draw, gradient_steps - start)
+            batch = self.buffer.sample(n * batch_size)
+            targets = self.round_targets(batch)
+            for i in range(n):
+                yield batch.slice(i * batch_size, (i + 1) * batch_size, targets)
+
+    def train(self, gradient_steps: int, logger: RunLogger | None = None) -> dict[str, torch.Tensor]:
+        """``gradient_steps`` updates on replayed minibatches; returns the last update's stats."""
+        cfg = self.config
+        stats: dict[str, torch.Tensor] = {}
+        for batch in self.round_batches(gradient_steps, cfg.batch_size, self.per_beta()):
+            stats = self.train_step(batch)
+            td_error = stats.pop("td_error", None)
+            if self.buffer.prioritized and td_error is not None:
+                self.buffer.update_priorities(batch.indices, td_error.detach().numpy())
+        self.n_updates += gradient_steps
+        self.targets_stale = True
+        if logger is not None and self.num_timesteps - self.last_log_step >= cfg.log_interval:
+            self.last_log_step = self.num_timesteps
+            values = {f"train/{k}": float(v) for k, v in stats.items()}
+            values["train/n_updates"] = self.n_updates
+            values.update(self.schedule_values())
+            logger.scalars(values, self.num_timesteps)
+        return stats
+
+    def schedule_values(self) -> dict[str, float]:
+        """Scalars of the schedules to log (subclasses add epsilon etc.)."""
+        return {"train/per_beta": self.per_beta()} if self.buffer.prioritized else {}
+
+    def _learn(self, total_steps: int | None, episodes: int | None, logger: RunLogger) -> None:
+        cfg = self.config
+        n = self.n_envs
+        stop_steps = None if total_steps is None else self.num_timesteps + int(total_steps)
+        stop_episodes = None if episodes is None else self.num_episodes + int(episodes)
+        self.horizon = stop_steps if stop_steps is not None else self.num_timesteps + self.default_steps
+        train_every = cfg.train_freq * n
+        gradient_steps = cfg.gradient_steps if cfg.gradient_steps > 0 else cfg.train_freq * n
+        target_every = max(cfg.target_update_interval // n, 1) * n
+        runner, buffer = self.runner, self.buffer
+        if runner.obs is None:
+            runner.reset()
+        while (stop_steps is None or self.num_timesteps < stop_steps) and (
+            stop_episodes is None or self.num_episodes < stop_episodes
+        ):
+            obs = runner.obs
+            if self.num_timesteps < cfg.learning_starts:
+                actions = self.random_actions(n)
+            else:
+                actions = self.select_action(obs, explore=True)
+            next_obs, rewards, terminated, truncated, finished = runner.step(actions)
+            buffer.add(obs, actions, rewards, next_obs, terminated, truncated)
+            self.num_timesteps += n
+            t = self.num_timesteps
+            logger.advance(n)
+            for episode_return, length in finished:
+                self.num_episodes += 1
+                logger.episode(t, episode_return, length)
+            if t % target_every == 0 and self.targets_stale:
+                self.update_targets()
+            if t > cfg.learning_starts and t % train_every == 0:
+                self.train(gradient_steps, logger)
+            if cfg.eval_freq and t % cfg.eval_freq < n:
+                self.evaluate_during_training(logger)
+
+    def evaluate_during_training(self, logger: RunLogger | None = None) -> tuple[float, float]:
+        """Greedy evaluation on a fresh env (seeds ``eval_seed``...); recorded in ``eval_history``."""
+        from classic_rl.evaluation import evaluate
+
+        cfg = self.config
+        env = self._env_arg if isinstance(self._env_arg, str) else gym.make(self.env.spec)
+        mean, std = evaluate(self, env, episodes=cfg.eval_episodes, seed=cfg.eval_seed,
+                             env_kwargs=self.env_kwargs if isinstance(env, str) else None)
+        self.eval_history.append((self.num_timesteps, mean, std))
+        if logger is not None:
+            logger.scalars({"eval/return_mean": mean, "eval/return_std": std}, self.num_timesteps)
+        return mean, std
+
+    # ------------------------------------------------------------------ saving / resuming
+    def training_state(self) -> dict[str, Any]:
+        state = super().training_state()
+        state.update(
+            buffer=self.buffer.state_dict(),
+            runner=self.runner.state_dict(),
+            numpy_rng=self.rng.bit_generator.state,
+        )
+        return state
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        super().load_training_state(state)
+        if "buffer" in state:
+            self.buffer.load_state_dict(state["buffer"])
+        if "numpy_rng" in state:
+            self.rng.bit_generator.state = state["numpy_rng"]
+        if "runner" in state:
+            self.runner.load_state_dict(state["runner"])
+
+    def extra_state(self) -> dict[str, Any]:
+        state = super().extra_state()
+        state.update(
+            n_updates=self.n_updates, targets_stale=self.targets_stale, last_log_step=self.last_log_step,
+            horizon=self.horizon, eval_history=[list(e) for e in self.eval_history],
+        )
+        return state
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        super().load_extra_state(state)
+        self.n_updates = int(state.get("n_updates", 0))
+        self.targets_stale = bool(state.get("targets_stale", False))
+        self.last_log_step = int(state.get("last_log_step", 0))
+        self.horizon = int(state.get("horizon", self.horizon))
+        self.eval_history = [tuple(e) for e in state.get("eval_history", [])]
