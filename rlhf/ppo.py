@@ -141,12 +141,26 @@ class _GradientAccumulation:
 
 
 # ----------------------------------------------------------------------------- the trainer
+def _accelerator(cpu: bool, precision: str):
+    """An ``Accelerator`` with this run's precision, even if an earlier step in the same process (the
+    pipeline's SFT or reward training) initialised accelerate's process-wide state with another one."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    mixed_precision = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[precision]
+    try:
+        return Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+    except ValueError as err:
+        if "already been initialized" not in str(err):
+            raise
+        AcceleratorState._reset_state()  # keeps the distributed set-up (PartialState), resets precision
+        return Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+
+
 class PPOTrainer:
     """PPO for a causal LM on prompts; see the module docstring for one update."""
 
     def __init__(self, config: PPOConfig, accelerator=None):
-        from accelerate import Accelerator
-
         from rlhf.utils import hardware_defaults
 
         self.config = config.validate()
@@ -155,9 +169,7 @@ class PPOTrainer:
         bf16 = (hw["bf16"] and not use_cpu) if config.bf16 is None else config.bf16
         fp16 = (hw["fp16"] and not use_cpu and not bf16) if config.fp16 is None else config.fp16
         self.precision = "bf16" if bf16 else "fp16" if fp16 else "fp32"
-        self.accelerator = accelerator or Accelerator(
-            cpu=use_cpu, mixed_precision={"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[self.precision]
-        )
+        self.accelerator = accelerator or _accelerator(use_cpu, self.precision)
         acc = self.accelerator
         self.rank, self.world_size, self.device = acc.process_index, acc.num_processes, acc.device
         seed_everything(config.seed)  # same initial weights (value head) on every rank
@@ -220,6 +232,14 @@ class PPOTrainer:
             eval_dataset_name=cfg.eval_dataset_name, eval_holdout_fraction=cfg.eval_holdout_fraction,
         )
         train, held_out = load_train_eval(data_args, seed=cfg.seed)
+        field = cfg.dataset_text_field
+        if field != "prompt":  # a prompt column under another name (TRL's dataset_text_field)
+            if field not in train.column_names:
+                raise ValueError(f"--dataset_text_field '{field}' is not a column of '{cfg.dataset_name}' "
+                                 f"(columns: {train.column_names})")
+            train = train.rename_column(field, "prompt")
+            if held_out is not None and field in held_out.column_names:
+                held_out = held_out.rename_column(field, "prompt")
         validate_dataset(train, "ppo", f"dataset '{cfg.dataset_name}'")
         if held_out is None or len(held_out) == 0:
             raise ValueError(
@@ -227,8 +247,8 @@ class PPOTrainer:
                 "--eval_dataset_name, a dataset with a test split, or --eval_holdout_fraction > 0"
             )
         validate_dataset(held_out, "ppo", "held-out prompts")
-        self.train_prompts = [render_prompt(p, self.tokenizer) for p in train[cfg.dataset_text_field]]
-        self.eval_prompts = [render_prompt(p, self.tokenizer) for p in held_out[cfg.dataset_text_field]][: cfg.num_eval_prompts]
+        self.train_prompts = [render_prompt(p, self.tokenizer) for p in train["prompt"]]
+        self.eval_prompts = [render_prompt(p, self.tokenizer) for p in held_out["prompt"][: cfg.num_eval_prompts]]
         self.train_ids = self._tokenize(self.train_prompts)
         self.eval_ids = self._tokenize(self.eval_prompts)
 
@@ -244,14 +264,16 @@ class PPOTrainer:
     def _build_models(self) -> None:
         cfg = self.config
         trust = cfg.trust_remote_code
-        policy = load_causal_lm(cfg.model_name_or_path, tokenizer=self.tokenizer, trust_remote_code=trust)
+        policy = load_causal_lm(cfg.model_name_or_path, tokenizer=self.tokenizer, dtype=cfg.dtype, trust_remote_code=trust)
         self.peft_reference = False
         if cfg.use_peft:
             policy = self._with_lora(policy, "CAUSAL_LM")
             self.peft_reference = cfg.reference_from_disabled_adapter
         self.ref_policy = None
         if not self.peft_reference:
-            self.ref_policy = load_causal_lm(cfg.model_name_or_path, tokenizer=self.tokenizer, trust_remote_code=trust)
+            self.ref_policy = load_causal_lm(
+                cfg.model_name_or_path, tokenizer=self.tokenizer, dtype=cfg.dtype, trust_remote_code=trust
+            )
             self.ref_policy.requires_grad_(False).eval()
 
         self.reward_model = None
@@ -275,7 +297,7 @@ class PPOTrainer:
                     "initialise the critic (which reads the policy's tokens); pass --value_model_path (e.g. the SFT "
                     "model) or --value_head_on_policy"
                 )
-            critic_model = load_reward_model(source, tokenizer=self.tokenizer, trust_remote_code=trust)
+            critic_model = load_reward_model(source, tokenizer=self.tokenizer, dtype=cfg.dtype, trust_remote_code=trust)
             from_reward_model = cfg.value_model_path is not None or cfg.reward_model_path is not None
             if cfg.use_peft:
                 critic_model = self._with_lora(critic_model, "SEQ_CLS")
@@ -450,6 +472,7 @@ class PPOTrainer:
             "loss/value_avg": stats["loss/value"],
             "val/clipfrac_avg": stats["val/clipfrac"],
             "val/ratio": stats["policy/ratio"],
+            "val/num_eos_tokens": batch.has_stop.float().sum() * self.world_size,  # mean x ranks = total
             "val/no_eos_frac": (~batch.has_stop).float().mean(),
             "val/response_length": batch.mask.float().sum(1).mean(),
             "val/values": masked_mean(batch.values, valid),

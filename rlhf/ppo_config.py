@@ -29,8 +29,9 @@ class PPOConfig:
     # ------------------------------------------------------------------ models, data, output
     output_dir: str | None = None
     """Where the trained policy, tokenizer, metrics.jsonl and summary.json go (required)."""
-    model_name_or_path: str | None = None
-    """The SFT policy (hub id or local path); also the frozen reference policy (required)."""
+    model_name_or_path: str | None = field(default=None, metadata={"aliases": ["--sft_model_path"]})
+    """The SFT policy (hub id or local path); also the frozen reference policy (required).
+    `--sft_model_path` (TRL's former name) works too."""
     reward_model_path: str | None = None
     """A sequence-classification reward model (one scalar); exclusive with `reward_fn`."""
     reward_fn: str | None = None
@@ -56,6 +57,9 @@ class PPOConfig:
     """At most this many held-out prompts measure `reward_mean_before/after` and `kl_mean`."""
     max_prompt_length: int | None = None
     """Keep the last this many prompt tokens (None: no truncation)."""
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    """Weight dtype of the policy, reference and critic (float32 master weights; bf16/fp16 compute
+    comes from --bf16/--fp16 mixed precision). The reward model runs in the compute precision."""
     trust_remote_code: bool = False
 
     # ------------------------------------------------------------------ batch sizes and budget
