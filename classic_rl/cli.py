@@ -103,11 +103,43 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from classic_rl.plots import plot_learning_curves
+    from classic_rl.plots import grid_view, plot_grid_values, plot_learning_curves
 
-    out = args.out or str(Path(args.run_dirs[0]) / "curves.png")
-    print(f"wrote {plot_learning_curves(args.run_dirs, out)}")
+    with_episodes = [d for d in args.run_dirs if (Path(d) / "episodes.csv").is_file()
+                     and (Path(d) / "episodes.csv").stat().st_size > 0]
+    has_rows = [d for d in with_episodes if len((Path(d) / "episodes.csv").read_text().splitlines()) > 1]
+    if has_rows:
+        out = args.out or str(Path(args.run_dirs[0]) / "curves.png")
+        print(f"wrote {plot_learning_curves(has_rows, out)}")
+    # Grid worlds also get the course's picture: V as a heatmap with the greedy policy as arrows.
+    for run_dir in args.run_dirs:
+        if not (Path(run_dir) / "config.yaml").is_file():
+            raise FileNotFoundError(f"{run_dir!r} is not a run directory: it has no config.yaml")
+        agent = _load_tabular(run_dir)
+        if agent is None:
+            continue
+        try:
+            grid_view(agent.env)
+        except ValueError:
+            continue
+        path = plot_grid_values(agent.v, agent.policy, agent.env, Path(run_dir) / "values.png",
+                                title=f"{agent.algo} on {agent.env_id}")
+        print(f"wrote {path}")
     return 0
+
+
+def _load_tabular(run_dir: str):
+    """The saved agent if it has a state-value table (tabular runs), else None."""
+    import yaml
+
+    meta = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+    from classic_rl.registry import get_algorithm
+
+    if not get_algorithm(meta["algo"]).family.startswith(("tabular", "dynamic")):
+        return None
+    import classic_rl
+
+    return classic_rl.load(run_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -79,3 +79,18 @@ def test_existing_nonempty_out_is_refused(tmp_path, capsys):
     (out / "keep.txt").write_text("mine")
     assert main(["train", "sarsa", "CliffWalking-v1", "--episodes", "5", "--out", str(out), "--quiet"]) == 2
     assert "not empty" in capsys.readouterr().err and (out / "keep.txt").read_text() == "mine"
+
+
+def test_plot_draws_curves_and_the_grid_value_heatmap(tmp_path, capsys):
+    runs = []
+    for seed in (0, 1):
+        run = tmp_path / f"ql{seed}"
+        assert main(["train", "q_learning", "GridWorld4x3-v0", "--episodes", "100", "--seed", str(seed),
+                     "--set", "gamma=0.99", "--out", str(run), "--quiet", "--eval-episodes", "1"]) == 0
+        runs.append(str(run))
+    out = tmp_path / "curves.png"
+    assert main(["plot", *runs, "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    for run in runs:
+        assert (tmp_path / run / "values.png").stat().st_size > 10_000
+    assert main(["plot", str(tmp_path / "missing")]) == 2
