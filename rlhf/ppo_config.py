@@ -47,6 +47,7 @@ class PPOConfig:
     dataset_config: str | None = None
     """Dataset configuration name (hub datasets)."""
     dataset_train_split: str = "train"
+    """Split that holds the training prompts."""
     dataset_test_split: str = "test"
     """Held-out prompts come from this split when the dataset has it."""
     eval_dataset_name: str | None = None
@@ -101,7 +102,9 @@ class PPOConfig:
     adaptive_kl: bool = False
     """Ziegler et al.'s controller: beta *= 1 + clip(KL / target - 1, -0.2, 0.2) * n / horizon."""
     kl_target: float = 6.0
+    """Target KL per response (nats, summed over tokens) of the adaptive controller."""
     kl_horizon: int = 10000
+    """Episodes over which the adaptive controller closes the gap to the target."""
     whiten_rewards: bool = False
     """Rescale the per-token rewards by their std (mean kept)."""
     score_clip: float | None = None
@@ -109,23 +112,33 @@ class PPOConfig:
 
     # ------------------------------------------------------------------ PPO update
     learning_rate: float = 3e-6
+    """AdamW learning rate of the policy and the critic (N+: 3e-6 for 1B models; tiny models take ~3e-4)."""
     lr_scheduler_type: Literal["linear", "constant"] = "linear"
     """'linear' decays the learning rate to 0 over the run."""
     adam_epsilon: float = 1e-5
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm of each optimizer step (None: no clipping)."""
     cliprange: float = 0.2
+    """PPO's policy ratio clip epsilon."""
     cliprange_value: float | None = 0.2
+    """Clip new values to old values +- this in the value loss (None: unclipped)."""
     vf_coef: float = 0.1
+    """Weight of the value loss in the total loss."""
     gamma: float = 1.0
+    """Discount over response tokens (1: the score at the end counts fully for every token)."""
     lam: float = 0.95
+    """GAE lambda."""
     gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, more time; on by default on a GPU)."""
 
     # ------------------------------------------------------------------ LoRA (peft)
     use_peft: bool = False
+    """Train LoRA adapters (peft) on the policy and the critic instead of all weights."""
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
+    """LoRA dropout (PPO runs with dropout disabled everywhere, so this has no effect in training)."""
     lora_target_modules: list[str] | None = None
     """Modules that get adapters (None: all linear layers)."""
     reference_from_disabled_adapter: bool = True
@@ -189,6 +202,32 @@ class PPOConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _docstrings_as_help(cls: type) -> type:
+    """Copy each field's docstring (the string literal under it) into its argparse help, so
+    `rlhf ppo --help` explains every flag while the dataclass stays readable (CleanRL style)."""
+    import ast
+    import inspect
+    import textwrap
+    from types import MappingProxyType
+
+    try:
+        body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    except (OSError, TypeError, IndexError):  # no source (e.g. frozen install): flags keep no help
+        return cls
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    for f in dataclasses.fields(cls):
+        if f.name in docs and "help" not in f.metadata:
+            f.metadata = MappingProxyType({**f.metadata, "help": docs[f.name]})
+    return cls
+
+
+_docstrings_as_help(PPOConfig)
 
 
 def parse_ppo_args(argv: list[str] | None = None) -> PPOConfig:
