@@ -201,7 +201,15 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
 
     cfg.validate()
     if "ppo" in cfg.steps:  # fail before hours of training, not after
-        importlib.import_module(STEP_MODULES["ppo"])
+        try:
+            importlib.import_module(STEP_MODULES["ppo"])
+        except ModuleNotFoundError as err:
+            if err.name != STEP_MODULES["ppo"]:
+                raise
+            raise ValueError(
+                f"the ppo step needs module {STEP_MODULES['ppo']}, which is not available in this installation; "
+                "drop 'ppo' from steps to run the other steps"
+            ) from err
     PartialState()  # join the process group under a distributed launcher, so steps can wait for rank 0
     summaries = {step: run_step(cfg, step) for step in cfg.steps}
     summary: dict[str, Any] = {"command": "pipeline", "steps": cfg.steps, "seed": cfg.seed, "summaries": summaries}

@@ -12,6 +12,7 @@ import math
 import os
 import random
 import shutil
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,10 @@ def parse_args(
     if defaults:
         known = {action.dest for action in parser._actions}
         parser.set_defaults(**{k: v for k, v in defaults.items() if k in known})
-    return parser.parse_args_and_config(args=argv)
+    with warnings.catch_warnings():
+        # TRL's configs default the deprecated alias `gradient_checkpointing`; not the user's doing.
+        warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
+        return parser.parse_args_and_config(args=argv)
 
 
 def to_plain(obj: Any) -> Any:
