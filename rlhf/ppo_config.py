@@ -54,7 +54,7 @@ class PPOConfig:
     """Held-out prompts from another dataset (wins over the test split)."""
     eval_holdout_fraction: float = 0.1
     """Without an eval dataset or test split, this fraction of the prompts is held out of training."""
-    num_eval_prompts: int = 64
+    num_eval_prompts: int = 128
     """At most this many held-out prompts measure `reward_mean_before/after` and `kl_mean`."""
     max_prompt_length: int | None = None
     """Keep the last this many prompt tokens (None: no truncation)."""
