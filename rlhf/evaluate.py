@@ -5,7 +5,6 @@ top_k 0 / top_p 1, each completion cut after its first EOS.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -97,8 +96,3 @@ def reward_model_scores(
 
 def mean(values: list[float]) -> float:
     return sum(values) / max(1, len(values))
-
-
-def gold_scores(reward_fn: Callable[[list[str], list[str]], list[float]], samples: Samples) -> list[float]:
-    """Scores of samples under a `--reward_fn`-style callable (e.g. rlhf.task:gold_reward)."""
-    return list(reward_fn(samples.prompts, samples.completions))

@@ -25,6 +25,7 @@ from rlhf.utils import (
     is_main_process,
     parse_args,
     seed_everything,
+    world_size,
     write_config,
     write_json,
 )
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
         "command": "tiny-model",
         "parameters": count_parameters(model),
         "vocab_size": len(tokenizer),
-        "world_size": 1,
+        "world_size": world_size(),  # under a launcher every rank builds the same model; rank 0 saves it
         "seed": cfg.seed,
     }
     with atomic_output_dir(cfg.output_dir) as tmp:
