@@ -242,6 +242,7 @@ def ppo_update(
     backward: Callable[[Tensor], None] | None = None,
     clip_grad_norm: Callable[[Iterable[torch.nn.Parameter], float], Tensor] | None = None,
     clip_range: float | None = None,
+    reduce_mean: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, float]:
     """Epochs x minibatches of PPO on a collected batch; returns averaged statistics.
 
@@ -250,7 +251,8 @@ def ppo_update(
     keys, sliced along the first dimension. ``backward`` / ``clip_grad_norm`` default to
     ``loss.backward()`` / ``torch.nn.utils.clip_grad_norm_``; pass ``accelerator.backward`` and
     ``accelerator.clip_grad_norm_`` under accelerate. ``clip_range`` overrides the config's
-    (for annealing). Stats: ``loss/policy``, ``loss/value``, ``loss/entropy``,
+    (for annealing). ``reduce_mean`` averages a scalar across processes (e.g.
+    ``lambda t: accelerator.reduce(t, "mean")``) so the KL early stop is the same on every rank. Stats: ``loss/policy``, ``loss/value``, ``loss/entropy``,
     ``policy/approxkl``, ``policy/clipfrac``, ``val/clipfrac``, ``policy/ratio``,
     ``epochs_run``, each averaged over the minibatches that ran.
     """
@@ -266,7 +268,8 @@ def ppo_update(
     backward = backward or (lambda loss: loss.backward())
     clip_grad_norm = clip_grad_norm or torch.nn.utils.clip_grad_norm_
 
-    totals: dict[str, float] = {}
+    # Statistics stay tensors until the end: one host sync per update, not several per minibatch.
+    totals: dict[str, Tensor] = {}
     count = 0
     epochs_run = 0
     stop = False
@@ -282,7 +285,7 @@ def ppo_update(
             out = evaluate(mb)
             pg_loss, pg_stats = policy_loss(out.logprobs, mb["logprobs"], adv, mask, eps)
             v_loss, v_clipfrac = value_loss(out.values, mb["values"], mb["returns"], mask, config.clip_range_value)
-            entropy = masked_mean(out.entropy, mask) if out.entropy is not None else torch.zeros(())
+            entropy = masked_mean(out.entropy, mask) if out.entropy is not None else torch.zeros((), device=mask.device)
             loss = pg_loss + config.vf_coef * v_loss - config.ent_coef * entropy
 
             optimizer.zero_grad(set_to_none=True)
@@ -292,22 +295,26 @@ def ppo_update(
             optimizer.step()
 
             step_stats = {
-                "loss/policy": pg_loss.item(),
-                "loss/value": v_loss.item(),
-                "loss/entropy": float(entropy.detach()),
-                "policy/approxkl": pg_stats["approx_kl"].item(),
-                "policy/clipfrac": pg_stats["clipfrac"].item(),
-                "policy/ratio": pg_stats["ratio"].item(),
-                "val/clipfrac": float(v_clipfrac),
+                "loss/policy": pg_loss.detach(),
+                "loss/value": v_loss.detach(),
+                "loss/entropy": entropy.detach(),
+                "policy/approxkl": pg_stats["approx_kl"],
+                "policy/clipfrac": pg_stats["clipfrac"],
+                "policy/ratio": pg_stats["ratio"],
+                "val/clipfrac": v_clipfrac.detach().to(pg_loss.device),
             }
             for k, v in step_stats.items():
-                totals[k] = totals.get(k, 0.0) + v
+                totals[k] = totals[k] + v if k in totals else v.clone()
             count += 1
-            if config.target_kl is not None and step_stats["policy/approxkl"] > config.target_kl:
-                stop = True
-                break
+            if config.target_kl is not None:
+                # Every process must take the same decision, or a rank waits forever in backward.
+                kl = step_stats["policy/approxkl"]
+                kl = reduce_mean(kl) if reduce_mean is not None else kl
+                if kl.item() > config.target_kl:
+                    stop = True
+                    break
         if stop:
             break
-    stats = {k: v / max(count, 1) for k, v in totals.items()}
+    stats = {k: v.item() / max(count, 1) for k, v in totals.items()}
     stats["epochs_run"] = float(epochs_run)
     return stats
