@@ -14,7 +14,8 @@ import pytest
 from rlhf import cli
 
 pytest_plugins = [f"{__package__}.rlhf_fixtures" if __package__ else "rlhf_fixtures"]
-fixtures = importlib.import_module(pytest_plugins[0])
+pytest.register_assert_rewrite(pytest_plugins[0])
+fixtures = importlib.import_module(pytest_plugins[0])  # its flag helpers
 
 
 def test_help_lists_every_command(capsys):

@@ -14,7 +14,8 @@ from rlhf import pipeline
 from rlhf.pipeline import PipelineConfig, plot_ppo_curves, results_table, step_flags
 
 pytest_plugins = [f"{__package__}.rlhf_fixtures" if __package__ else "rlhf_fixtures"]
-fixtures = importlib.import_module(pytest_plugins[0])
+pytest.register_assert_rewrite(pytest_plugins[0])
+fixtures = importlib.import_module(pytest_plugins[0])  # its flag helpers
 REPO = Path(__file__).resolve().parents[1]
 
 

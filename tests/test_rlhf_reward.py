@@ -21,7 +21,8 @@ from rlhf.reward import (
 )
 
 pytest_plugins = [f"{__package__}.rlhf_fixtures" if __package__ else "rlhf_fixtures"]
-fixtures = importlib.import_module(pytest_plugins[0])
+pytest.register_assert_rewrite(pytest_plugins[0])
+fixtures = importlib.import_module(pytest_plugins[0])  # its flag helpers
 
 
 def _softplus(x: float) -> float:  # -log sigmoid(d) = log(1 + exp(-d))

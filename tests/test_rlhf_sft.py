@@ -11,7 +11,8 @@ import pytest
 from rlhf.sft import main
 
 pytest_plugins = [f"{__package__}.rlhf_fixtures" if __package__ else "rlhf_fixtures"]
-fixtures = importlib.import_module(pytest_plugins[0])
+pytest.register_assert_rewrite(pytest_plugins[0])
+fixtures = importlib.import_module(pytest_plugins[0])  # its flag helpers
 DATA, QUIET = fixtures.DATA, fixtures.QUIET
 
 
