@@ -270,6 +270,7 @@ class ActorCritic(nn.Module):
     # ------------------------------------------------------------------ actions
     def to_env(self, raw: Tensor) -> np.ndarray:
         """Raw samples ``(B, ...)`` -> numpy actions for the vector env (clipped or squashed)."""
+        raw = raw.detach()
         if self.discrete:
             return raw.numpy()
         if self.tanh:

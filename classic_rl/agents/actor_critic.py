@@ -51,13 +51,8 @@ def actor_critic_loss(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The advantage actor-critic loss of a rollout (see the module docstring) and its parts."""
     advantages, returns = compute_gae(rollout, config.gamma, config.gae_lambda)
-    obs, actions, adv, ret, mask = (
-        rollout.obs.flatten(0, 1),
-        rollout.actions.flatten(0, 1),
-        advantages.flatten(),
-        returns.flatten(),
-        rollout.mask.flatten(),
-    )
+    obs, actions = rollout.obs.flatten(0, 1), rollout.actions.flatten(0, 1)
+    adv, ret, mask = advantages.flatten(), returns.flatten(), rollout.loss_mask
     if config.normalize_advantage and adv.numel() > 1:
         adv = masked_whiten(adv, mask)
     dist, values = policy(obs)

@@ -189,6 +189,13 @@ class Rollout:
     """Environment steps taken, summed over envs."""
     num_episodes: int
     """Episodes that finished during the rollout."""
+    masked: bool = False
+    """Whether any step has mask 0 (else losses may skip the mask: fewer tensor ops)."""
+
+    @property
+    def loss_mask(self) -> Tensor | None:
+        """``mask`` flattened to ``(num_envs * T,)``, or None when every step counts."""
+        return self.mask.flatten() if self.masked else None
 
     def flat(self, *names: str) -> list[Tensor]:
         """The named fields with the env and time dimensions merged: ``(num_envs * T, ...)``."""
@@ -200,7 +207,7 @@ def compute_gae(rollout: Rollout, gamma: float, lam: float) -> tuple[Tensor, Ten
     return gae(
         rollout.rewards,
         rollout.values,
-        mask=rollout.mask,
+        mask=rollout.mask if rollout.masked else None,
         next_values=rollout.next_values,
         terminated=rollout.terminated,
         episode_end=rollout.episode_end,
@@ -213,7 +220,7 @@ class RolloutCollector:
     """Steps a vector env with a policy and returns :class:`Rollout` batches.
 
     The hot path converts observations to one tensor per step for all envs, acts under
-    ``torch.no_grad`` and keeps episode bookkeeping in numpy. Finished episodes (their raw,
+    ``torch.inference_mode`` and keeps episode bookkeeping in numpy. Finished episodes (their raw,
     unnormalised returns) go to ``logger.episode``.
     """
 
@@ -249,7 +256,6 @@ class RolloutCollector:
     def close(self) -> None:
         self.envs.close()
 
-    @torch.no_grad()
     def collect(
         self,
         n_steps: int | None = None,
@@ -268,6 +274,15 @@ class RolloutCollector:
         episodes_mode = n_episodes is not None
         if episodes_mode and self._ep_len.any():
             self._restart()
+        # Acting runs in inference mode (cheaper than no_grad); the stacked results are
+        # ordinary tensors that the update may differentiate through.
+        with torch.inference_mode():
+            cols, final, finished, last_value, boot = self._run(n_steps, n_episodes, max_steps, logger)
+        with torch.no_grad():
+            return self._assemble(cols, final, finished, last_value, boot, episodes_mode)
+
+    def _run(self, n_steps, n_episodes, max_steps, logger):
+        """The stepping loop of :meth:`collect`: per-step columns, truncations, bootstraps."""
         policy, envs, N = self.policy, self.envs, self.num_envs
         cols: dict[str, list] = {
             k: [] for k in ("obs", "actions", "logprobs", "values", "rewards", "term", "trunc", "t")
@@ -307,33 +322,38 @@ class RolloutCollector:
             self._obs = np.array(next_obs)
             obs_t = self.obs_tensor(self._obs, update=True)
             t += 1
-            if episodes_mode:
+            if n_episodes is not None:
                 if finished >= n_episodes or (max_steps is not None and t >= max_steps):
                     break
             elif t >= n_steps:
                 break
+        last_value = policy.value(obs_t)
+        boot = policy.value(self.obs_tensor(np.stack([f[2] for f in final]))) if final else None
+        return cols, final, finished, last_value, boot
 
-        T = t
+    def _assemble(self, cols, final, finished, last_value, boot, episodes_mode) -> Rollout:
+        """Stack the per-step columns into ``(num_envs, T)`` tensors and fill ``next_values``."""
+        N, T = self.num_envs, len(cols["values"])
         values = torch.stack(cols["values"], 1)
         next_values = torch.empty_like(values)
         next_values[:, :-1] = values[:, 1:]
-        next_values[:, -1] = policy.value(obs_t)
+        next_values[:, -1] = last_value
         if final:
-            final_obs = np.stack([f[2] for f in final])
-            boot = policy.value(self.obs_tensor(final_obs))
             ts = torch.tensor([f[0] for f in final])
             envs_idx = torch.tensor([f[1] for f in final])
             next_values[envs_idx, ts] = boot
-        term = torch.from_numpy(np.stack(cols["term"], 1)).to(values.dtype)
-        trunc = torch.from_numpy(np.stack(cols["trunc"], 1)).to(values.dtype)
-        episode_end = torch.maximum(term, trunc)
+        term_np, trunc_np = np.stack(cols["term"], 1), np.stack(cols["trunc"], 1)
+        term = torch.from_numpy(term_np).to(values.dtype)
+        episode_end = torch.from_numpy(term_np | trunc_np).to(values.dtype)
         next_values = next_values * (1.0 - term)
         mask = torch.ones(N, T)
+        masked = False
         if episodes_mode:  # keep only finished episodes: steps up to each env's last end
-            ends_np = np.stack(cols["term"], 1) | np.stack(cols["trunc"], 1)
             for i in range(N):
-                done_at = np.flatnonzero(ends_np[i])
-                mask[i, done_at[-1] + 1 if done_at.size else 0 :] = 0.0
+                done_at = np.flatnonzero(term_np[i] | trunc_np[i])
+                start = done_at[-1] + 1 if done_at.size else 0
+                mask[i, start:] = 0.0
+                masked = masked or start < T
         return Rollout(
             obs=torch.stack(cols["obs"], 1),
             actions=torch.stack(cols["actions"], 1),
@@ -347,6 +367,7 @@ class RolloutCollector:
             episode_step=torch.from_numpy(np.stack(cols["t"], 1)),
             num_steps=N * T,
             num_episodes=finished,
+            masked=masked,
         )
 
     def _restart(self) -> None:

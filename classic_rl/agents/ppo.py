@@ -80,7 +80,7 @@ class PPO(OnPolicyAgent):
         cfg = self.config
         advantages, returns = compute_gae(rollout, cfg.gamma, cfg.gae_lambda)
         if cfg.normalize_advantage:  # once over the whole batch (not per minibatch): fewer ops per step
-            advantages = masked_whiten(advantages, rollout.mask)
+            advantages = masked_whiten(advantages, rollout.mask if rollout.masked else None)
         column = (-1, 1)  # the core takes (batch, time) tensors: each transition is a length-1 row
         batch = {
             "obs": rollout.obs.flatten(0, 1),

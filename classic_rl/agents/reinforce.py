@@ -63,9 +63,9 @@ class Reinforce(OnPolicyAgent):
         cfg = self.config
         # lambda = 1 turns GAE into Monte-Carlo returns: A_t = G_t - V(S_t), returns = G_t.
         advantages, returns = compute_gae(rollout, cfg.gamma, 1.0)
-        mask = rollout.mask.flatten()
+        mask = rollout.loss_mask
         adv = advantages.flatten()
-        if cfg.normalize_advantage and mask.sum() > 1:
+        if cfg.normalize_advantage and (mask is None or mask.sum() > 1):
             adv = masked_whiten(adv, mask)
         if cfg.discount_weighting:
             adv = adv * cfg.gamma ** rollout.episode_step.flatten().to(adv.dtype)

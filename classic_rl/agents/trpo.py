@@ -140,14 +140,14 @@ class TRPO(OnPolicyAgent):
         cfg = self.config
         advantages, returns = compute_gae(rollout, cfg.gamma, cfg.gae_lambda)
         obs, actions = rollout.obs.flatten(0, 1), rollout.actions.flatten(0, 1)
-        mask, adv, ret = rollout.mask.flatten(), advantages.flatten(), returns.flatten()
+        mask, adv, ret = rollout.loss_mask, advantages.flatten(), returns.flatten()
         if cfg.normalize_advantage:
             adv = masked_whiten(adv, mask)
         stats = self.policy_step(obs, actions, adv, mask)
         stats.update(self.fit_critic(obs, ret, mask))
         return stats
 
-    def policy_step(self, obs: Tensor, actions: Tensor, adv: Tensor, mask: Tensor) -> dict[str, float]:
+    def policy_step(self, obs: Tensor, actions: Tensor, adv: Tensor, mask: Tensor | None) -> dict[str, float]:
         """Steps 1-4 of the module docstring."""
         cfg, policy = self.config, self.policy
         params = policy.actor_parameters()
@@ -196,7 +196,7 @@ class TRPO(OnPolicyAgent):
             "policy/step_fraction": frac,
         }
 
-    def fit_critic(self, obs: Tensor, returns: Tensor, mask: Tensor) -> dict[str, float]:
+    def fit_critic(self, obs: Tensor, returns: Tensor, mask: Tensor | None) -> dict[str, float]:
         """Step 5: minibatch regression of V on the returns."""
         cfg, policy, opt = self.config, self.policy, self._optimizers["critic"]
         n = obs.shape[0]
@@ -207,7 +207,7 @@ class TRPO(OnPolicyAgent):
             for start in range(0, n - size + 1, size):
                 idx = perm[start : start + size]
                 v = policy.value(obs[idx])
-                loss, _ = value_loss(v, v.detach(), returns[idx], mask[idx], None)
+                loss, _ = value_loss(v, v.detach(), returns[idx], None if mask is None else mask[idx], None)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.max_grad_norm is not None:
