@@ -1,0 +1,159 @@
+"""Helpers that make `rlhf ppo` independent of how it is sharded over processes.
+
+- :func:`masked_whiten_across_processes` -- advantage whitening with the mean and variance of the
+  whole global batch (all ranks), so two processes with ``b`` sequences each take the same PPO step
+  as one process with ``2b`` (per-rank whitening, as TRL's PPOTrainer did, makes the step depend on
+  the world size).
+- :func:`unwrap_for_generation` -- the trained model, unwrapped, with full parameters for
+  token-by-token sampling. Under DeepSpeed ZeRO-3 every forward gathers each layer's shards just in
+  time; generation would repeat that for every new token, so the policy's parameters are gathered
+  once per rollout batch and the engine's gather hooks are lifted meanwhile (TRL's
+  ``ds3_gather_for_generation``). Under FSDP the root's own (unwrapped) parameters are materialised;
+  the wrapped transformer blocks gather themselves when called.
+- :func:`prepare_frozen_model` -- the reference policy or reward model placed for inference: sharded
+  with ZeRO-3 (or FSDP) when the policy is, otherwise one full copy per device.
+
+Without a distributed backend (one process, or DDP) every helper reduces to the plain operation, so
+the same code runs on a laptop CPU. The DeepSpeed and FSDP branches follow TRL 1.16's
+``trl.models.utils`` and ``trl.distributed``; they need GPUs and were not run on this project's CPU
+machine (see docs/scaling.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "all_reduce_sum",
+    "is_deepspeed_zero3",
+    "fsdp_version",
+    "masked_whiten_across_processes",
+    "prepare_frozen_model",
+    "unwrap_for_generation",
+]
+
+
+# ----------------------------------------------------------------------------- global statistics
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+
+
+def all_reduce_sum(x: Tensor) -> Tensor:
+    """Sum of ``x`` over all processes (``x`` itself in one process). Every rank must call it."""
+    if not _distributed():
+        return x
+    x = x.clone()
+    torch.distributed.all_reduce(x, op=torch.distributed.ReduceOp.SUM)
+    return x
+
+
+def masked_whiten_across_processes(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+    """``(x - mean) / sqrt(var + eps)`` with the masked mean and Bessel-corrected variance of ``x`` over
+    ALL processes' valid positions; padding stays 0.
+
+    With ``n`` valid positions in total (summed over ranks)::
+
+        mean = sum(x * mask) / n
+        var  = sum((x - mean)^2 * mask) / (n - 1)
+
+    In one process this matches ``classic_rl.core.ppo.masked_whiten(x, mask, shift_mean, eps)`` (the
+    sums run in float64); under ``world_size`` processes it matches that function on the concatenation
+    of all ranks' batches. Two collectives (sum and count, then squared deviations), the same on every
+    rank, so it must be called by all ranks together.
+    """
+    m = mask.to(x.dtype)
+    sums = all_reduce_sum(torch.stack([(x * m).sum(), m.sum()]).double())
+    count = sums[1].clamp(min=1.0)
+    mean = (sums[0] / count).to(x.dtype)
+    sq = all_reduce_sum(((x - mean) ** 2 * m).sum().double().reshape(1))[0]
+    var = (sq / (count - 1).clamp(min=1.0)).to(x.dtype)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return out * m
+
+
+# ----------------------------------------------------------------------------- backends
+def is_deepspeed_zero3(accelerator: Any) -> bool:
+    """Whether ``accelerator`` runs DeepSpeed ZeRO stage 3."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return plugin is not None and getattr(plugin, "zero_stage", 0) == 3
+
+
+def fsdp_version(accelerator: Any) -> int | None:
+    """1 or 2 under FSDP, None otherwise."""
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    return getattr(plugin, "fsdp_version", 1) if plugin is not None else None
+
+
+def _fsdp2_root(model: nn.Module) -> Any | None:
+    from torch.distributed.fsdp import FSDPModule
+
+    return model if isinstance(model, FSDPModule) else None
+
+
+@contextmanager
+def unwrap_for_generation(model: nn.Module, accelerator: Any, gather_deepspeed3_params: bool = True) -> Iterator[nn.Module]:
+    """Yield ``accelerator.unwrap_model(model)`` ready for many small forwards (KV-cache sampling).
+
+    - ZeRO-3 (``gather_deepspeed3_params``): all parameters gathered once
+      (``deepspeed.zero.GatheredParameters``) and the engine's per-module gather hooks removed until
+      the block ends -- the pattern of TRL's ``unwrap_model_for_generation``; costs one full copy of
+      the model per GPU for the duration. With ``gather_deepspeed3_params=False`` the hooks gather layer
+      by layer at every step (slow, but no full copy).
+    - FSDP1: ``FSDP.summon_full_params(model, recurse=False)`` (the root's parameters; wrapped blocks
+      gather themselves). FSDP2: the root module is unsharded and resharded afterwards.
+    - DDP or one process: the unwrapped module, nothing else.
+    """
+    unwrapped = accelerator.unwrap_model(model)
+    if is_deepspeed_zero3(accelerator) and gather_deepspeed3_params:
+        import deepspeed
+        from trl.models.utils import add_hooks, remove_hooks
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters())):
+            remove_hooks(model)
+            try:
+                yield unwrapped
+            finally:
+                add_hooks(model)
+        return
+    version = fsdp_version(accelerator)
+    if version == 1:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        with FullyShardedDataParallel.summon_full_params(model, recurse=False, writeback=False):
+            yield unwrapped
+        return
+    root = _fsdp2_root(model) if version == 2 else None
+    if root is not None:
+        root.unshard()
+        try:
+            yield unwrapped
+        finally:
+            root.reshard()
+        return
+    yield unwrapped
+
+
+def prepare_frozen_model(model: nn.Module, accelerator: Any, dtype: torch.dtype | None = None) -> nn.Module:
+    """Place a frozen model (reference policy, reward model) for inference on ``accelerator``.
+
+    DeepSpeed: a ZeRO-3 inference engine when training runs ZeRO-3 (sharded like the policy), else a
+    stage-0 engine (one full copy per GPU) -- TRL's ``prepare_deepspeed``. FSDP: wrapped with the
+    run's FSDP plugin (TRL's ``prepare_fsdp``). Otherwise: moved to the device (and ``dtype``).
+    """
+    model.requires_grad_(False).eval()
+    if getattr(accelerator.state, "deepspeed_plugin", None) is not None:
+        from trl.models.utils import prepare_deepspeed
+
+        return prepare_deepspeed(model, accelerator)
+    if fsdp_version(accelerator) is not None:
+        from trl.models.utils import prepare_fsdp
+
+        return prepare_fsdp(model, accelerator)
+    return model.to(accelerator.device, dtype=dtype) if dtype is not None else model.to(accelerator.device)
