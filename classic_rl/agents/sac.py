@@ -1,0 +1,198 @@
+"""SAC (Haarnoja et al., 2018): maximum-entropy actor-critic with a squashed Gaussian policy.
+
+The policy samples ``u ~ N(mu(s), sigma(s)^2)`` and acts ``a = tanh(u)`` (then rescaled to the
+bounds). By the change of variables its log-density is
+``log pi(a|s) = log N(u) - sum_d log(1 - tanh(u_d)^2)`` (:func:`squash_with_log_prob`, with the
+stable form of the correction). The update (one screen)::
+
+    a', logp' ~ pi(.|s')
+    td_target  = r + discount * (min_k Q'_k(s', a') - alpha logp')
+    critic_loss = sum_k mean (Q_k(s, a) - td_target)^2
+    a_pi, logp ~ pi(.|s)                              (reparameterised: gradients reach mu, sigma)
+    actor_loss  = mean (alpha logp - min_k Q_k(s, a_pi))
+    alpha_loss  = -mean log_alpha (logp + target_entropy)   target_entropy = -dim(A) by default
+    theta' <- (1 - tau) theta' + tau theta
+
+As in Stable-Baselines3, alpha is updated first and its value before the step weighs this
+update's targets and actor loss.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from classic_rl.agents.base import register
+from classic_rl.agents.continuous import (
+    ContinuousAgent,
+    ContinuousConfig,
+    Flat,
+    NumpyMLP,
+    QEnsemble,
+    online_and_target,
+    weighted_mean,
+)
+from classic_rl.buffers import Batch
+from classic_rl.nets import mlp
+from classic_rl.policies import LOG_STD_MAX, LOG_STD_MIN, run_mlp
+
+
+@dataclass
+class SACConfig(ContinuousConfig):
+    learning_rate: float = 3e-4
+    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    n_critics: int = 2
+    ent_coef: str = "auto"
+    """Entropy temperature alpha: ``auto`` (learned, starting at 1), ``auto_0.1`` (learned, starting
+    at 0.1) or a fixed number such as ``0.2``."""
+    target_entropy: float | None = None
+    """Entropy the learned alpha aims for; None means -dim(A)."""
+
+    def validate(self) -> None:
+        super().validate()
+        parse_ent_coef(self.ent_coef)
+        if self.n_critics < 1:
+            raise ValueError(f"n_critics must be >= 1, got {self.n_critics}")
+
+
+def parse_ent_coef(value: str) -> tuple[bool, float]:
+    """``"auto"`` -> (learned, 1.0); ``"auto_0.1"`` -> (learned, 0.1); ``"0.2"`` -> (fixed, 0.2)."""
+    text = str(value).strip().lower()
+    try:
+        if text == "auto":
+            return True, 1.0
+        if text.startswith("auto_"):
+            init = float(text[5:])
+            learned = True
+        else:
+            init, learned = float(text), False
+    except ValueError:
+        raise ValueError(f"ent_coef must be 'auto', 'auto_<init>' or a number, got {value!r}") from None
+    if init <= 0:
+        raise ValueError(f"ent_coef must be positive, got {value!r}")
+    return learned, init
+
+
+_LOG_PROB_CONST = 0.5 * math.log(2.0 * math.pi) + 2.0 * math.log(2.0)
+
+
+def squash_with_log_prob(
+    mean: torch.Tensor, log_std: torch.Tensor, eps: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``a = tanh(u)``, ``u = mean + exp(log_std) * eps``, and ``log pi(a)`` by the change of variables.
+
+    ``log pi(a) = log N(u; mean, std) - sum_d log(1 - tanh(u_d)^2)`` where ``(u - mean) / std = eps``
+    exactly and ``log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u))`` (no ``1 - tanh^2`` that
+    rounds to 0), so per dimension: ``-eps^2 / 2 - log_std + 2 (u + softplus(-2u)) - log(2 pi) / 2 - 2 log 2``.
+    Written out instead of through a distribution object: a third of the tensor ops, which is
+    what an update of small networks costs on a CPU.
+    """
+    u = torch.addcmul(mean, log_std.exp(), eps)
+    per_dim = 2.0 * (u + F.softplus(-2.0 * u)) - log_std - 0.5 * eps.square()
+    return torch.tanh(u), per_dim.sum(-1) - mean.shape[-1] * _LOG_PROB_CONST
+
+
+class SquashedGaussianActor(torch.nn.Module):
+    """``s -> (mu, log_sigma)`` of a tanh-squashed Gaussian, log-std clamped to [-20, 2] (SB3's range)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: list[int]) -> None:
+        super().__init__()
+        self.net = mlp(obs_dim, hidden, 2 * act_dim)
+        self.act_dim = act_dim
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_std = run_mlp(self.net, obs).split(self.act_dim, dim=-1)
+        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reparameterised ``(a, log pi(a|s))`` with ``a`` in [-1, 1]: gradients reach mu and sigma."""
+        mean, log_std = self(obs)
+        return squash_with_log_prob(mean, log_std, torch.randn_like(mean))
+
+
+@register
+class SAC(ContinuousAgent):
+    """Soft Actor-Critic with twin critics and automatic temperature (see the module docstring)."""
+
+    algo = "sac"
+    Config = SACConfig
+
+    def build(self) -> None:
+        cfg = self.config
+        self.policy = SquashedGaussianActor(self.obs_dim, self.act_dim, cfg.hidden)
+        self.policy_flat = Flat(self.policy, cfg.learning_rate)
+        self.policy_numpy = NumpyMLP(self.policy.net)
+        critic = QEnsemble(cfg.n_critics, self.obs_dim, self.act_dim, cfg.hidden)
+        self.critic, self.critic_target = online_and_target(critic, cfg.learning_rate)
+        self.learn_alpha, init = parse_ent_coef(cfg.ent_coef)
+        self.log_alpha = torch.tensor([np.log(init)], dtype=torch.float32, requires_grad=self.learn_alpha)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.learning_rate, fused=True) if self.learn_alpha else None
+        self.target_entropy = float(cfg.target_entropy) if cfg.target_entropy is not None else -float(self.act_dim)
+
+    # ------------------------------------------------------------------ acting
+    def policy_actions(self, obs: np.ndarray, explore: bool) -> np.ndarray:
+        mean, log_std = np.split(self.policy_numpy(obs), 2, axis=-1)
+        if not explore:
+            return np.tanh(mean)
+        log_std = np.clip(log_std, LOG_STD_MIN, LOG_STD_MAX)
+        return np.tanh(mean + np.exp(log_std) * self.rng.standard_normal(mean.shape))
+
+    # ------------------------------------------------------------------ learning
+    def train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        obs = batch.obs
+        a_pi, logp = self.policy.sample(obs)
+        alpha = self.log_alpha.detach().exp()  # the value before this step's alpha update
+        with torch.no_grad():
+            next_a, next_logp = self.policy.sample(batch.next_obs)
+            q_next = self.critic_target.module(batch.next_obs, next_a).min(dim=0).values
+            td_target = batch.rewards + batch.discounts * (q_next - alpha * next_logp)
+        q = self.critic.module(obs, self.normalize_actions(batch.actions))
+        critic_loss = weighted_mean((q - td_target).pow(2).sum(0), batch.weights)
+        self.critic.step(critic_loss)
+
+        critic = self.critic.module
+        critic.requires_grad_(False)  # the actor's gradient flows through Q, not into it
+        q_pi = critic(obs, a_pi).min(dim=0).values
+        critic.requires_grad_(True)
+        actor_loss = (alpha * logp - q_pi).mean()
+        loss = actor_loss
+        if self.learn_alpha:
+            # log_alpha appears only here and the policy only in actor_loss, so one backward pass
+            # of the sum gives both gradients.
+            alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
+            loss = loss + alpha_loss
+            self.log_alpha.grad = None
+        self.policy_flat.param.grad.zero_()
+        loss.backward()
+        self.policy_flat.optimizer.step()
+        if self.learn_alpha:
+            self.alpha_opt.step()
+        self.critic_target.polyak_(self.critic, cfg.tau)
+        stats = dict(critic_loss=critic_loss.detach(), actor_loss=actor_loss.detach(), alpha=alpha,
+                     entropy=-logp.detach().mean(), td_error=(q[0] - td_target).detach().abs())
+        if self.learn_alpha:
+            stats["alpha_loss"] = alpha_loss.detach()
+        return stats
+
+    # ------------------------------------------------------------------ saving
+    def networks(self) -> dict[str, torch.nn.Module]:
+        return {"policy": self.policy, "critic": self.critic.module, "critic_target": self.critic_target.module}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        opts = {"policy": self.policy_flat.optimizer, "critic": self.critic.optimizer}
+        if self.alpha_opt is not None:
+            opts["alpha"] = self.alpha_opt
+        return opts
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {**super().state_tensors(), "log_alpha": self.log_alpha.detach().clone()}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        super().load_state_tensors(tensors)
+        with torch.no_grad():
+            self.log_alpha.copy_(tensors["log_alpha"])
