@@ -104,15 +104,12 @@ class NoisyLinear(nn.Module):
     def bias(self) -> torch.Tensor:
         return self.bias_mu
 
-    @staticmethod
-    def _scaled(n: int) -> torch.Tensor:
-        x = torch.randn(n)
-        return x.sign() * x.abs().sqrt()
-
     @torch.no_grad()
     def reset_noise(self) -> None:
-        self.eps_in.copy_(self._scaled(self.in_features))
-        self.eps_out.copy_(self._scaled(self.out_features))
+        x = torch.randn(self.in_features + self.out_features)
+        x = x.sign().mul_(x.abs().sqrt_())  # f(x) = sign(x) sqrt(|x|)
+        self.eps_in.copy_(x[: self.in_features])
+        self.eps_out.copy_(x[self.in_features :])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
@@ -214,7 +211,8 @@ class QNetwork(nn.Module):
             self.register_buffer("support", support.clone().float())
         else:
             self.support = None
-        self.numpy_ok = self.cnn is None and not noisy and act in NUMPY_ACTIVATIONS
+        self.noisy = noisy
+        self.numpy_ok = self.cnn is None and act in NUMPY_ACTIVATIONS
         self._act_name = act
         self._numpy_cache: tuple[tuple[int, ...], list[np.ndarray]] | None = None
 
@@ -250,16 +248,31 @@ class QNetwork(nn.Module):
             self._numpy_cache = (key, [p.detach().numpy() for p in params])
         return self._numpy_cache[1]
 
-    def q_values_numpy(self, obs: np.ndarray) -> np.ndarray:
+    @torch.no_grad()
+    def noisy_params_numpy(self) -> list[np.ndarray]:
+        """The weights with the current noise applied, as numpy arrays (copies) for
+        :meth:`q_values_numpy`: lets noisy nets act in numpy while their noise is unchanged."""
+        out = []
+        for layer in [*self.layers, self.advantage, self.value]:
+            if isinstance(layer, NoisyLinear):
+                noise = torch.outer(layer.eps_out, layer.eps_in)
+                out.append(torch.addcmul(layer.weight_mu, layer.weight_sigma, noise).numpy())
+                out.append(torch.addcmul(layer.bias_mu, layer.bias_sigma, layer.eps_out).numpy())
+            elif layer is not None:
+                out += [layer.weight.detach().numpy(), layer.bias.detach().numpy()]
+        return out
+
+    def q_values_numpy(self, obs: np.ndarray, params: list[np.ndarray] | None = None) -> np.ndarray:
         """:meth:`q_values` computed with numpy on the same weights (needs ``numpy_ok``).
 
         Why: acting on one observation per environment step is a dozen tiny torch calls whose
         fixed overhead dwarfs the arithmetic; numpy does the same matrix products several times
-        faster. Training still runs in torch.
+        faster. Training still runs in torch. Noisy layers contribute their mean weights (the
+        eval-mode output) unless ``params`` from :meth:`noisy_params_numpy` are given.
         """
         if not self.numpy_ok:
-            raise ValueError("q_values_numpy needs an MLP body without noisy layers and a relu/tanh activation")
-        params = self._numpy_params()
+            raise ValueError("q_values_numpy needs an MLP body (no CNN) with a relu or tanh activation")
+        params = self._numpy_params() if params is None else params
         act = NUMPY_ACTIVATIONS[self._act_name]
         h = obs.reshape(len(obs), -1)
         for i in range(len(self.layers)):

@@ -29,7 +29,10 @@ produces the same weights as an uninterrupted run with the same seed.
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,6 +131,33 @@ def observation_encoder(space: gym.Space) -> tuple[Callable[[Any], np.ndarray], 
         dtype = np.uint8 if space.dtype == np.uint8 else np.float32
         return (lambda o: np.array(o, dtype=dtype)), tuple(space.shape), dtype  # a copy: envs may reuse arrays
     raise ValueError(f"Unsupported observation space {space}; use a Box or Discrete space (or a wrapper)")
+
+
+@contextmanager
+def stop_at_step_boundary() -> Iterator[Callable[[], bool]]:
+    """Defer Ctrl-C (SIGINT) to the end of the current environment step.
+
+    Yields a function that says whether Ctrl-C was pressed. The loop finishes the step (its
+    updates included) and then raises KeyboardInterrupt, so the state a caller saves is the
+    state after a whole step, and resuming from it continues exactly. A second Ctrl-C
+    interrupts at once. Outside the main thread (where handlers cannot be set) nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    pressed = [False]
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        if pressed[0]:
+            raise KeyboardInterrupt
+        pressed[0] = True
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: pressed[0]
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class EnvRunner:
@@ -366,31 +396,39 @@ class OffPolicyAgent(Agent):
         train_every = cfg.train_freq * n
         gradient_steps = cfg.gradient_steps if cfg.gradient_steps > 0 else cfg.train_freq * n
         target_every = max(cfg.target_update_interval // n, 1) * n
-        runner, buffer = self.runner, self.buffer
-        if runner.obs is None:
-            runner.reset()
-        while (stop_steps is None or self.num_timesteps < stop_steps) and (
-            stop_episodes is None or self.num_episodes < stop_episodes
-        ):
-            obs = runner.obs
-            if self.num_timesteps < cfg.learning_starts:
-                actions = self.random_actions(n)
-            else:
-                actions = self.select_action(obs, explore=True)
-            next_obs, rewards, terminated, truncated, finished = runner.step(actions)
-            buffer.add(obs, actions, rewards, next_obs, terminated, truncated)
-            self.num_timesteps += n
-            t = self.num_timesteps
-            logger.advance(n)
-            for episode_return, length in finished:
-                self.num_episodes += 1
-                logger.episode(t, episode_return, length)
-            if t % target_every == 0 and self.targets_stale:
-                self.update_targets()
-            if t > cfg.learning_starts and t % train_every == 0:
-                self.train(gradient_steps, logger)
-            if cfg.eval_freq and t % cfg.eval_freq < n:
-                self.evaluate_during_training(logger)
+        if self.runner.obs is None:
+            self.runner.reset()
+        with stop_at_step_boundary() as interrupted:
+            while (stop_steps is None or self.num_timesteps < stop_steps) and (
+                stop_episodes is None or self.num_episodes < stop_episodes
+            ):
+                self._step(n, train_every, gradient_steps, target_every, logger)
+                if interrupted():
+                    raise KeyboardInterrupt
+
+    def _step(self, n: int, train_every: int, gradient_steps: int, target_every: int, logger: RunLogger) -> None:
+        """One step of every environment, then whatever updates are due after it."""
+        cfg = self.config
+        runner = self.runner
+        obs = runner.obs
+        if self.num_timesteps < cfg.learning_starts:
+            actions = self.random_actions(n)
+        else:
+            actions = self.select_action(obs, explore=True)
+        next_obs, rewards, terminated, truncated, finished = runner.step(actions)
+        self.buffer.add(obs, actions, rewards, next_obs, terminated, truncated)
+        self.num_timesteps += n
+        t = self.num_timesteps
+        logger.advance(n)
+        for episode_return, length in finished:
+            self.num_episodes += 1
+            logger.episode(t, episode_return, length)
+        if t % target_every == 0 and self.targets_stale:
+            self.update_targets()
+        if t > cfg.learning_starts and t % train_every == 0:
+            self.train(gradient_steps, logger)
+        if cfg.eval_freq and t % cfg.eval_freq < n:
+            self.evaluate_during_training(logger)
 
     def evaluate_during_training(self, logger: RunLogger | None = None) -> tuple[float, float]:
         """Greedy evaluation on a fresh env (seeds ``eval_seed``...); recorded in ``eval_history``."""

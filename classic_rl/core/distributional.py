@@ -8,9 +8,10 @@ its two neighbouring atoms in proportion to closeness,
 
     (Phi T Z)_j = sum_i p_i * max(0, 1 - |Tz_i - z_j| / dz),
 
-which is the "l / u" projection of the paper written as a triangle kernel (it needs no special
-case when ``Tz_i`` lands exactly on an atom). The loss is the cross-entropy
-``-sum_j (Phi T Z)_j log p_j(s, a)``.
+computed as in the paper: with ``b_i = (Tz_i - v_min) / dz``, ``l = floor(b_i)``, ``u = ceil(b_i)``,
+atom i sends ``p_i (u - b_i)`` to atom l and ``p_i (b_i - l)`` to atom u (and all of ``p_i`` to l
+when ``b_i`` is a whole number, where both of those are 0). O(B K) work and memory. The loss is
+the cross-entropy ``-sum_j (Phi T Z)_j log p_j(s, a)``.
 """
 
 from __future__ import annotations
@@ -45,9 +46,15 @@ def categorical_projection(
     Returns:
         ``(B, K)`` target probabilities; each row sums to the row sum of ``next_probs``.
     """
+    n_atoms = support.numel()
     v_min, v_max = support[0], support[-1]
-    delta = (v_max - v_min) / (support.numel() - 1)
+    delta = (v_max - v_min) / (n_atoms - 1)
     shifted = (rewards[:, None] + discounts[:, None] * support[None, :]).clamp(v_min, v_max)  # (B, K): Tz_i
-    # weight[b, i, j] = max(0, 1 - |Tz_i - z_j| / dz): how much of atom i goes to atom j
-    weight = (1.0 - (shifted[:, :, None] - support[None, None, :]).abs() / delta).clamp(min=0.0)
-    return torch.bmm(next_probs[:, None, :], weight).squeeze(1)
+    b = ((shifted - v_min) / delta).clamp(0, n_atoms - 1)
+    lower, upper = b.floor(), b.ceil()
+    to_lower = next_probs * (upper - b + (lower == upper).to(b.dtype))
+    to_upper = next_probs * (b - lower)
+    target = torch.zeros_like(next_probs)
+    target.scatter_add_(1, lower.long(), to_lower)
+    target.scatter_add_(1, upper.long(), to_upper)
+    return target
