@@ -18,7 +18,9 @@ coefficient, and the same number of optimizer passes over each rollout batch:
 Each trainer runs in its own child process (one after another, one torch thread each on the CPU), which
 reports the wall and CPU time of its training loop alone (model loading excluded), the generated response
 tokens (up to and including EOS), and its peak memory: the process's peak RSS on the CPU,
-``torch.cuda.max_memory_allocated`` on a GPU. The parent then samples every trained policy and the
+``torch.cuda.max_memory_allocated`` on a GPU; "of which training" subtracts the memory in use just
+before the training loop (libraries imported, models loaded), which differs between environments (the
+TRL 1.12 environment has no peft or scipy, ~45 MiB less RSS after imports). The parent then samples every trained policy and the
 initial policy on the held-out prompts with one sampler and one seed and scores them with the reward,
 so "reward gained" is measured the same way for all. The table ends with the ratios ours / peer.
 Results also go to ``WORK_DIR/results.json``.
@@ -78,6 +80,16 @@ class BenchConfig:
 
 
 # ============================================================================ children (one per trainer run)
+def _current_memory_mb(device: str) -> float:
+    """Memory in use now: the process's RSS on the CPU, allocated CUDA memory on a GPU."""
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.memory_allocated() / 2**20
+    with open("/proc/self/status") as f:
+        return int(f.read().split("VmRSS:")[1].split()[0]) / 1024
+
+
 def _peak_memory_mb(device: str) -> float:
     if device == "cuda":
         import torch
@@ -123,6 +135,7 @@ def _run_ours(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     trainer = PPOTrainer(config)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    before_mb = _current_memory_mb(spec["device"])
     tokens, scores = 0, []
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(trainer.num_updates):
@@ -135,7 +148,7 @@ def _run_ours(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     trainer.policy.save_pretrained(out_dir / "policy")
     trainer.tokenizer.save_pretrained(out_dir / "policy")
     return {"updates": trainer.num_updates, "episodes": trainer.episode, "tokens": tokens, "wall_s": wall, "cpu_s": cpu,
-            "train_scores": scores}
+            "train_scores": scores, "memory_before_mb": before_mb}
 
 
 def _run_trl_rloo(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
@@ -188,6 +201,7 @@ def _run_trl_rloo(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
                            train_dataset=Dataset.from_dict({"prompt": prompts}), processing_class=tokenizer)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    before_mb = _current_memory_mb(spec["device"])
     wall, cpu = time.perf_counter(), time.process_time()
     trainer.train()
     if cuda:
@@ -197,7 +211,7 @@ def _run_trl_rloo(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     trainer.model.save_pretrained(out_dir / "policy")
     tokenizer.save_pretrained(out_dir / "policy")
     return {"updates": spec["updates"], "episodes": spec["updates"] * spec["batch_size"], "tokens": counter["tokens"],
-            "wall_s": wall, "cpu_s": cpu, "train_scores": counter["scores"]}
+            "wall_s": wall, "cpu_s": cpu, "train_scores": counter["scores"], "memory_before_mb": before_mb}
 
 
 def _run_trl_ppo(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
@@ -244,6 +258,7 @@ def _run_trl_ppo(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
                          eval_dataset=prompts_of(spec["eval_prompts"]))
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    before_mb = _current_memory_mb(spec["device"])
     wall, cpu = time.perf_counter(), time.process_time()
     trainer.train()
     if cuda:
@@ -253,7 +268,8 @@ def _run_trl_ppo(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     trainer.accelerator.unwrap_model(trainer.model).policy.save_pretrained(out_dir / "policy")
     tokenizer.save_pretrained(out_dir / "policy")
     return {"updates": args.num_total_batches, "episodes": trainer.state.episode, "tokens": counter["tokens"],
-            "wall_s": wall, "cpu_s": cpu, "train_scores": scores, "trl_version": trl.__version__}
+            "wall_s": wall, "cpu_s": cpu, "train_scores": scores, "trl_version": trl.__version__,
+            "memory_before_mb": before_mb}
 
 
 RUNNERS = {"ours": _run_ours, "ours-vhead": _run_ours, "trl-rloo": _run_trl_rloo, "trl-ppo": _run_trl_ppo}
@@ -395,8 +411,9 @@ def summarise(cfg: BenchConfig, runs: dict[str, list[dict[str, Any]]], before: f
             r["episodes_per_cpu_s"] = r["episodes"] / r["cpu_s"]
             r["reward_gain"] = r["reward_after"] - before
             r["reward_gain_per_s"] = r["reward_gain"] / r["wall_s"]
+            r["training_memory_mb"] = r["peak_memory_mb"] - r["memory_before_mb"]
         rows[name] = {k: _median(results, k) for k in (
-            "episodes_per_s", "tokens_per_s", "episodes_per_cpu_s", "peak_memory_mb", "reward_after", "reward_gain",
+            "episodes_per_s", "tokens_per_s", "episodes_per_cpu_s", "peak_memory_mb", "training_memory_mb", "reward_after", "reward_gain",
             "reward_gain_per_s", "wall_s", "tokens")}
     return rows
 
@@ -408,16 +425,18 @@ def print_table(cfg: BenchConfig, rows: dict[str, dict[str, float]], before: flo
         f"response_length={cfg.response_length} epochs={cfg.epochs} repeats={cfg.repeats} "
         f"(median); reward of the initial policy {before:+.3f}",
         "",
-        f"| trainer | episodes/s | tokens/s | episodes/CPU-s | {memory} | reward after | gain | gain/s | train s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| trainer | episodes/s | tokens/s | episodes/CPU-s | {memory} | of which training | reward after | gain | gain/s "
+        "| train s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in rows.items():
         lines.append(
             f"| {name} | {r['episodes_per_s']:.1f} | {r['tokens_per_s']:.0f} | {r['episodes_per_cpu_s']:.1f} | "
-            f"{r['peak_memory_mb']:.0f} | {r['reward_after']:+.3f} | {r['reward_gain']:+.3f} | "
+            f"{r['peak_memory_mb']:.0f} | {r['training_memory_mb']:.0f} | {r['reward_after']:+.3f} | {r['reward_gain']:+.3f} | "
             f"{r['reward_gain_per_s']:+.4f} | {r['wall_s']:.1f} |"
         )
-    lines += ["", "| ours / peer | episodes/s | tokens/s | episodes/CPU-s | memory | gain/s |", "|---|---:|---:|---:|---:|---:|"]
+    lines += ["", "| ours / peer | episodes/s | tokens/s | episodes/CPU-s | peak memory | training memory | gain/s |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
     for ours in (n for n in ("ours", "ours-vhead") if n in rows):
         for peer in (n for n in ("trl-ppo", "trl-rloo") if n in rows):
             a, b = rows[ours], rows[peer]
@@ -427,7 +446,7 @@ def print_table(cfg: BenchConfig, rows: dict[str, dict[str, float]], before: flo
 
             gain = f"{a['reward_gain_per_s'] / b['reward_gain_per_s']:.2f}x" if b["reward_gain_per_s"] > 0 else "n/a (peer gained <= 0)"
             lines.append(f"| {ours} / {peer} | {ratio('episodes_per_s')} | {ratio('tokens_per_s')} | "
-                         f"{ratio('episodes_per_cpu_s')} | {ratio('peak_memory_mb')} | {gain} |")
+                         f"{ratio('episodes_per_cpu_s')} | {ratio('peak_memory_mb')} | {ratio('training_memory_mb')} | {gain} |")
     text = "\n".join(lines)
     print(text)
     return text
