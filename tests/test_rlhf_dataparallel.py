@@ -43,6 +43,7 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return load_file(str(path)), metadata
 
 
+@pytest.mark.slow
 def test_two_processes_take_the_same_ppo_step_as_one_process_with_the_whole_batch(tiny, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "true",
            "PYTHONPATH": str(REPO)}
