@@ -195,7 +195,7 @@ class DQN(OffPolicyAgent):
             if self.rng.random() < eps:
                 return self.rng.integers(self.n_actions, size=1) + self.action_start
             eps = 0.0
-        actions = self._greedy(obs)  # noisy nets act with the noise of the last update
+        actions = self._greedy(obs, noise=explore)  # noisy nets explore with the last update's noise
         if eps > 0.0:
             explore_mask = self.rng.random(n) < eps
             actions = np.where(explore_mask, self.rng.integers(self.n_actions, size=n) + self.action_start, actions)

@@ -1,0 +1,256 @@
+"""Side-by-side benchmark: our agents against Stable-Baselines3's, same env, budget, net and settings.
+
+Each (algorithm, env, seed, implementation) trains in its own subprocess (one torch thread,
+``OMP_NUM_THREADS=1``), ours and SB3's alternating so both see the same machine load. Our
+settings are the resolved config (tuned defaults for the env, plus ``--set``); SB3's are
+translated from it by the algorithm's entry in :data:`BENCHMARKS`. For each it reports:
+
+- final greedy evaluation return (the same ``classic_rl.evaluation.evaluate`` with the same
+  seeds for both), mean and std over the training seeds;
+- steps to threshold: the first periodic greedy evaluation (every ``--eval-every`` steps, 5
+  episodes) whose mean return reaches the env's ``reward_threshold`` (CartPole-v1 475,
+  Acrobot-v1 -100), averaged over the seeds that reached it (``n/m`` tells how many did);
+- wall and CPU time of training alone (periodic evaluations excluded), and the ratios ours / SB3.
+  On a shared machine the CPU-time ratio is the steadier of the two.
+
+Add an algorithm by adding a :class:`Benchmark` entry: our name and a function that builds the
+SB3 model from our resolved config (or None when SB3 has no counterpart: ours runs alone).
+
+Examples::
+
+    python scripts/bench_classic.py --algos dqn --envs CartPole-v1 Acrobot-v1 --seeds 0 1 --steps 50000
+    python scripts/bench_classic.py --algos dqn rainbow --envs CartPole-v1 --seeds 0 --steps 20000 --impl ours
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+# ---------------------------------------------------------------------------------- SB3 counterparts
+def _refuse(cfg: Any, algo: str, unsupported: dict[str, Any]) -> None:
+    """Raise if ``cfg`` uses a setting the SB3 counterpart cannot reproduce."""
+    for name, default in unsupported.items():
+        if getattr(cfg, name, default) != default:
+            raise ValueError(f"SB3's {algo} has no equivalent of {name}={getattr(cfg, name)!r}; "
+                             f"benchmark with {name}={default!r}")
+
+
+def sb3_dqn(cfg: Any, env: Any, seed: int) -> Any:
+    """stable_baselines3.DQN with our DQN config: same schedule, cadence, net, Huber loss, Adam."""
+    from stable_baselines3 import DQN
+
+    _refuse(cfg, "DQN", {"double": False, "dueling": False, "distributional": False, "noisy": False,
+                         "replay": "uniform", "loss": "huber", "n_envs": 1, "activation": "relu"})
+    return DQN(
+        "MlpPolicy", env, learning_rate=cfg.learning_rate, buffer_size=cfg.buffer_size,
+        learning_starts=cfg.learning_starts, batch_size=cfg.batch_size, tau=cfg.tau, gamma=cfg.gamma,
+        train_freq=cfg.train_freq, gradient_steps=cfg.gradient_steps, n_steps=cfg.n_step,
+        target_update_interval=cfg.target_update_interval, exploration_fraction=cfg.exploration_fraction,
+        exploration_initial_eps=cfg.exploration_initial_eps, exploration_final_eps=cfg.exploration_final_eps,
+        max_grad_norm=cfg.max_grad_norm, seed=seed, device="cpu", verbose=0,
+        policy_kwargs={"net_arch": list(cfg.hidden), "optimizer_kwargs": {"eps": cfg.adam_eps}},
+    )
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One row family: our algorithm and how to build SB3's counterpart from our config."""
+
+    ours: str
+    sb3: Callable[[Any, Any, int], Any] | None = None
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "dqn": Benchmark("dqn", sb3_dqn),
+    "double_dqn": Benchmark("double_dqn"),
+    "dueling_dqn": Benchmark("dueling_dqn"),
+    "per_dqn": Benchmark("per_dqn"),
+    "c51": Benchmark("c51"),
+    "noisy_dqn": Benchmark("noisy_dqn"),
+    "rainbow": Benchmark("rainbow"),
+}
+
+
+# ---------------------------------------------------------------------------------- one run (worker)
+class _SB3Actor:
+    """Lets ``classic_rl.evaluation.evaluate`` drive an SB3 model."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def act(self, obs: Any, deterministic: bool = True) -> Any:
+        action, _ = self.model.predict(obs, deterministic=deterministic)
+        return action.item() if getattr(action, "ndim", 1) == 0 else action
+
+
+def run_one(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train and evaluate one (algo, env, seed, impl); runs inside the worker process.
+
+    Every ``eval_every`` steps a greedy evaluation (``eval_every_episodes`` episodes, seeds from
+    20,000) records the return, for "steps to threshold"; its time is taken out of the timings.
+    """
+    import gymnasium as gym
+    import torch
+
+    torch.set_num_threads(1)
+    import classic_rl
+    from classic_rl.evaluation import evaluate
+
+    bench = BENCHMARKS[spec["algo"]]
+    every = spec["eval_every"]
+    overrides = {**spec["overrides"], "eval_freq": every} if spec["impl"] == "ours" else spec["overrides"]
+    agent = classic_rl.make(bench.ours, spec["env"], seed=spec["seed"], **overrides)
+    threshold = gym.spec(spec["env"]).reward_threshold
+    evals: list[tuple[int, float]] = []
+    spent = [0.0, 0.0]  # wall and CPU seconds of the periodic evaluations
+
+    def periodic_eval(step: int, actor: Any) -> None:
+        wall, cpu = time.perf_counter(), time.process_time()
+        mean, _ = evaluate(actor, spec["env"], episodes=spec["eval_every_episodes"], seed=20_000)
+        evals.append((step, mean))
+        spent[0] += time.perf_counter() - wall
+        spent[1] += time.process_time() - cpu
+
+    if spec["impl"] == "ours":
+        agent.evaluate_during_training = lambda logger=None: periodic_eval(agent.num_timesteps, agent)
+        wall, cpu = time.perf_counter(), time.process_time()
+        agent.learn(total_steps=spec["steps"], progress=False)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        actor: Any = agent
+    else:
+        from stable_baselines3.common.callbacks import BaseCallback
+
+        model = bench.sb3(agent.config, gym.make(spec["env"]), spec["seed"])
+        actor = _SB3Actor(model)
+
+        class PeriodicEval(BaseCallback):
+            def _on_step(self) -> bool:
+                if every and self.num_timesteps % every == 0:
+                    periodic_eval(self.num_timesteps, actor)
+                return True
+
+        wall, cpu = time.perf_counter(), time.process_time()
+        model.learn(total_timesteps=spec["steps"], callback=PeriodicEval())
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    mean, std = evaluate(actor, spec["env"], episodes=spec["eval_episodes"], seed=10_000)
+    reached = [step for step, value in evals if threshold is not None and value >= threshold]
+    return {**spec, "wall_s": wall - spent[0], "cpu_s": cpu - spent[1], "eval_mean": mean, "eval_std": std,
+            "steps_to_threshold": reached[0] if reached else None, "threshold": threshold, "evals": evals}
+
+
+# ---------------------------------------------------------------------------------- driver
+def launch(spec: dict[str, Any]) -> dict[str, Any]:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **THREAD_ENV})
+    if proc.returncode != 0:
+        raise RuntimeError(f"{spec['impl']} {spec['algo']} {spec['env']} seed {spec['seed']} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    keys = sorted({(r["algo"], r["env"]) for r in results}, key=lambda k: (k[1], k[0]))
+    for algo, env in keys:
+        per_impl = {}
+        for impl in ("ours", "sb3"):
+            runs = [r for r in results if (r["algo"], r["env"], r["impl"]) == (algo, env, impl)]
+            if not runs:
+                continue
+            reached = [r["steps_to_threshold"] for r in runs if r["steps_to_threshold"] is not None]
+            per_impl[impl] = {
+                "algo": algo, "env": env, "impl": impl, "seeds": len(runs), "steps": runs[0]["steps"],
+                "eval_mean": float(np.mean([r["eval_mean"] for r in runs])),
+                "eval_std": float(np.std([r["eval_mean"] for r in runs])),
+                "to_threshold": float(np.mean(reached)) if reached else None,
+                "reached": f"{len(reached)}/{len(runs)}",
+                "wall_s": float(np.mean([r["wall_s"] for r in runs])),
+                "cpu_s": float(np.mean([r["cpu_s"] for r in runs])),
+            }
+        if "ours" in per_impl and "sb3" in per_impl:
+            per_impl["ours"]["ratio"] = per_impl["ours"]["wall_s"] / per_impl["sb3"]["wall_s"]
+            per_impl["ours"]["cpu_ratio"] = per_impl["ours"]["cpu_s"] / per_impl["sb3"]["cpu_s"]
+        rows += per_impl.values()
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    head = ("| algo | env | impl | steps | seeds | eval return (mean ± std over seeds) | steps to threshold "
+            "(reached) | wall s | CPU s | wall ours/SB3 | CPU ours/SB3 |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in rows:
+        thr = f"{r['to_threshold']:,.0f} ({r['reached']})" if r["to_threshold"] is not None else f"- ({r['reached']})"
+        ratio = f"{r['ratio']:.2f}" if "ratio" in r else "-"
+        cpu_ratio = f"{r['cpu_ratio']:.2f}" if "cpu_ratio" in r else "-"
+        lines.append(f"| {r['algo']} | {r['env']} | {r['impl']} | {r['steps']:,} | {r['seeds']} | "
+                     f"{r['eval_mean']:.1f} ± {r['eval_std']:.1f} | {thr} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
+                     f"{ratio} | {cpu_ratio} |")
+    return "\n".join(lines)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    from classic_rl.config import parse_set_args
+
+    return parse_set_args(items)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--algos", nargs="+", default=["dqn"], help=f"from: {', '.join(BENCHMARKS)}")
+    parser.add_argument("--envs", nargs="+", default=["CartPole-v1"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--steps", type=int, default=50_000, help="environment steps per run")
+    parser.add_argument("--impl", nargs="+", choices=["ours", "sb3"], default=["ours", "sb3"])
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override our settings (and, through the translation, SB3's)")
+    parser.add_argument("--eval-episodes", type=int, default=10, help="final greedy evaluation episodes")
+    parser.add_argument("--eval-every", type=int, default=None,
+                        help="steps between periodic evaluations (default: steps / 20; 0 = none)")
+    parser.add_argument("--json", help="also write every run's raw result to this file")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(run_one(json.loads(args.worker))))
+        return 0
+    unknown = [a for a in args.algos if a not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown algorithm(s) {', '.join(unknown)}; valid: {', '.join(BENCHMARKS)}")
+    overrides = parse_overrides(args.set)
+    eval_every = max(1, args.steps // 20) if args.eval_every is None else args.eval_every
+    results = []
+    for env in args.envs:
+        for algo in args.algos:
+            for seed in args.seeds:
+                for impl in args.impl:  # alternate ours / SB3 so both see the same machine load
+                    if impl == "sb3" and BENCHMARKS[algo].sb3 is None:
+                        continue
+                    spec = {"algo": algo, "env": env, "seed": seed, "impl": impl, "steps": args.steps,
+                            "overrides": overrides, "eval_episodes": args.eval_episodes,
+                            "eval_every": eval_every, "eval_every_episodes": 5}
+                    result = launch(spec)
+                    results.append(result)
+                    print(f"{impl:>4} {algo} {env} seed {seed}: eval {result['eval_mean']:.1f}, "
+                          f"wall {result['wall_s']:.1f}s, cpu {result['cpu_s']:.1f}s, "
+                          f"to threshold {result['steps_to_threshold']}", file=sys.stderr, flush=True)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=2)
+    print(markdown_table(summarize(results)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
