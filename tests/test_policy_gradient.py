@@ -146,17 +146,17 @@ def _learn_and_eval(agent, steps):
 
 def test_reinforce_with_baseline_beats_random_on_cartpole():
     agent = Reinforce("CartPole-v1", seed=0)
-    assert _learn_and_eval(agent, 20_000) > 100  # random play: ~22
+    assert _learn_and_eval(agent, 10_000) > 100  # random play: ~22
 
 
 def test_actor_critic_beats_random_on_cartpole():
     agent = ActorCriticAgent("CartPole-v1", seed=0)
-    assert _learn_and_eval(agent, 15_000) > 100
+    assert _learn_and_eval(agent, 5_000) > 100
 
 
 def test_a2c_beats_random_on_cartpole():
     agent = A2C("CartPole-v1", seed=0)
-    assert _learn_and_eval(agent, 25_000) > 100
+    assert _learn_and_eval(agent, 15_000) > 100
 
 
 def test_a2c_continuous_tanh_squashed_runs_on_pendulum():

@@ -197,10 +197,6 @@ class Rollout:
         """``mask`` flattened to ``(num_envs * T,)``, or None when every step counts."""
         return self.mask.flatten() if self.masked else None
 
-    def flat(self, *names: str) -> list[Tensor]:
-        """The named fields with the env and time dimensions merged: ``(num_envs * T, ...)``."""
-        return [getattr(self, n).flatten(0, 1) for n in names]
-
 
 def compute_gae(rollout: Rollout, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
     """GAE(lambda) advantages and returns of a rollout (``lam=1``: n-step / Monte-Carlo returns)."""
@@ -391,6 +387,8 @@ class OnPolicyAgent(Agent):
     family = "policy_gradient"
     Config: ClassVar[type] = OnPolicyConfig
     use_critic: ClassVar[bool] = True
+    log_every_steps: ClassVar[int] = 1000
+    """Training statistics go to the logger at most once per this many environment steps."""
 
     def setup(self) -> None:
         cfg = self.config
@@ -436,6 +434,7 @@ class OnPolicyAgent(Agent):
         if self.collector is None:
             self.collector = self.make_collector()
         start_steps, start_episodes = self.num_timesteps, self.num_episodes
+        next_log = self.num_timesteps
         while True:
             if total_steps is not None:
                 done = (self.num_timesteps - start_steps) / total_steps
@@ -451,7 +450,9 @@ class OnPolicyAgent(Agent):
             if logger.unit == "step":
                 logger.advance(rollout.num_steps)
             stats = self.update(rollout, remaining)
-            logger.scalars(stats, self.num_timesteps)
+            if self.num_timesteps >= next_log:  # TensorBoard writes cost more than an A2C update
+                logger.scalars(stats, self.num_timesteps)
+                next_log = self.num_timesteps + self.log_every_steps
 
     def set_learning_rate(self, progress_remaining: float) -> None:
         """Linear annealing: ``lr = lr0 * progress_remaining`` when ``anneal_lr`` is on."""
