@@ -65,6 +65,61 @@ def sb3_dqn(cfg: Any, env: Any, seed: int) -> Any:
     )
 
 
+def _sb3_action_noise(cfg: Any, env: Any) -> Any:
+    """Our exploration noise (in [-1, 1] action units, as SB3 applies it) as an SB3 action noise."""
+    from stable_baselines3.common.noise import NormalActionNoise, OrnsteinUhlenbeckActionNoise
+
+    d = int(np.prod(env.action_space.shape))
+    kind = cfg.noise_type.lower().replace("_", "-")
+    if kind in ("normal", "gaussian"):
+        return NormalActionNoise(np.zeros(d), cfg.noise_std * np.ones(d))
+    if kind in ("ornstein-uhlenbeck", "ou"):
+        return OrnsteinUhlenbeckActionNoise(np.zeros(d), cfg.noise_std * np.ones(d), theta=cfg.ou_theta, dt=cfg.ou_dt)
+    return None
+
+
+def _sb3_off_policy_kwargs(cfg: Any, seed: int) -> dict[str, Any]:
+    """The replay/update settings every SB3 continuous-control algorithm shares with ours."""
+    _refuse(cfg, "continuous control", {"replay": "uniform", "n_step": 1, "n_envs": 1})
+    return dict(
+        learning_rate=cfg.learning_rate, buffer_size=cfg.buffer_size, learning_starts=cfg.learning_starts,
+        batch_size=cfg.batch_size, tau=cfg.tau, gamma=cfg.gamma, train_freq=cfg.train_freq,
+        gradient_steps=cfg.gradient_steps, seed=seed, device="cpu", verbose=0,
+    )
+
+
+def sb3_ddpg(cfg: Any, env: Any, seed: int) -> Any:
+    """stable_baselines3.DDPG (its TD3 with one critic, no delay, no target smoothing)."""
+    from stable_baselines3 import DDPG
+
+    _refuse(cfg, "DDPG", {"n_critics": 1, "policy_delay": 1, "target_policy_noise": 0.0})
+    return DDPG("MlpPolicy", env, action_noise=_sb3_action_noise(cfg, env),
+                policy_kwargs={"net_arch": list(cfg.hidden)}, **_sb3_off_policy_kwargs(cfg, seed))
+
+
+def sb3_td3(cfg: Any, env: Any, seed: int) -> Any:
+    """stable_baselines3.TD3 with our twins, delay and target smoothing."""
+    from stable_baselines3 import TD3
+
+    return TD3("MlpPolicy", env, action_noise=_sb3_action_noise(cfg, env), policy_delay=cfg.policy_delay,
+               target_policy_noise=cfg.target_policy_noise, target_noise_clip=cfg.target_noise_clip,
+               policy_kwargs={"net_arch": list(cfg.hidden), "n_critics": cfg.n_critics},
+               **_sb3_off_policy_kwargs(cfg, seed))
+
+
+def sb3_sac(cfg: Any, env: Any, seed: int) -> Any:
+    """stable_baselines3.SAC with our temperature setting (auto, auto_<init> or fixed)."""
+    from stable_baselines3 import SAC
+
+    from classic_rl.agents.sac import parse_ent_coef
+
+    learned, init = parse_ent_coef(cfg.ent_coef)
+    return SAC("MlpPolicy", env, ent_coef=cfg.ent_coef if learned else init,
+               target_entropy="auto" if cfg.target_entropy is None else cfg.target_entropy,
+               policy_kwargs={"net_arch": list(cfg.hidden), "n_critics": cfg.n_critics},
+               **_sb3_off_policy_kwargs(cfg, seed))
+
+
 @dataclass(frozen=True)
 class Benchmark:
     """One row family: our algorithm and how to build SB3's counterpart from our config."""
@@ -81,6 +136,10 @@ BENCHMARKS: dict[str, Benchmark] = {
     "c51": Benchmark("c51"),
     "noisy_dqn": Benchmark("noisy_dqn"),
     "rainbow": Benchmark("rainbow"),
+    "ddpg": Benchmark("ddpg", sb3_ddpg),
+    "td3": Benchmark("td3", sb3_td3),
+    "sac": Benchmark("sac", sb3_sac),
+    "d4pg": Benchmark("d4pg"),
 }
 
 

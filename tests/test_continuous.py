@@ -239,3 +239,21 @@ def test_d4pg_parallel_actors_are_reproducible_and_store_n_step_transitions():
     assert a.num_timesteps == 300 and len(a.buffer) == 300 - 2 * 3  # windows still open: 3 steps per actor
     torch.testing.assert_close(a.actor.param, b.actor.param)
     np.testing.assert_allclose(a.buffer.discounts[: len(a.buffer)], np.float32(0.9**4))
+
+
+# ---------------------------------------------------------------------------------- learning
+# Seeded small-budget settings found to learn Pendulum reliably (3000 steps; over seeds 0-2 every
+# algorithm ended between -150 and -670, against about -1200 for random or untrained policies).
+FAST = dict(hidden=[64, 64], learning_starts=500, batch_size=64, gamma=0.95, learning_rate=1e-3, tau=0.02)
+EXTRA = {"d4pg": dict(v_min=-400.0, v_max=0.0, n_atoms=51, n_actors=2, actor_steps=50)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["ddpg", "td3", "sac", "d4pg"])
+def test_learning_improves_pendulum_over_random(algo):
+    agent = classic_rl.make(algo, env="Pendulum-v1", seed=0, **FAST, **EXTRA.get(algo, {}))
+    before, _ = agent.evaluate(episodes=5, seed=100)
+    agent.learn(total_steps=3000, progress=False)
+    after, _ = agent.evaluate(episodes=5, seed=100)
+    assert before < -1000, before
+    assert after > -900, (before, after)
