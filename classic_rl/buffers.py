@@ -171,13 +171,16 @@ class ReplayBuffer:
         """
         if self.n_step == 1:
             discounts = self.gamma * (1.0 - np.asarray(terminated, dtype=np.float32))
-            self._store(obs, actions, rewards, next_obs, discounts)
+            self.store(obs, actions, rewards, next_obs, discounts)
             return
         for i, window in enumerate(self.windows):
             for o, a, g, nxt, d in window.push(obs[i], actions[i], rewards[i], next_obs[i], terminated[i], truncated[i]):
-                self._store(o[None], np.asarray(a)[None], np.float32(g)[None], nxt[None], np.float32(d)[None])
+                self.store(o[None], np.asarray(a)[None], np.float32(g)[None], nxt[None], np.float32(d)[None])
 
-    def _store(self, obs, actions, rewards, next_obs, discounts) -> None:
+    def store(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray,
+              discounts: np.ndarray) -> None:
+        """Write ready-made (n-step) transitions: arrays with a leading dimension of size k, where
+        ``rewards`` are the returns G and ``discounts`` are ``gamma^m (1 - terminated)``."""
         k = len(rewards)
         if self.pos + k <= self.capacity:
             idx: slice | np.ndarray = slice(self.pos, self.pos + k)
@@ -192,6 +195,8 @@ class ReplayBuffer:
         self.pos = (self.pos + k) % self.capacity
         self.size = min(self.size + k, self.capacity)
         self._on_store(start, k)
+
+    _store = store  # the name D4PG's learner uses
 
     def _on_store(self, start: int, k: int) -> None:
         """Hook for prioritized buffers: ``k`` transitions were written from position ``start``."""
