@@ -160,6 +160,19 @@ def test_save_and_load_keep_the_policy(tmp_path):
         assert len(loaded.buffer) == len(agent.buffer)
 
 
+
+@pytest.mark.parametrize("algo", ["td3", "sac"])
+def test_same_seed_same_numbers_and_exact_resume(algo, tmp_path):
+    kwargs = dict(env="Pendulum-v1", seed=5, noise_type="ornstein-uhlenbeck") if algo == "td3" else \
+        dict(env="Pendulum-v1", seed=5)
+    straight = classic_rl.make(algo, **kwargs, **SMALL).learn(total_steps=130, progress=False)
+    again = classic_rl.make(algo, **kwargs, **SMALL).learn(total_steps=130, progress=False)
+    first = classic_rl.make(algo, **kwargs, **SMALL).learn(total_steps=90, progress=False)
+    first.save(tmp_path / algo)
+    resumed = classic_rl.load(tmp_path / algo).learn(total_steps=40, progress=False)
+    for other in (again, resumed):
+        torch.testing.assert_close(other.critic.param, straight.critic.param, rtol=0, atol=0)
+
 # ---------------------------------------------------------------------------------- noise
 def test_ou_noise_reverts_to_the_mean_with_the_stationary_variance():
     theta, dt, sigma, n = 1.0, 0.05, 0.3, 4000
@@ -240,6 +253,16 @@ def test_d4pg_parallel_actors_are_reproducible_and_store_n_step_transitions():
     torch.testing.assert_close(a.actor.param, b.actor.param)
     np.testing.assert_allclose(a.buffer.discounts[: len(a.buffer)], np.float32(0.9**4))
 
+
+
+def test_d4pg_prioritized_replay_takes_the_cross_entropies_as_priorities():
+    agent = classic_rl.make("d4pg", env="Pendulum-v1", seed=0, n_actors=0, replay="proportional", v_min=-10,
+                            v_max=10, n_atoms=21, **SMALL)
+    agent.learn(total_steps=80, progress=False)
+    priorities = agent.buffer.tree.get(np.arange(len(agent.buffer)))
+    assert agent.buffer.prioritized and len(np.unique(priorities)) > 10  # updated from the per-sample losses
+    batch = agent.buffer.sample(32, beta=0.5)
+    assert batch.weights is not None and float(batch.weights.max()) == pytest.approx(1.0)
 
 # ---------------------------------------------------------------------------------- learning
 # Seeded small-budget settings found to learn Pendulum reliably (3000 steps; over seeds 0-2 every

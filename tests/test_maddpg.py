@@ -87,3 +87,11 @@ def test_maddpg_beats_random_agents_on_simple_spread():
     random, _ = evaluate(RandomAgents(env, seed=0), env, episodes=20, seed=1000)
     # Team return (sum over agents, 25 steps): random play about -43, trained about -29.
     assert trained > random + 6.0, (trained, random)
+
+
+def test_same_seed_same_numbers():
+    kwargs = dict(seed=7, env_kwargs={"N": 2}, batch_size=16, learning_starts=40, train_freq=5, buffer_size=500)
+    a = MADDPG("mpe2:simple_spread_v3", **kwargs).learn(total_steps=120, progress=False)
+    b = MADDPG("mpe2:simple_spread_v3", **kwargs).learn(total_steps=120, progress=False)
+    for p, q in zip(a.critics.parameters(), b.critics.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
