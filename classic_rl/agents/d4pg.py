@@ -269,7 +269,7 @@ class D4PG(ContinuousAgent):
         """Store the actors' n-step transitions (in actor order) and log their finished episodes."""
         for data, finished in results:
             if data is not None:
-                self.buffer._store(*data)  # already n-step: (obs, action, G, next_obs, gamma^m (1 - term))
+                self.buffer.store(*data)  # already n-step: (obs, action, G, next_obs, gamma^m (1 - term))
             for episode_return, length in finished:
                 self.num_episodes += 1
                 logger.episode(self.num_timesteps, episode_return, length)
