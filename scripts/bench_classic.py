@@ -120,6 +120,50 @@ def sb3_sac(cfg: Any, env: Any, seed: int) -> Any:
                **_sb3_off_policy_kwargs(cfg, seed))
 
 
+def _sb3_on_policy(cfg: Any, env: Any, seed: int, algo: str) -> tuple[Any, dict[str, Any]]:
+    """The vector env and the settings SB3's A2C and PPO share with ours (same envs, net, init)."""
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+    from torch import nn
+
+    # normalize_obs would also need SB3's VecNormalize at evaluation time, which _SB3Actor bypasses
+    _refuse(cfg, algo, {"normalize_obs": False, "share_trunk": False, "state_dependent_std": False,
+                        "action_bound": "clip", "vec_env": "sync"})
+    venv = make_vec_env(env.spec.id, n_envs=cfg.num_envs, seed=seed)
+    if cfg.normalize_reward:
+        venv = VecNormalize(venv, norm_obs=False, norm_reward=True, clip_reward=cfg.clip_reward, gamma=cfg.gamma)
+    lr = (lambda left: cfg.learning_rate * left) if cfg.anneal_lr else cfg.learning_rate
+    activations = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
+    policy_kwargs = {"net_arch": {"pi": list(cfg.hidden), "vf": list(cfg.hidden)},
+                     "activation_fn": activations[cfg.activation], "ortho_init": cfg.ortho_init,
+                     "log_std_init": cfg.log_std_init}
+    return venv, dict(learning_rate=lr, n_steps=cfg.n_steps, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda,
+                      ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef, max_grad_norm=cfg.max_grad_norm,
+                      normalize_advantage=cfg.normalize_advantage, policy_kwargs=policy_kwargs, seed=seed,
+                      device="cpu", verbose=0)
+
+
+def sb3_a2c(cfg: Any, env: Any, seed: int) -> Any:
+    """stable_baselines3.A2C on ``num_envs`` envs with our optimizer (RMSprop or Adam, eps 1e-5)."""
+    from stable_baselines3 import A2C
+
+    venv, kwargs = _sb3_on_policy(cfg, env, seed, "A2C")
+    rmsprop = cfg.optimizer == "rmsprop"
+    if not rmsprop:
+        kwargs["policy_kwargs"]["optimizer_kwargs"] = {"eps": 1e-5}
+    return A2C("MlpPolicy", venv, use_rms_prop=rmsprop, rms_prop_eps=1e-5, **kwargs)
+
+
+def sb3_ppo(cfg: Any, env: Any, seed: int) -> Any:
+    """stable_baselines3.PPO with our rollout, minibatch, epoch and clipping (and annealing) settings."""
+    from stable_baselines3 import PPO
+
+    venv, kwargs = _sb3_on_policy(cfg, env, seed, "PPO")
+    clip = (lambda left: cfg.clip_range * left) if cfg.anneal_clip else cfg.clip_range
+    return PPO("MlpPolicy", venv, batch_size=cfg.batch_size, n_epochs=cfg.n_epochs, clip_range=clip,
+               clip_range_vf=cfg.clip_range_vf, target_kl=cfg.target_kl, **kwargs)
+
+
 @dataclass(frozen=True)
 class Benchmark:
     """One row family: our algorithm and how to build SB3's counterpart from our config."""
@@ -140,6 +184,8 @@ BENCHMARKS: dict[str, Benchmark] = {
     "td3": Benchmark("td3", sb3_td3),
     "sac": Benchmark("sac", sb3_sac),
     "d4pg": Benchmark("d4pg"),
+    "a2c": Benchmark("a2c", sb3_a2c),
+    "ppo": Benchmark("ppo", sb3_ppo),
 }
 
 
