@@ -239,8 +239,9 @@ class A3C(OnPolicyAgent):
             steps = counters["steps"].value
             if logger.unit == "step" and steps > last_steps:
                 logger.advance(steps - last_steps)
-                last_steps = steps
             self.num_timesteps = steps
+            self.maybe_evaluate(last_steps, logger)  # reads the shared weights while workers train
+            last_steps = steps
             if errors:
                 return
 

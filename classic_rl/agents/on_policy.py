@@ -75,9 +75,17 @@ class OnPolicyConfig(PolicyConfig):
     """Divide rewards by the running std of the discounted return (clipped to +-clip_reward)."""
     clip_obs: float = 10.0
     clip_reward: float = 10.0
+    eval_freq: int = 0
+    """Greedy evaluation every this many steps during training (0 = never); see ``eval_history``."""
+    eval_episodes: int = 5
+    eval_seed: int = 10_000
 
     def validate(self) -> None:
         self.validate_policy()
+        if self.eval_freq < 0 or self.eval_episodes < 1:
+            raise ValueError(
+                f"eval_freq must be >= 0 and eval_episodes >= 1, got {self.eval_freq}, {self.eval_episodes}"
+            )
         if self.vec_env not in VEC_ENV_KINDS:
             raise ValueError(f"vec_env={self.vec_env!r} is not valid; use one of {', '.join(VEC_ENV_KINDS)}")
         if self.optimizer not in OPTIMIZERS:
@@ -384,7 +392,7 @@ class OnPolicyAgent(Agent):
     episodes) and :meth:`build_optimizers`.
     """
 
-    family = "policy_gradient"
+    family = "policy-gradient"
     Config: ClassVar[type] = OnPolicyConfig
     use_critic: ClassVar[bool] = True
     log_every_steps: ClassVar[int] = 1000
@@ -404,6 +412,7 @@ class OnPolicyAgent(Agent):
             RewardScaler(cfg.num_envs, cfg.gamma, cfg.clip_reward) if cfg.normalize_reward else None
         )
         self.collector: RolloutCollector | None = None
+        self.eval_history: list[tuple[int, float, float]] = []
         self._optimizers = self.build_optimizers()
         self._base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in self._optimizers.items()}
 
@@ -453,6 +462,25 @@ class OnPolicyAgent(Agent):
             if self.num_timesteps >= next_log:  # TensorBoard writes cost more than an A2C update
                 logger.scalars(stats, self.num_timesteps)
                 next_log = self.num_timesteps + self.log_every_steps
+            self.maybe_evaluate(self.num_timesteps - rollout.num_steps, logger)
+
+    def maybe_evaluate(self, previous_steps: int, logger: RunLogger | None) -> None:
+        """Evaluate when the step count has crossed a multiple of ``eval_freq`` since ``previous_steps``."""
+        every = self.config.eval_freq
+        if every and self.num_timesteps // every > previous_steps // every:
+            self.evaluate_during_training(logger)
+
+    def evaluate_during_training(self, logger: RunLogger | None = None) -> tuple[float, float]:
+        """Greedy evaluation on fresh episodes (seeds ``eval_seed``...), kept in ``eval_history``
+        and logged as ``eval/return_mean``."""
+        from classic_rl.evaluation import evaluate
+
+        cfg = self.config
+        mean, std = evaluate(self, self._env_arg, episodes=cfg.eval_episodes, seed=cfg.eval_seed)
+        self.eval_history.append((self.num_timesteps, mean, std))
+        if logger is not None:
+            logger.scalars({"eval/return_mean": mean, "eval/return_std": std}, self.num_timesteps)
+        return mean, std
 
     def set_learning_rate(self, progress_remaining: float) -> None:
         """Linear annealing: ``lr = lr0 * progress_remaining`` when ``anneal_lr`` is on."""
@@ -483,6 +511,13 @@ class OnPolicyAgent(Agent):
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return dict(self._optimizers)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {**super().extra_state(), "eval_history": [list(e) for e in self.eval_history]}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        super().load_extra_state(state)
+        self.eval_history = [tuple(e) for e in state.get("eval_history", [])]
 
     def state_tensors(self) -> dict[str, Tensor]:
         tensors = super().state_tensors()
