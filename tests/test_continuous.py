@@ -265,18 +265,26 @@ def test_d4pg_prioritized_replay_takes_the_cross_entropies_as_priorities():
     assert batch.weights is not None and float(batch.weights.max()) == pytest.approx(1.0)
 
 # ---------------------------------------------------------------------------------- learning
-# Seeded small-budget settings found to learn Pendulum reliably (3000 steps; over seeds 0-2 every
-# algorithm ended between -150 and -670, against about -1200 for random or untrained policies).
-FAST = dict(hidden=[64, 64], learning_starts=500, batch_size=64, gamma=0.95, learning_rate=1e-3, tau=0.02)
-EXTRA = {"d4pg": dict(v_min=-400.0, v_max=0.0, n_atoms=51, n_actors=2, actor_steps=50)}
+# Seeded small-budget settings found to learn Pendulum reliably, against about -1200 for random or
+# untrained policies. Final greedy returns over seeds 0, 1, 2 when these were chosen:
+#   ddpg 3000 steps (lr 1e-3, tau 0.02): -223, -147, -668     td3 2000 steps: -172, -172, -507
+#   sac  2000 steps: -334, -170, -624                          d4pg 2000 steps: -148, -163, -164
+FAST = dict(hidden=[64, 64], learning_starts=500, batch_size=64, gamma=0.95, learning_rate=2e-3, tau=0.05)
+BUDGETS = {
+    "ddpg": (3000, dict(learning_rate=1e-3, tau=0.02)),  # DDPG is the least stable at 2000-2500 steps
+    "td3": (2000, {}),
+    "sac": (2000, {}),
+    "d4pg": (2000, dict(v_min=-400.0, v_max=0.0, n_atoms=51, n_actors=2, actor_steps=50)),
+}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo", ["ddpg", "td3", "sac", "d4pg"])
+@pytest.mark.parametrize("algo", list(BUDGETS))
 def test_learning_improves_pendulum_over_random(algo):
-    agent = classic_rl.make(algo, env="Pendulum-v1", seed=0, **FAST, **EXTRA.get(algo, {}))
+    steps, extra = BUDGETS[algo]
+    agent = classic_rl.make(algo, env="Pendulum-v1", seed=0, **{**FAST, **extra})
     before, _ = agent.evaluate(episodes=5, seed=100)
-    agent.learn(total_steps=3000, progress=False)
+    agent.learn(total_steps=steps, progress=False)
     after, _ = agent.evaluate(episodes=5, seed=100)
     assert before < -1000, before
     assert after > -900, (before, after)
