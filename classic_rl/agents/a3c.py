@@ -101,7 +101,7 @@ def _worker(
     shared: ActorCritic,
     optim_state: list[dict[str, torch.Tensor]],
     counters: dict[str, Any],
-    limits: tuple[int | None, int | None],
+    limits: tuple[int, int | None, int | None],
     messages: Any,
     stop: Any,
 ) -> None:
@@ -119,7 +119,7 @@ def _worker(
             opt.state[p] = state
         collector = RolloutCollector(make_vector_env(env_id, config.num_envs, env_kwargs), local, seed)
         log = _QueueLogger(messages, rank)
-        max_steps, max_episodes = limits
+        start_steps, max_steps, max_episodes = limits
         updates = 0
         while not stop.is_set():
             with torch.no_grad():
@@ -133,7 +133,8 @@ def _worker(
                 counters["episodes"].value += rollout.num_episodes
                 episodes = counters["episodes"].value
             if config.anneal_lr and max_steps is not None:
-                opt.param_groups[0]["lr"] = config.learning_rate * max(0.0, 1.0 - steps / max_steps)
+                done = (steps - start_steps) / (max_steps - start_steps)
+                opt.param_groups[0]["lr"] = config.learning_rate * max(0.0, 1.0 - done)
             loss, _ = actor_critic_loss(local, rollout, config)
             local.zero_grad(set_to_none=True)
             loss.backward()
@@ -185,6 +186,7 @@ class A3C(OnPolicyAgent):
             "episodes": ctx.Value("q", self.num_episodes),
         }
         limits = (
+            self.num_timesteps,
             None if total_steps is None else self.num_timesteps + total_steps,
             None if episodes is None else self.num_episodes + episodes,
         )
