@@ -261,7 +261,10 @@ class D4PG(ContinuousAgent):
                 # while the actors collect round k, learn from everything up to round k-1
                 if len(self.buffer) >= max(cfg.batch_size, cfg.learning_starts):
                     self.train(updates_per_round, logger)
+                before = self.num_timesteps
                 self._ingest(pool.collect(), round_steps, logger)
+                if cfg.eval_freq and self.num_timesteps // cfg.eval_freq > before // cfg.eval_freq:
+                    self.evaluate_during_training(logger)
         finally:
             pool.close()
 
