@@ -58,9 +58,12 @@ def actor_critic_loss(
     dist, values = policy(obs)
     pg_loss = -masked_mean(dist.log_prob(actions) * adv, mask)
     v_loss, _ = value_loss(values, values.detach(), ret, mask, None)
-    entropy = masked_mean(dist.entropy(), mask)
-    loss = pg_loss + config.vf_coef * v_loss - config.ent_coef * entropy
-    return loss, {"loss/policy": pg_loss, "loss/value": v_loss, "loss/entropy": entropy}
+    loss = pg_loss + config.vf_coef * v_loss
+    parts = {"loss/policy": pg_loss, "loss/value": v_loss}
+    if config.ent_coef != 0.0:  # the entropy graph is a noticeable share of a small update
+        parts["loss/entropy"] = masked_mean(dist.entropy(), mask)
+        loss = loss - config.ent_coef * parts["loss/entropy"]
+    return loss, parts
 
 
 def gradient_step(

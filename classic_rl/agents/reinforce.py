@@ -71,7 +71,9 @@ class Reinforce(OnPolicyAgent):
             adv = adv * cfg.gamma ** rollout.episode_step.flatten().to(adv.dtype)
         dist, values = self.policy(rollout.obs.flatten(0, 1))
         pg_loss = -masked_mean(dist.log_prob(rollout.actions.flatten(0, 1)) * adv, mask)
-        loss = pg_loss - cfg.ent_coef * masked_mean(dist.entropy(), mask)
+        loss = pg_loss
+        if cfg.ent_coef != 0.0:
+            loss = loss - cfg.ent_coef * masked_mean(dist.entropy(), mask)
         stats = {"loss/policy": pg_loss}
         if cfg.baseline:
             v_loss, _ = value_loss(values, values.detach(), returns.flatten(), mask, None)
