@@ -34,8 +34,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from classic_rl.core.ppo import PolicyEvaluation, PPOUpdateConfig, gae, masked_mean, masked_whiten, ppo_update
+from classic_rl.core.ppo import PolicyEvaluation, PPOUpdateConfig, gae, masked_mean, ppo_update
 from rlhf.data import DataArguments, load_train_eval, render_prompt, validate_dataset
+from rlhf.distributed import masked_whiten_across_processes
 from rlhf.models import load_causal_lm, load_reward_model, load_tokenizer
 from rlhf.ppo_config import PPOConfig, parse_ppo_args
 from rlhf.ppo_models import (
@@ -431,7 +432,9 @@ class PPOTrainer:
         rewards, non_score = shape_rewards(batch.scores, batch.kl, batch.mask, batch.mask.sum(1) - 1, self.kl_ctl.value, cfg.whiten_rewards)
         valid = batch.mask.float()
         advantages, returns = gae(rewards, batch.values, mask=valid, gamma=cfg.gamma, lam=cfg.lam)
-        advantages = masked_whiten(advantages, valid)
+        # Whitened with the statistics of every rank's batch, so N processes x b sequences take the
+        # same step as one process with N x b (tests/test_rlhf_dataparallel.py).
+        advantages = masked_whiten_across_processes(advantages, valid)
 
         self.context_length = batch.context_length
         tensors = {

@@ -305,7 +305,7 @@ def test_ppo_update_goes_through_the_classic_rl_core(tiny, reward_fn_file, tmp_p
             return fn(*args, **kwargs)
         monkeypatch.setattr(ppo_module, name, wrapper)
 
-    for name in ("ppo_update", "gae", "masked_whiten"):
+    for name in ("ppo_update", "gae"):
         spy(name, getattr(core, name))
     cfg = parse_ppo_args(_argv(tiny, reward_fn_file, tmp_path / "o", "--total_episodes", "32",
                                "--gradient_accumulation_steps", "2", "--per_device_train_batch_size", "8"))
