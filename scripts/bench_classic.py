@@ -137,8 +137,9 @@ def _sb3_on_policy(cfg: Any, env: Any, seed: int, algo: str) -> tuple[Any, dict[
     policy_kwargs = {"net_arch": {"pi": list(cfg.hidden), "vf": list(cfg.hidden)},
                      "activation_fn": activations[cfg.activation], "ortho_init": cfg.ortho_init,
                      "log_std_init": cfg.log_std_init}
+    # our value loss is 0.5 * (V - R)^2 (the PPO core, as CleanRL), SB3's is (V - R)^2: halve vf_coef
     return venv, dict(learning_rate=lr, n_steps=cfg.n_steps, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda,
-                      ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef, max_grad_norm=cfg.max_grad_norm,
+                      ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef / 2, max_grad_norm=cfg.max_grad_norm,
                       normalize_advantage=cfg.normalize_advantage, policy_kwargs=policy_kwargs, seed=seed,
                       device="cpu", verbose=0)
 
