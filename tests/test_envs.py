@@ -33,11 +33,15 @@ def test_reimport_does_not_reregister():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         importlib.reload(classic_rl.envs)
+    assert "GridWorld-v0" in gym.envs.registry and "RandomWalk19-v0" in gym.envs.registry
 
 
 @pytest.mark.parametrize("make", [gridworld_4x3, lambda: RandomWalkEnv(5)])
 def test_gymnasium_env_checker_passes(make):
-    check_env(make(), skip_render_check=True)
+    env = make()
+    check_env(env, skip_render_check=True)  # raises on any API violation
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
 
 
 def test_4x3_moves_intended_with_0_8_and_slips_0_1_each_side():
