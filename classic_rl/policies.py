@@ -20,6 +20,12 @@ validation or broadcasting machinery on the hot path):
 
 The log-std is a free parameter (state-independent, ``state_dependent_std=False``) or a
 second head of the actor (state-dependent, clamped to [-20, 2]).
+
+Acting in rollouts goes through :class:`NumpyActor`, a numpy view of the same weights: a torch
+call costs several microseconds of dispatch before any arithmetic, and a batch of 8 CartPole
+observations needs ~25 of them per step; numpy does the same in a fraction of the time (the
+rollout loop runs ~2x faster). Its sampling and log-probabilities mirror the torch classes
+above and are tested against them.
 """
 
 from __future__ import annotations
@@ -40,8 +46,10 @@ __all__ = [
     "ActorCritic",
     "Categorical",
     "DiagGaussian",
+    "NumpyActor",
     "PolicyConfig",
     "TanhGaussian",
+    "obs_to_numpy",
     "obs_to_tensor",
 ]
 
@@ -170,6 +178,15 @@ class PolicyConfig:
         self.validate_policy()
 
 
+def obs_to_numpy(obs: np.ndarray, space: gym.Space) -> np.ndarray:
+    """Batched observations as float32 ``(B, obs_dim)``; Discrete states become one-hot."""
+    if isinstance(space, gym.spaces.Discrete):
+        idx = np.asarray(obs, dtype=np.int64).reshape(-1) - int(space.start)
+        return np.eye(int(space.n), dtype=np.float32)[idx]
+    out = np.asarray(obs, dtype=np.float32)
+    return out.reshape(out.shape[0], -1) if out.ndim != 2 else out
+
+
 def obs_to_tensor(obs: np.ndarray, space: gym.Space) -> Tensor:
     """Batched observations as a float tensor ``(B, obs_dim)``; Discrete states become one-hot."""
     if isinstance(space, gym.spaces.Discrete):
@@ -267,6 +284,11 @@ class ActorCritic(nn.Module):
             return dist, torch.zeros(obs.shape[0], dtype=obs.dtype, device=obs.device)
         return dist, run_mlp(self.critic, feats).squeeze(-1)
 
+    def numpy_actor(self) -> NumpyActor:
+        """A numpy view of the current weights for the rollout loop (rebuild it after updates
+        that replace parameter storage, e.g. ``vector_to_parameters``)."""
+        return NumpyActor(self)
+
     # ------------------------------------------------------------------ actions
     def to_env(self, raw: Tensor) -> np.ndarray:
         """Raw samples ``(B, ...)`` -> numpy actions for the vector env (clipped or squashed)."""
@@ -296,3 +318,98 @@ def _linear(in_dim: int, out_dim: int, gain: float, ortho: bool) -> nn.Linear:
         nn.init.orthogonal_(layer.weight, gain=gain)
         nn.init.zeros_(layer.bias)
     return layer
+
+
+# ----------------------------------------------------------------------------- numpy acting
+_NP_ACTIVATIONS = {
+    nn.Tanh: np.tanh,
+    nn.ReLU: lambda x: np.maximum(x, 0.0),
+    nn.ELU: lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0.0))),
+    nn.SiLU: lambda x: x / (1.0 + np.exp(-x)),
+}
+
+
+def _numpy_layers(net: nn.Module) -> list:
+    """Zero-copy numpy views of a Linear / Sequential's weights: ``(W^T, b)`` or an activation."""
+    modules = [net] if isinstance(net, nn.Linear) else list(net)
+    layers = []
+    for m in modules:
+        if type(m) is nn.Linear:
+            layers.append((m.weight.detach().numpy().T, m.bias.detach().numpy()))
+        elif type(m) in _NP_ACTIVATIONS:
+            layers.append(_NP_ACTIVATIONS[type(m)])
+        else:
+            raise TypeError(f"NumpyActor cannot run a {type(m).__name__} layer")
+    return layers
+
+
+def _run_numpy(layers: list, x: np.ndarray) -> np.ndarray:
+    for layer in layers:
+        x = x @ layer[0] + layer[1] if isinstance(layer, tuple) else layer(x)
+    return x
+
+
+class NumpyActor:
+    """The acting half of an :class:`ActorCritic` in numpy (see the module docstring).
+
+    ``act(obs, rng) -> (raw, log_prob, value)`` samples like ``dist.sample()`` and returns
+    ``dist.log_prob(raw)`` and ``V(obs)``; ``to_env(raw)`` maps raw samples to env actions.
+    """
+
+    def __init__(self, policy: ActorCritic) -> None:
+        self.trunk = _numpy_layers(policy.trunk) if policy.trunk is not None else None
+        self.actor = _numpy_layers(policy.actor)
+        self.critic = _numpy_layers(policy.critic) if policy.critic is not None else None
+        self.discrete, self.tanh = policy.discrete, policy.tanh
+        self.state_dependent_std, self.act_dim = policy.state_dependent_std, policy.act_dim
+        if not self.discrete:
+            self.log_std = None if self.state_dependent_std else policy.log_std.detach().numpy()
+            self.low, self.high = policy._low_np.astype(np.float32), policy._high_np.astype(np.float32)
+            self.scale = (self.high - self.low) / 2
+            self.log_scale = np.log(self.scale) if self.tanh else None
+            self.shape = policy.action_space.shape
+
+    def _features(self, obs: np.ndarray) -> np.ndarray:
+        return _run_numpy(self.trunk, obs) if self.trunk is not None else obs
+
+    def _value(self, feats: np.ndarray) -> np.ndarray:
+        if self.critic is None:
+            return np.zeros(feats.shape[0], dtype=np.float32)
+        return _run_numpy(self.critic, feats)[:, 0]
+
+    def value(self, obs: np.ndarray) -> np.ndarray:
+        return self._value(self._features(obs))
+
+    def act(self, obs: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        feats = self._features(obs)
+        out = _run_numpy(self.actor, feats)
+        if self.discrete:  # Categorical: inverse-CDF sample, log-softmax log-prob
+            z = out - out.max(axis=1, keepdims=True)
+            logp_all = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+            u = rng.random((out.shape[0], 1), dtype=np.float32)
+            raw = np.minimum((np.exp(logp_all).cumsum(axis=1) < u).sum(axis=1), out.shape[1] - 1)
+            logp = logp_all[np.arange(out.shape[0]), raw]
+        else:  # DiagGaussian / TanhGaussian, as in the torch classes
+            if self.state_dependent_std:
+                mean, log_std = (
+                    out[:, : self.act_dim],
+                    np.clip(out[:, self.act_dim :], LOG_STD_MIN, LOG_STD_MAX),
+                )
+            else:
+                mean, log_std = out, self.log_std
+            noise = rng.standard_normal(mean.shape, dtype=np.float32)
+            raw = mean + np.exp(log_std) * noise
+            logp = (-0.5 * noise**2 - log_std - _HALF_LOG_2PI).sum(axis=1)
+            if self.tanh:
+                log_det = self.log_scale + 2.0 * (math.log(2.0) - raw - np.logaddexp(0.0, -2.0 * raw))
+                logp = logp - log_det.sum(axis=1)
+        return raw, logp.astype(np.float32), self._value(feats)
+
+    def to_env(self, raw: np.ndarray) -> np.ndarray | list:
+        """Env actions: Python ints for Discrete (``Discrete.contains``' fast path), else clipped
+        or squashed float32 arrays."""
+        if self.discrete:
+            return raw.tolist()
+        if self.tanh:
+            return (self.low + (np.tanh(raw) + 1.0) * self.scale).reshape(-1, *self.shape)
+        return np.clip(raw, self.low, self.high).reshape(-1, *self.shape)

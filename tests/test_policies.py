@@ -13,6 +13,7 @@ from classic_rl.policies import (
     DiagGaussian,
     PolicyConfig,
     TanhGaussian,
+    obs_to_numpy,
     obs_to_tensor,
 )
 
@@ -140,3 +141,64 @@ def test_discrete_observations_are_one_hot():
     space = gym.spaces.Discrete(5)
     out = obs_to_tensor(np.array([0, 3]), space)
     assert torch.equal(out, torch.tensor([[1.0, 0, 0, 0, 0], [0, 0, 0, 1.0, 0]]))
+    assert np.array_equal(obs_to_numpy(np.array([0, 3]), space), out.numpy())
+
+
+@pytest.mark.parametrize(
+    "kind, settings",
+    [
+        ("discrete", {}),
+        ("discrete", {"share_trunk": True, "activation": "relu"}),
+        ("continuous", {}),
+        ("continuous", {"action_bound": "tanh", "activation": "elu"}),
+        ("continuous", {"state_dependent_std": True, "activation": "silu", "log_std_init": -1.0}),
+        ("continuous", {"state_dependent_std": True, "action_bound": "tanh", "share_trunk": True}),
+    ],
+)
+def test_numpy_actor_matches_the_torch_policy(kind, settings):
+    """The rollout loop acts in numpy: its log-probs, values and env actions must be the torch ones."""
+    torch.manual_seed(0)
+    obs_space, act_space = _spaces(kind)
+    policy = ActorCritic(obs_space, act_space, PolicyConfig(hidden=[32, 16], **settings))
+    obs = np.random.default_rng(0).uniform(-1, 1, size=(64, 3)).astype(np.float32)
+    actor = policy.numpy_actor()
+    raw, logp, value = actor.act(obs, np.random.default_rng(1))
+    with torch.no_grad():
+        dist, ref_value = policy(torch.from_numpy(obs))
+        ref_logp = dist.log_prob(torch.from_numpy(raw))
+        ref_actions = policy.to_env(torch.from_numpy(raw))
+    assert np.allclose(logp, ref_logp.numpy(), atol=1e-4)
+    assert np.allclose(value, ref_value.numpy(), atol=1e-5)
+    assert np.allclose(np.asarray(actor.to_env(raw)), ref_actions, atol=1e-6)
+    assert np.allclose(actor.value(obs), value)
+
+
+def test_numpy_actor_samples_from_the_policy_distribution():
+    torch.manual_seed(0)
+    obs_space, act_space = _spaces("discrete")
+    policy = ActorCritic(obs_space, act_space, PolicyConfig(ortho_init=False))
+    obs = np.zeros((20_000, 3), np.float32)
+    raw, _, _ = policy.numpy_actor().act(obs, np.random.default_rng(0))
+    with torch.no_grad():
+        probs = policy.distribution(torch.zeros(1, 3)).probs[0].numpy()
+    assert np.allclose(np.bincount(raw, minlength=4) / 20_000, probs, atol=0.015)
+    cont_space = _spaces("continuous")[1]
+    gauss = ActorCritic(obs_space, cont_space, PolicyConfig(log_std_init=-0.5))
+    raw, _, _ = gauss.numpy_actor().act(obs, np.random.default_rng(0))
+    with torch.no_grad():
+        mean = gauss.distribution(torch.zeros(1, 3)).mean[0].numpy()
+    assert np.allclose(raw.mean(0), mean, atol=0.02) and np.allclose(raw.std(0), np.exp(-0.5), atol=0.02)
+
+
+def test_numpy_actor_sees_optimizer_updates():
+    """It holds views of the weights, so an in-place optimizer step shows without rebuilding."""
+    obs_space, act_space = _spaces("discrete")
+    policy = ActorCritic(obs_space, act_space, PolicyConfig())
+    actor = policy.numpy_actor()
+    obs = np.ones((2, 3), np.float32)
+    before = actor.value(obs).copy()
+    with torch.no_grad():
+        for p in policy.critic_parameters():
+            p.add_(0.1)
+    assert not np.allclose(actor.value(obs), before)
+    assert np.allclose(actor.value(obs), policy.value(torch.from_numpy(obs)).detach().numpy(), atol=1e-5)

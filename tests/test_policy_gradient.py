@@ -16,7 +16,6 @@ from classic_rl.agents.on_policy import (
 )
 from classic_rl.agents.reinforce import Reinforce
 from classic_rl.core.ppo import gae
-from classic_rl.policies import Categorical
 
 
 class CountEnv(gym.Env):
@@ -39,19 +38,25 @@ class CountEnv(gym.Env):
         return np.array([float(self.t)], np.float32), 1.0, terminated, False, {}
 
 
-class LinearValuePolicy(torch.nn.Module):
-    """A stand-in policy with the ActorCritic interface: uniform actions, V(obs) = 10 * obs + 1."""
-
-    discrete = True
+class LinearValueActor:
+    """A stand-in numpy actor: uniform actions, V(obs) = 10 * obs + 1."""
 
     def value(self, obs):
         return 10.0 * obs[:, 0] + 1.0
 
-    def forward(self, obs):
-        return Categorical(torch.zeros(obs.shape[0], 2)), self.value(obs)
+    def act(self, obs, rng):
+        raw = rng.integers(0, 2, obs.shape[0])
+        return raw, np.full(obs.shape[0], np.log(0.5), np.float32), self.value(obs)
 
     def to_env(self, raw):
-        return raw.numpy()
+        return raw.tolist()
+
+
+class LinearValuePolicy:
+    """What the collector needs from a policy: a numpy actor of its current weights."""
+
+    def numpy_actor(self):
+        return LinearValueActor()
 
 
 def _count_envs():

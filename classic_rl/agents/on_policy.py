@@ -31,7 +31,7 @@ from classic_rl.agents.base import Agent
 from classic_rl.core.ppo import gae
 from classic_rl.env_utils import make_env
 from classic_rl.logger import RunLogger
-from classic_rl.policies import ActorCritic, PolicyConfig, obs_to_tensor
+from classic_rl.policies import ActorCritic, PolicyConfig, obs_to_numpy, obs_to_tensor
 
 __all__ = [
     "OnPolicyAgent",
@@ -223,9 +223,10 @@ def compute_gae(rollout: Rollout, gamma: float, lam: float) -> tuple[Tensor, Ten
 class RolloutCollector:
     """Steps a vector env with a policy and returns :class:`Rollout` batches.
 
-    The hot path converts observations to one tensor per step for all envs, acts under
-    ``torch.inference_mode`` and keeps episode bookkeeping in numpy. Finished episodes (their raw,
-    unnormalised returns) go to ``logger.episode``.
+    The hot path is numpy only: the policy acts through its :class:`~classic_rl.policies.NumpyActor`
+    (numpy views of the current weights, ~2x faster than torch calls on small batches), episode
+    bookkeeping stays in numpy, and torch sees one stacked batch per rollout. Finished episodes
+    (their raw, unnormalised returns) go to ``logger.episode``.
     """
 
     def __init__(
@@ -241,6 +242,7 @@ class RolloutCollector:
         self.num_envs = envs.num_envs
         self.obs_space = envs.single_observation_space
         self.obs_rms, self.reward_scaler, self.clip_obs = obs_rms, reward_scaler, clip_obs
+        self.rng = np.random.default_rng(seed)
         self.total_steps = 0
         obs, _ = envs.reset(seed=seed)
         self._obs = np.array(obs)
@@ -249,13 +251,13 @@ class RolloutCollector:
         if self.obs_rms is not None:
             self.obs_rms.update(self._obs)
 
-    def obs_tensor(self, obs: np.ndarray, update: bool = False) -> Tensor:
-        """Observations -> the policy's input (normalised with the running stats if enabled)."""
+    def policy_input(self, obs: np.ndarray, update: bool = False) -> np.ndarray:
+        """Observations -> the policy's float32 input (normalised with the running stats if enabled)."""
         if self.obs_rms is not None:
             if update:
                 self.obs_rms.update(obs)
             obs = self.obs_rms.normalize(obs, self.clip_obs)
-        return obs_to_tensor(obs, self.obs_space)
+        return obs_to_numpy(obs, self.obs_space)
 
     def close(self) -> None:
         self.envs.close()
@@ -278,38 +280,27 @@ class RolloutCollector:
         episodes_mode = n_episodes is not None
         if episodes_mode and self._ep_len.any():
             self._restart()
-        # Acting runs in inference mode (cheaper than no_grad); the stacked results are
-        # ordinary tensors that the update may differentiate through.
-        with torch.inference_mode():
-            cols, final, finished, last_value, boot = self._run(n_steps, n_episodes, max_steps, logger)
-        with torch.no_grad():
-            return self._assemble(cols, final, finished, last_value, boot, episodes_mode)
+        cols, final, finished, last_value, boot = self._run(n_steps, n_episodes, max_steps, logger)
+        return self._assemble(cols, final, finished, last_value, boot, episodes_mode)
 
     def _run(self, n_steps, n_episodes, max_steps, logger):
         """The stepping loop of :meth:`collect`: per-step columns, truncations, bootstraps."""
-        policy, envs, N = self.policy, self.envs, self.num_envs
-        discrete = isinstance(envs.single_action_space, gym.spaces.Discrete)
+        actor, envs, N, rng = self.policy.numpy_actor(), self.envs, self.num_envs, self.rng
         cols: dict[str, list] = {
             k: [] for k in ("obs", "actions", "logprobs", "values", "rewards", "term", "trunc", "t")
         }
         final: list[tuple[int, int, np.ndarray]] = []  # (t, env, final obs) of truncated episodes
         finished = 0
         t = 0
-        obs_t = self.obs_tensor(self._obs)
+        x = self.policy_input(self._obs)
         while True:
-            dist, value = policy(obs_t)
-            raw = dist.sample()
-            cols["obs"].append(obs_t)
+            raw, logp, value = actor.act(x, rng)
+            cols["obs"].append(x)
             cols["actions"].append(raw)
-            cols["logprobs"].append(dist.log_prob(raw))
+            cols["logprobs"].append(logp)
             cols["values"].append(value)
             cols["t"].append(self._ep_len.copy())
-            actions = policy.to_env(raw)
-            if (
-                discrete
-            ):  # Python ints take Discrete.contains' fast path (numpy ints: ~20% of a CartPole step)
-                actions = actions.tolist()
-            next_obs, reward, term, trunc, info = envs.step(actions)
+            next_obs, reward, term, trunc, info = envs.step(actor.to_env(raw))
             reward = np.asarray(reward, dtype=np.float64)
             ends = np.logical_or(term, trunc)
             self._ep_return += reward
@@ -330,28 +321,27 @@ class RolloutCollector:
             cols["term"].append(np.asarray(term))
             cols["trunc"].append(np.asarray(trunc))
             self._obs = np.array(next_obs)
-            obs_t = self.obs_tensor(self._obs, update=True)
+            x = self.policy_input(self._obs, update=True)
             t += 1
             if n_episodes is not None:
                 if finished >= n_episodes or (max_steps is not None and t >= max_steps):
                     break
             elif t >= n_steps:
                 break
-        last_value = policy.value(obs_t)
-        boot = policy.value(self.obs_tensor(np.stack([f[2] for f in final]))) if final else None
+        last_value = actor.value(x)
+        boot = actor.value(self.policy_input(np.stack([f[2] for f in final]))) if final else None
         return cols, final, finished, last_value, boot
 
     def _assemble(self, cols, final, finished, last_value, boot, episodes_mode) -> Rollout:
         """Stack the per-step columns into ``(num_envs, T)`` tensors and fill ``next_values``."""
         N, T = self.num_envs, len(cols["values"])
-        values = torch.stack(cols["values"], 1)
-        next_values = torch.empty_like(values)
-        next_values[:, :-1] = values[:, 1:]
-        next_values[:, -1] = last_value
-        if final:
-            ts = torch.tensor([f[0] for f in final])
-            envs_idx = torch.tensor([f[1] for f in final])
-            next_values[envs_idx, ts] = boot
+        values_np = np.stack(cols["values"], 1)
+        next_np = np.empty_like(values_np)
+        next_np[:, :-1] = values_np[:, 1:]
+        next_np[:, -1] = last_value
+        for (t, i, _), v in zip(final, boot if final else ()):
+            next_np[i, t] = v
+        values, next_values = torch.from_numpy(values_np), torch.from_numpy(next_np)
         term_np, trunc_np = np.stack(cols["term"], 1), np.stack(cols["trunc"], 1)
         term = torch.from_numpy(term_np).to(values.dtype)
         episode_end = torch.from_numpy(term_np | trunc_np).to(values.dtype)
@@ -365,9 +355,9 @@ class RolloutCollector:
                 mask[i, start:] = 0.0
                 masked = masked or start < T
         return Rollout(
-            obs=torch.stack(cols["obs"], 1),
-            actions=torch.stack(cols["actions"], 1),
-            logprobs=torch.stack(cols["logprobs"], 1),
+            obs=torch.from_numpy(np.stack(cols["obs"], 1)),
+            actions=torch.from_numpy(np.stack(cols["actions"], 1)),
+            logprobs=torch.from_numpy(np.stack(cols["logprobs"], 1)),
             values=values,
             rewards=torch.from_numpy(np.stack(cols["rewards"], 1)).to(torch.float32),
             next_values=next_values,
