@@ -156,7 +156,7 @@ def test_reinforce_with_baseline_beats_random_on_cartpole():
 
 def test_actor_critic_beats_random_on_cartpole():
     agent = ActorCriticAgent("CartPole-v1", seed=0)
-    assert _learn_and_eval(agent, 5_000) > 100
+    assert _learn_and_eval(agent, 10_000) > 100
 
 
 def test_a2c_beats_random_on_cartpole():
