@@ -36,6 +36,8 @@ def load(path: Any, env: Any = None):
 
 def evaluate(agent: Any, env: Any = None, episodes: int = 10, seed: int = 123, **kwargs: Any) -> tuple[float, float]:
     """Mean and std of greedy returns over ``episodes`` seeded episodes."""
+    if env is None and not kwargs:
+        return agent.evaluate(episodes=episodes, seed=seed)  # the agent's own env, multi-agent ones included
     from classic_rl.evaluation import evaluate as _evaluate
 
     return _evaluate(agent, env if env is not None else agent.env_id, episodes=episodes, seed=seed, **kwargs)

@@ -96,7 +96,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     import classic_rl
 
     agent = classic_rl.load(args.run_dir)
-    mean, std = classic_rl.evaluate(agent, agent.env_id, episodes=args.episodes, seed=args.seed)
+    mean, std = agent.evaluate(episodes=args.episodes, seed=args.seed)  # agents own their env (mpe2:...)
     print(json.dumps({"algo": agent.algo, "env": agent.env_id, "episodes": args.episodes,
                       "eval_return_mean": mean, "eval_return_std": std}))
     return 0
