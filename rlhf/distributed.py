@@ -12,6 +12,11 @@
   the wrapped transformer blocks gather themselves when called.
 - :func:`prepare_frozen_model` -- the reference policy or reward model placed for inference: sharded
   with ZeRO-3 (or FSDP) when the policy is, otherwise one full copy per device.
+- :func:`all_processes_finished` / :func:`needs_synchronised_generation` -- when each forward is a
+  collective (FSDP, ZeRO-3 without the one-off gather), token-by-token sampling stops only when every
+  rank's batch has finished, so all ranks run the same number of forwards (trlX #373).
+- :func:`check_deepspeed_settings` -- DeepSpeed's own gradient accumulation and clipping must match
+  the trainer's flags (DeepSpeed, not accelerate, applies them).
 
 Without a distributed backend (one process, or DDP) every helper reduces to the plain operation, so
 the same code runs on a laptop CPU. The DeepSpeed and FSDP branches follow TRL 1.16's
@@ -29,10 +34,13 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "all_processes_finished",
     "all_reduce_sum",
+    "check_deepspeed_settings",
     "is_deepspeed_zero3",
     "fsdp_version",
     "masked_whiten_across_processes",
+    "needs_synchronised_generation",
     "prepare_frozen_model",
     "unwrap_for_generation",
 ]
@@ -76,6 +84,14 @@ def masked_whiten_across_processes(x: Tensor, mask: Tensor, shift_mean: bool = T
     if not shift_mean:
         out = out + mean
     return out * m
+
+
+def all_processes_finished(done: Tensor) -> bool:
+    """Whether every row of ``done`` is True on every process (one all-reduce; all ranks must call it)."""
+    finished = done.all().reshape(1).to(torch.float32)
+    if _distributed():
+        torch.distributed.all_reduce(finished, op=torch.distributed.ReduceOp.MIN)
+    return bool(finished.item())
 
 
 # ----------------------------------------------------------------------------- backends
@@ -157,3 +173,41 @@ def prepare_frozen_model(model: nn.Module, accelerator: Any, dtype: torch.dtype 
 
         return prepare_fsdp(model, accelerator)
     return model.to(accelerator.device, dtype=dtype) if dtype is not None else model.to(accelerator.device)
+
+
+def needs_synchronised_generation(accelerator: Any, gather_deepspeed3_params: bool = True) -> bool:
+    """Whether sampling must agree across ranks when to stop: True when a forward of the unwrapped
+    policy is a collective -- under FSDP (each block gathers its shards) and under ZeRO-3 without the
+    one-off gather of :func:`unwrap_for_generation` -- and there is more than one process."""
+    if accelerator.num_processes <= 1:
+        return False
+    return fsdp_version(accelerator) is not None or (is_deepspeed_zero3(accelerator) and not gather_deepspeed3_params)
+
+
+def check_deepspeed_settings(accelerator: Any, gradient_accumulation_steps: int, max_grad_norm: float | None) -> None:
+    """Raise ValueError when the DeepSpeed config disagrees with the trainer's accumulation or clipping.
+
+    Under DeepSpeed the engine scales the loss by its own ``gradient_accumulation_steps``, steps at the
+    boundaries accelerate marks, and clips with its own ``gradient_clipping``; accelerate's
+    ``clip_grad_norm_`` only reads the norm back. A mismatch would silently train with another
+    effective batch or clip, so it is refused. No-op without DeepSpeed.
+    """
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return
+    ds_config = getattr(plugin, "deepspeed_config", None) or {}
+    steps = ds_config.get("gradient_accumulation_steps", accelerator.gradient_accumulation_steps)
+    if steps != "auto" and int(steps) != gradient_accumulation_steps:
+        raise ValueError(
+            f"the DeepSpeed config has gradient_accumulation_steps: {steps} but --gradient_accumulation_steps is "
+            f"{gradient_accumulation_steps}; set gradient_accumulation_steps to {gradient_accumulation_steps} (or "
+            "'auto') in the deepspeed_config of the accelerate config file, or pass the same value to both"
+        )
+    clip = ds_config.get("gradient_clipping", "auto")
+    want = 0.0 if max_grad_norm is None else float(max_grad_norm)
+    if clip != "auto" and float(clip) != want:
+        raise ValueError(
+            f"the DeepSpeed config has gradient_clipping: {clip} but --max_grad_norm is {max_grad_norm}; DeepSpeed "
+            f"does the clipping, so set gradient_clipping to {want} (or 'auto') in the deepspeed_config, or pass "
+            f"--max_grad_norm {clip}"
+        )

@@ -25,8 +25,10 @@ averages the gradients, metrics are averaged over ranks, rank 0 alone writes. OU
 from __future__ import annotations
 
 import json
+import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,14 @@ from torch import Tensor, nn
 
 from classic_rl.core.ppo import PolicyEvaluation, PPOUpdateConfig, gae, masked_mean, ppo_update
 from rlhf.data import DataArguments, load_train_eval, render_prompt, validate_dataset
-from rlhf.distributed import masked_whiten_across_processes
+from rlhf.distributed import (
+    all_processes_finished,
+    check_deepspeed_settings,
+    masked_whiten_across_processes,
+    needs_synchronised_generation,
+    prepare_frozen_model,
+    unwrap_for_generation,
+)
 from rlhf.models import load_causal_lm, load_reward_model, load_tokenizer
 from rlhf.ppo_config import PPOConfig, parse_ppo_args
 from rlhf.ppo_models import (
@@ -110,35 +119,75 @@ class Rollout:
 
 
 class _GradientAccumulation:
-    """Stands in for the optimizer and the backward/clip hooks of ``ppo_update`` so that ``k``
+    """Stands in for the optimizer and the evaluate/backward/clip hooks of ``ppo_update`` so that ``k``
     consecutive minibatches of the core (TRL's micro batches) make one optimizer step.
 
-    Gradients are zeroed before the first micro batch and clipped and applied after the last, and each
-    micro batch's loss is scaled by 1/k, so one step sees the mean gradient of the k micro batches.
+    It drives accelerate's gradient state the way ``accelerator.accumulate`` does, so every backend
+    accumulates correctly:
+
+    - ``accelerator.sync_gradients`` is False for the first ``k - 1`` micro batches and True for the
+      last: the prepared optimizer steps only then, and under DeepSpeed ``accelerator.backward`` marks
+      the gradient-accumulation boundary and lets the engine step (and clip) only there.
+    - The forward and backward of the first ``k - 1`` micro batches run under
+      ``accelerator.no_sync(model)``, so DDP (and FSDP) reduce the gradients across processes once per
+      optimizer step, on the last micro batch (``no_sync`` must cover the forward: DDP decides there).
+    - ``accelerator.backward`` divides each loss by ``accelerator.gradient_accumulation_steps`` (set to
+      ``k`` by the trainer; DeepSpeed divides by its own, checked equal), so one step sees the mean
+      gradient of the ``k`` micro batches. Gradients are zeroed before the first micro batch and
+      clipped after the last only.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, steps: int, backward, clip_grad_norm):
-        self.optimizer, self.steps = optimizer, steps
-        self._backward, self._clip = backward, clip_grad_norm
+    def __init__(self, accelerator: Any, model: nn.Module, optimizer: torch.optim.Optimizer, steps: int):
+        if accelerator.gradient_accumulation_steps != steps:
+            raise ValueError(
+                f"accelerator.gradient_accumulation_steps is {accelerator.gradient_accumulation_steps} but "
+                f"--gradient_accumulation_steps is {steps}; set both the same"
+            )
+        self.accelerator, self.model, self.optimizer, self.steps = accelerator, model, optimizer, steps
+        self._deepspeed = getattr(accelerator.state, "deepspeed_plugin", None) is not None
+        self._no_sync = ExitStack()
         self.calls = 0
 
     def _last(self) -> bool:
         return self.calls % self.steps == self.steps - 1
 
+    def evaluate(self, fn: Callable[[dict[str, Tensor]], PolicyEvaluation]) -> Callable[[dict[str, Tensor]], PolicyEvaluation]:
+        """``fn`` (the minibatch forward) preceded by this micro batch's synchronisation decision."""
+
+        def wrapped(minibatch: dict[str, Tensor]) -> PolicyEvaluation:
+            last = self._last()
+            self.accelerator.sync_gradients = last
+            if not last:
+                self._no_sync.enter_context(self.accelerator.no_sync(self.model))
+            return fn(minibatch)
+
+        return wrapped
+
     def zero_grad(self, set_to_none: bool = True) -> None:
-        if self.calls % self.steps == 0:
-            self.optimizer.zero_grad(set_to_none=set_to_none)
+        # The prepared optimizer ignores zero_grad while sync_gradients is False, and ppo_update calls it
+        # before backward: zero the wrapped optimizer directly, once per group. DeepSpeed's engine zeroes
+        # its gradients itself after each step.
+        if self.calls % self.steps == 0 and not self._deepspeed:
+            getattr(self.optimizer, "optimizer", self.optimizer).zero_grad(set_to_none=set_to_none)
 
     def backward(self, loss: Tensor) -> None:
-        self._backward(loss / self.steps)
+        try:
+            self.accelerator.backward(loss)
+        finally:
+            self._no_sync.close()
 
     def clip_grad_norm(self, params: Iterable[nn.Parameter], max_norm: float) -> Tensor | None:
-        return self._clip(params, max_norm) if self._last() else None
+        return self.accelerator.clip_grad_norm_(params, max_norm) if self._last() else None
 
     def step(self) -> None:
         if self._last():
             self.optimizer.step()
         self.calls += 1
+
+    def close(self) -> None:
+        """Leave accelerate's gradient state as found (synchronising), whatever happened."""
+        self._no_sync.close()
+        self.accelerator.sync_gradients = True
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -192,14 +241,25 @@ class PPOTrainer:
         linear = config.lr_scheduler_type == "linear"
         # Stepped once per PPO update (as TRL did): the u-th update runs at lr * (1 - u / total).
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: max(0.0, 1.0 - u / total) if linear else 1.0)
+        # accelerate scales each loss by 1/k and DeepSpeed reads k from here when its config says "auto".
+        acc.gradient_accumulation_steps = config.gradient_accumulation_steps
         self.model, self.optimizer = acc.prepare(self.model, optimizer)
-        # The reference keeps the policy's weight dtype, so pi == pi_ref gives KL exactly 0 at the start;
-        # the reward model only scores, so it may run in half precision.
+        check_deepspeed_settings(acc, config.gradient_accumulation_steps, config.max_grad_norm)
+        # Frozen models: one copy per device under DDP, sharded like the policy under ZeRO-3 / FSDP. The
+        # reference keeps the policy's weight dtype, so pi == pi_ref gives KL exactly 0 at the start; the
+        # reward model only scores, so it may run in half precision.
         if self.ref_policy is not None:
-            self.ref_policy.to(self.device)
+            self.ref_policy = prepare_frozen_model(self.ref_policy, acc)
         if self.reward_model is not None:
             half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-            self.reward_model.to(self.device, dtype=half) if half else self.reward_model.to(self.device)
+            self.reward_model = prepare_frozen_model(self.reward_model, acc, dtype=half)
+            self.reward_source = RewardModelScorer(
+                self.reward_model, self._rm_tokenizer, config.local_rollout_forward_batch_size,
+                place=lambda: unwrap_for_generation(self.reward_model, acc, gather_deepspeed3_params=False),
+            )
+        # Token-by-token sampling must run the same number of forwards on every rank when a forward is a
+        # collective (FSDP; ZeRO-3 without the one-off gather).
+        self._sync_generation = needs_synchronised_generation(acc, config.ds3_gather_for_generation)
 
         self.kl_ctl = AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon, config.adaptive_kl)
         self.sample_generator = torch.Generator(device=self.device).manual_seed(config.seed + self.rank)
@@ -285,7 +345,7 @@ class PPOTrainer:
             self.reward_model = load_reward_model(cfg.reward_model_path, tokenizer=rm_tokenizer, trust_remote_code=trust)
             self.reward_model.requires_grad_(False).eval()
             disable_dropout(self.reward_model)
-            self.reward_source = RewardModelScorer(self.reward_model, rm_tokenizer, cfg.local_rollout_forward_batch_size)
+            self._rm_tokenizer = rm_tokenizer  # the scorer is built once the model is placed (__init__)
         else:
             self.reward_source = RewardFunction(load_reward_function(cfg.reward_fn), cfg.reward_fn)
 
@@ -340,11 +400,16 @@ class PPOTrainer:
     def policy(self) -> nn.Module:
         return self.accelerator.unwrap_model(self.model).policy
 
-    def _reference_logits(self, query_responses: Tensor, attention_mask: Tensor, context_length: int) -> Tensor:
+    def _reference_logits(
+        self, query_responses: Tensor, attention_mask: Tensor, context_length: int, policy: nn.Module | None = None
+    ) -> Tensor:
+        """Logits of the frozen reference: its own model, or ``policy`` (default: the trained one) with
+        the LoRA adapter disabled."""
         if self.ref_policy is not None:
             return logits_for_responses(self.ref_policy, query_responses, attention_mask, context_length)
-        with self.policy.disable_adapter():
-            return logits_for_responses(self.policy, query_responses, attention_mask, context_length)
+        policy = self.policy if policy is None else policy
+        with policy.disable_adapter():
+            return logits_for_responses(policy, query_responses, attention_mask, context_length)
 
     @torch.no_grad()
     def generate(self, query_ids: list[list[int]], generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -353,13 +418,17 @@ class PPOTrainer:
         queries, query_mask = left_pad(query_ids, self.pad_id, self.device)
         chunks = []
         self.model.eval()
-        with self.accelerator.autocast():
+        acc = self.accelerator
+        all_finished = all_processes_finished if self._sync_generation else None
+        # Under ZeRO-3 the policy's parameters are gathered once for the whole batch (not once per token).
+        with unwrap_for_generation(self.model, acc, cfg.ds3_gather_for_generation) as unwrapped, acc.autocast():
             for start in range(0, queries.shape[0], cfg.local_rollout_forward_batch_size):
                 end = start + cfg.local_rollout_forward_batch_size
                 chunks.append(sample_responses(
-                    self.policy, queries[start:end], query_mask[start:end],
+                    unwrapped.policy, queries[start:end], query_mask[start:end],
                     max_new_tokens=cfg.response_length, temperature=cfg.temperature, pad_token_id=self.pad_id,
                     stop_token_ids=() if self.stop_id is None else (self.stop_id,), generator=generator,
+                    all_finished=all_finished,
                 ))
         width = max(c.responses.shape[1] for c in chunks)
         responses = torch.cat([nn.functional.pad(c.responses, (0, width - c.responses.shape[1]), value=self.pad_id) for c in chunks])
@@ -378,18 +447,21 @@ class PPOTrainer:
 
         logprobs, ref_logprobs, values = [], [], []
         step = cfg.local_rollout_forward_batch_size
-        with self.accelerator.autocast():
+        # No one-off gather here (one forward per chunk); under FSDP the root's own parameters are
+        # materialised so the policy's and critic's submodules can be called directly.
+        acc = self.accelerator
+        with unwrap_for_generation(self.model, acc, gather_deepspeed3_params=False) as unwrapped, acc.autocast():
             for start in range(0, queries.shape[0], step):
                 qr, am, resp = (t[start : start + step] for t in (query_responses, attention_mask, cut.responses))
-                if self.recompute_logprobs or self.model_uses_value_head:
-                    logits, value = self.accelerator.unwrap_model(self.model)(qr, am, context_length)
+                if self.recompute_logprobs or unwrapped.critic is None:
+                    logits, value = unwrapped(qr, am, context_length)
                     logprobs.append(token_logprobs(logits, resp, cfg.temperature))
                     del logits
                 else:
-                    value = self.accelerator.unwrap_model(self.model).critic(qr, am)[:, context_length - 1 : -1]
+                    value = unwrapped.critic(qr, am)[:, context_length - 1 : -1]
                     logprobs.append(gen_logprobs[start : start + step])
                 values.append(value.float())
-                ref_logits = self._reference_logits(qr, am, context_length)
+                ref_logits = self._reference_logits(qr, am, context_length, unwrapped.policy)
                 ref_logprobs.append(token_logprobs(ref_logits, resp, cfg.temperature))
                 del ref_logits
         valid = cut.mask.float()
@@ -447,14 +519,15 @@ class PPOTrainer:
             clip_range=cfg.cliprange, clip_range_value=cfg.cliprange_value, vf_coef=cfg.vf_coef, ent_coef=0.0,
             max_grad_norm=cfg.max_grad_norm, target_kl=None, normalize_advantages=False,
         )
-        accumulate = _GradientAccumulation(
-            self.optimizer, cfg.gradient_accumulation_steps, self.accelerator.backward, self.accelerator.clip_grad_norm_
-        )
+        accumulate = _GradientAccumulation(self.accelerator, self.model, self.optimizer, cfg.gradient_accumulation_steps)
         self.model.train()
-        stats = ppo_update(
-            tensors, self._evaluate, accumulate, self.model.parameters(), update_config,
-            generator=self.shuffle_generator, backward=accumulate.backward, clip_grad_norm=accumulate.clip_grad_norm,
-        )
+        try:
+            stats = ppo_update(
+                tensors, accumulate.evaluate(self._evaluate), accumulate, self.model.parameters(), update_config,
+                generator=self.shuffle_generator, backward=accumulate.backward, clip_grad_norm=accumulate.clip_grad_norm,
+            )
+        finally:
+            accumulate.close()
         self.model.eval()
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
@@ -504,17 +577,24 @@ class PPOTrainer:
         """Mean reward-source score, KL to the reference and EOS rate on the held-out prompts, sampled
         as in training (same temperature) with a fixed seed, so before/after see the same randomness."""
         generator = torch.Generator(device=self.device).manual_seed(self.config.seed + 10_000 + self.rank)
-        ids = self.eval_ids[self.rank :: self.world_size]
-        prompts = self.eval_prompts[self.rank :: self.world_size]
+        # Every rank gets ceil(N / world) prompts, the missing ones repeated with weight 0, so all ranks
+        # run the same number of rollouts (and collectives, under ZeRO-3 / FSDP) when N is not a multiple.
+        mine = list(range(self.rank, len(self.eval_ids), self.world_size))
+        per_rank = math.ceil(len(self.eval_ids) / self.world_size)
+        weights = torch.tensor([1.0] * len(mine) + [0.0] * (per_rank - len(mine)), dtype=torch.float64, device=self.device)
+        mine += [mine[-1] if mine else 0] * (per_rank - len(mine))
+        ids = [self.eval_ids[i] for i in mine]
+        prompts = [self.eval_prompts[i] for i in mine]
         sums = torch.zeros(5, dtype=torch.float64, device=self.device)
         for start in range(0, len(ids), self.config.local_batch_size):
             end = start + self.config.local_batch_size
             batch = self.rollout(prompts[start:end], ids[start:end], generator)
+            w = weights[start:end]
             sums += torch.stack([
-                batch.raw_scores.sum(), batch.scores.sum(),
-                kl_per_token(batch.logprobs, batch.ref_logprobs, "k1").mul(batch.mask).sum(),
-                batch.has_stop.float().sum(), torch.tensor(float(len(batch.prompts)), device=self.device),
-            ]).double()
+                batch.raw_scores.double() @ w, batch.scores.double() @ w,
+                kl_per_token(batch.logprobs, batch.ref_logprobs, "k1").mul(batch.mask).sum(1).double() @ w,
+                batch.has_stop.double() @ w, w.sum(),
+            ])
         if self.world_size > 1:
             sums = self.accelerator.reduce(sums, reduction="sum")
         raw, penalised, kl, stopped, n = sums.tolist()

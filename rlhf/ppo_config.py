@@ -90,6 +90,12 @@ class PPOConfig:
     """Token id form of `stop_token` (wins over it)."""
     missing_eos_penalty: float | None = 1.0
     """Subtracted from the score of responses without the stop token (None: no penalty)."""
+    ds3_gather_for_generation: bool = True
+    """Under DeepSpeed ZeRO-3, gather the policy's parameters once per rollout batch for sampling (one
+    full copy per GPU meanwhile) instead of layer by layer at every token (TRL's name)."""
+    use_vllm: bool = False
+    """Sample with vLLM instead of the built-in KV-cache sampler. Not available yet: the flag is
+    refused with an explanation (see docs/scaling.md)."""
     recompute_rollout_logprobs: bool | None = None
     """Recompute the sampled tokens' logprobs with a full forward instead of taking them from
     generation (None: only in half precision, where KV-cached logits drift from a full forward)."""
@@ -181,6 +187,8 @@ class PPOConfig:
             raise ValueError(f"rlhf ppo: --num_eval_prompts must be >= 1, got {self.num_eval_prompts}")
         if not 0.0 <= self.lam <= 1.0 or not 0.0 <= self.gamma <= 1.0:
             raise ValueError("rlhf ppo: --gamma and --lam must lie in [0, 1]")
+        if self.use_vllm:
+            _refuse_vllm()
         return self
 
     @property
@@ -202,6 +210,22 @@ class PPOConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _refuse_vllm() -> None:
+    """``--use_vllm`` cannot run: say why (vLLM missing, or the path not implemented) and what to do."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise ValueError(
+            "rlhf ppo: --use_vllm needs vLLM, which is not installed (pip install vllm); without the flag, "
+            "rlhf ppo samples with its built-in KV-cache sampler"
+        )
+    raise ValueError(
+        "rlhf ppo: --use_vllm is not available yet: vLLM is installed, but rlhf ppo has no vLLM generation "
+        "path (no weight sync from the policy to a colocated vLLM engine); drop --use_vllm to sample with the "
+        "built-in KV-cache sampler (see docs/scaling.md)"
+    )
 
 
 def _docstrings_as_help(cls: type) -> type:

@@ -17,6 +17,7 @@ import importlib
 import importlib.util
 import math
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
@@ -182,19 +183,29 @@ class RewardModelScorer:
     training (`rlhf.data.reward_text`), so a reward model with another tokenizer works too.
     """
 
-    def __init__(self, model: nn.Module, tokenizer, batch_size: int = 64):
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        batch_size: int = 64,
+        place: Callable[[], AbstractContextManager[nn.Module]] | None = None,
+    ):
+        """``place``, if given, returns a context manager yielding the model ready to call (e.g.
+        ``rlhf.distributed.unwrap_for_generation`` of a ZeRO-3 or FSDP-wrapped reward model)."""
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
-        self.name = getattr(model.config, "_name_or_path", "reward_model")
+        self.place = place or (lambda: nullcontext(self.model))
+        self.name = getattr(getattr(model, "module", model).config, "_name_or_path", "reward_model")
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], completions: list[str], device: torch.device | str = "cpu") -> Tensor:
         texts = [reward_text(p, c, self.tokenizer.eos_token) for p, c in zip(prompts, completions)]
         ids = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
         scores = []
-        for start in range(0, len(ids), self.batch_size):
-            chunk, mask = left_pad(ids[start : start + self.batch_size], self.tokenizer.pad_token_id, device)
-            last = torch.full((chunk.shape[0],), chunk.shape[1] - 1, dtype=torch.long, device=device)
-            scores.append(sequence_scores(self.model, chunk, mask, last))
+        with self.place() as model:
+            for start in range(0, len(ids), self.batch_size):
+                chunk, mask = left_pad(ids[start : start + self.batch_size], self.tokenizer.pad_token_id, device)
+                last = torch.full((chunk.shape[0],), chunk.shape[1] - 1, dtype=torch.long, device=device)
+                scores.append(sequence_scores(model, chunk, mask, last))
         return torch.cat(scores).float()

@@ -235,24 +235,42 @@ def test_adaptive_kl_controller_moves_beta_towards_the_target():
 
 
 def test_gradient_accumulation_steps_once_with_the_mean_gradient():
-    """Two micro batches through ppo_update's hooks give the same step as one batch of both."""
+    """Two micro batches through ppo_update's hooks (accelerate's gradient state) give the same step as
+    one batch of both; the optimizer steps once, and accelerate is left synchronising."""
+    from accelerate import Accelerator
+
     torch.manual_seed(0)
     x = torch.randn(8, 3)
-    w_big = torch.nn.Parameter(torch.randn(3))
-    w_acc = torch.nn.Parameter(w_big.detach().clone())
+    w0 = torch.randn(3)
 
-    def run(w, steps):
-        opt = torch.optim.SGD([w], lr=0.1)
-        acc = _GradientAccumulation(opt, steps, lambda loss: loss.backward(), torch.nn.utils.clip_grad_norm_)
+    def run(steps):
+        accelerator = Accelerator(cpu=True)
+        accelerator.gradient_accumulation_steps = steps
+        model = torch.nn.Linear(3, 1, bias=False)
+        with torch.no_grad():
+            model.weight.copy_(w0)
+        model, opt = accelerator.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        acc = _GradientAccumulation(accelerator, model, opt, steps)
+        forward = acc.evaluate(lambda part: model(part))
+        synced, norms = [], []
         for part in x.chunk(steps):
+            out = forward(part)
+            synced.append(accelerator.sync_gradients)
             acc.zero_grad()
-            acc.backward((part @ w).pow(2).mean())
-            acc.clip_grad_norm([w], 100.0)
+            acc.backward(out.pow(2).mean())
+            norms.append(acc.clip_grad_norm(model.parameters(), 100.0))
             acc.step()
+        acc.close()
+        assert accelerator.sync_gradients
+        return model.weight.detach().clone(), synced, norms
 
-    run(w_big, 1)
-    run(w_acc, 2)
+    w_big, synced_big, _ = run(1)
+    w_acc, synced_acc, norms = run(2)
     torch.testing.assert_close(w_acc, w_big)
+    assert synced_big == [True] and synced_acc == [False, True]
+    assert norms[0] is None and norms[1] is not None  # clipped once, after the last micro batch
+    with pytest.raises(ValueError, match="gradient_accumulation_steps"):
+        _GradientAccumulation(Accelerator(cpu=True), torch.nn.Linear(1, 1), None, 3)
 
 
 # ----------------------------------------------------------------------------- config and bad input
