@@ -43,27 +43,39 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return load_file(str(path)), metadata
 
 
-@pytest.mark.slow
-def test_two_processes_take_the_same_ppo_step_as_one_process_with_the_whole_batch(tiny, tmp_path):
+@pytest.fixture(scope="module")
+def dp_steps(tiny, tmp_path_factory) -> Path:
+    """One PPO step per case by one process and by two (cpu_2proc.yaml), launched concurrently (most of
+    their time is Python imports, one thread each). Cases (see tests/rlhf_dp_step.py):
+    ``mixed`` -- no accumulation, per-row lengths differ; ``equal`` -- equal lengths, and the two-process
+    run accumulates 2 micro batches per optimizer step."""
+    out = tmp_path_factory.mktemp("dp_steps")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "true",
            "PYTHONPATH": str(REPO)}
     flags = ["--model", str(tiny), "--global_batch", "8", "--num_ppo_epochs", "2"]
-    one = [sys.executable, str(STEP_SCRIPT), *flags, "--out", str(tmp_path / "one.safetensors"), "--world_size", "1"]
+    (out / "one").mkdir()
+    (out / "two").mkdir()
+    one = [sys.executable, str(STEP_SCRIPT), *flags, "--out_dir", str(out / "one"), "--world_size", "1",
+           "--case", "mixed:1:mixed", "--case", "equal:1:equal"]
     two = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "cpu_2proc.yaml"),
-           "--main_process_port", "0", str(STEP_SCRIPT), *flags, "--out", str(tmp_path / "two.safetensors"),
-           "--world_size", "2"]
-    # Both runs at once: most of their time is Python imports, one thread each.
+           "--main_process_port", "0", str(STEP_SCRIPT), *flags, "--out_dir", str(out / "two"), "--world_size", "2",
+           "--case", "mixed:1:mixed", "--case", "equal:2:equal"]
     procs = [subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for cmd in (one, two)]
     for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, textwrap.shorten(err[-3000:], 3000)
+    return out
 
-    w1, meta1 = _read(tmp_path / "one.safetensors")
-    w2, meta2 = _read(tmp_path / "two.safetensors")
+
+def _assert_same_step(one: Path, two: Path) -> dict[str, str]:
+    """The 2-process step equals the 1-process step (weights and rank-averaged metrics); returns the
+    2-process metadata."""
+    w1, meta1 = _read(one)
+    w2, meta2 = _read(two)
     assert (meta1["world_size"], meta2["world_size"]) == ("1", "2")
-    moved = float(meta1["max_change"])
-    assert moved > 1e-3  # two AdamW steps at lr 1e-3 really changed the weights
+    assert float(meta1["max_change"]) > 1e-3  # two AdamW steps at lr 1e-3 really changed the weights
+    assert float(meta2["rank_spread"]) == 0.0  # both ranks hold the same weights after the step
     assert w1.keys() == w2.keys()
     for name in w1:
         torch.testing.assert_close(w2[name], w1[name], rtol=1e-5, atol=1e-6, msg=name)
@@ -71,6 +83,22 @@ def test_two_processes_take_the_same_ppo_step_as_one_process_with_the_whole_batc
     m1, m2 = json.loads(meta1["metrics"]), json.loads(meta2["metrics"])
     for key in ("objective/kl", "objective/scores", "loss/policy_avg", "loss/value_avg", "policy/approxkl_avg"):
         assert m2[key] == pytest.approx(m1[key], rel=1e-4, abs=1e-7), key
+    return meta2
+
+
+@pytest.mark.slow
+def test_two_processes_take_the_same_ppo_step_as_one_process_with_the_whole_batch(dp_steps):
+    _assert_same_step(dp_steps / "one" / "mixed.safetensors", dp_steps / "two" / "mixed.safetensors")
+
+
+@pytest.mark.slow
+def test_two_processes_accumulating_two_micro_batches_match_one_process_without(dp_steps):
+    meta = _assert_same_step(dp_steps / "one" / "equal.safetensors", dp_steps / "two" / "equal.safetensors")
+    assert meta["gradient_accumulation_steps"] == "2"
+    # DDP all-reduced once per optimizer step (2 epochs x 1 step), not once per micro batch (4): as
+    # often as the run without accumulation (same model, same buckets).
+    mixed = _read(dp_steps / "two" / "mixed.safetensors")[1]
+    assert int(mixed["allreduce_calls"]) >= 2 and int(meta["allreduce_calls"]) == int(mixed["allreduce_calls"])
 
 
 def test_global_whitening_in_one_process_matches_the_core_whitening():
