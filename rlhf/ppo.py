@@ -58,10 +58,10 @@ from rlhf.ppo_models import (
 )
 from rlhf.rollout import (
     apply_missing_stop_penalty,
-    entropy_from_logits,
     kl_per_token,
     left_pad,
     logits_for_responses,
+    logprobs_and_entropy,
     sample_responses,
     shape_rewards,
     token_logprobs,
@@ -490,9 +490,7 @@ class PPOTrainer:
     def _evaluate(self, minibatch: dict[str, Tensor]) -> PolicyEvaluation:
         """The LM forward of ``ppo_update``: new logprobs, values and (detached) entropy per token."""
         logits, values = self.model(minibatch["query_responses"], minibatch["attention_mask"], self.context_length)
-        logprobs = token_logprobs(logits, minibatch["responses"], self.config.temperature)
-        with torch.no_grad():
-            entropy = entropy_from_logits(logits, self.config.temperature)
+        logprobs, entropy = logprobs_and_entropy(logits, minibatch["responses"], self.config.temperature)
         return PolicyEvaluation(logprobs, values.float(), entropy)
 
     def step(self, prompts: list[str], query_ids: list[list[int]]) -> tuple[dict[str, float], Rollout]:

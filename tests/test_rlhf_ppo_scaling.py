@@ -13,7 +13,13 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from rlhf.distributed import all_processes_finished, check_deepspeed_settings, needs_synchronised_generation
 from rlhf.ppo import PPOTrainer
 from rlhf.ppo_config import PPOConfig
-from rlhf.rollout import sample_from_logits, sample_responses
+from rlhf.rollout import (
+    entropy_from_logits,
+    logprobs_and_entropy,
+    sample_from_logits,
+    sample_responses,
+    token_logprobs,
+)
 
 # ----------------------------------------------------------------------------- inverse-CDF sampling
 LOGITS = torch.tensor([2.0, 0.5, -float("inf"), 1.0, -1.0, 0.0, -float("inf"), 1.5])
@@ -77,6 +83,19 @@ def test_sampling_loop_stops_when_the_all_finished_rule_says_so():
     out = sample_responses(model, queries, mask, all_finished=lambda done: False, **kwargs)
     assert out.responses.shape == (2, 6) and (out.responses[:, 1:] == 0).all()  # pad after the stop token
     assert all_processes_finished(torch.tensor([True, True])) and not all_processes_finished(torch.tensor([True, False]))
+
+
+def test_fused_logprobs_and_entropy_equal_the_separate_functions_and_gradients():
+    logits = torch.randn(3, 5, 40, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    tokens = torch.randint(0, 40, (3, 5), generator=torch.Generator().manual_seed(1))
+    logprobs, entropy = logprobs_and_entropy(logits, tokens, 0.7)
+    expected = token_logprobs(logits, tokens, 0.7)
+    torch.testing.assert_close(logprobs, expected)
+    torch.testing.assert_close(entropy, entropy_from_logits(logits.detach(), 0.7))
+    assert not entropy.requires_grad
+    (grad,) = torch.autograd.grad(logprobs.sum(), logits)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), logits)
+    torch.testing.assert_close(grad, expected_grad)
 
 
 # ----------------------------------------------------------------------------- backends
