@@ -325,7 +325,9 @@ def clip_grad_norm_flat(flat: nn.Parameter, max_norm: float) -> torch.Tensor:
     """``clip_grad_norm_`` for a flat parameter: scale g by min(1, max_norm / (||g|| + 1e-6)); returns ||g||."""
     norm = flat.grad.norm()
     if max_norm > 0:
-        flat.grad.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+        coef = max_norm / (norm + 1e-6)
+        if coef.item() < 1.0:  # a factor clamped to 1 would leave g as it is: skip the pass over it
+            flat.grad.mul_(coef)
     return norm
 
 
