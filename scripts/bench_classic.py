@@ -15,11 +15,14 @@ translated from it by the algorithm's entry in :data:`BENCHMARKS`. For each it r
 
 Add an algorithm by adding a :class:`Benchmark` entry: our name and a function that builds the
 SB3 model from our resolved config (or None when SB3 has no counterpart: ours runs alone).
+``ars`` is compared at equal wall time instead: ours trains for ``--steps``, then SB3's PPO (built
+from our PPO config for the env) trains until it has used as many wall-clock seconds, per seed.
 
 Examples::
 
     python scripts/bench_classic.py --algos dqn --envs CartPole-v1 Acrobot-v1 --seeds 0 1 --steps 50000
     python scripts/bench_classic.py --algos dqn rainbow --envs CartPole-v1 --seeds 0 --steps 20000 --impl ours
+    python scripts/bench_classic.py --algos ars --envs InvertedPendulum-v5 --steps 200000 --set n_workers=0
 """
 
 from __future__ import annotations
@@ -27,11 +30,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -171,6 +175,10 @@ class Benchmark:
 
     ours: str
     sb3: Callable[[Any, Any, int], Any] | None = None
+    peer: str | None = None
+    """Our algorithm whose resolved config ``sb3`` translates, when not ``ours`` (ARS -> PPO)."""
+    equal_time: bool = False
+    """SB3 trains for ours' measured wall time (per seed) instead of the same number of steps."""
 
 
 BENCHMARKS: dict[str, Benchmark] = {
@@ -187,6 +195,8 @@ BENCHMARKS: dict[str, Benchmark] = {
     "d4pg": Benchmark("d4pg"),
     "a2c": Benchmark("a2c", sb3_a2c),
     "ppo": Benchmark("ppo", sb3_ppo),
+    # derivative-free vs gradient-based: SB3's PPO (our PPO config for the env) for ARS's wall time
+    "ars": Benchmark("ars", sb3_ppo, peer="ppo", equal_time=True),
 }
 
 
@@ -202,6 +212,12 @@ class _SB3Actor:
         return action.item() if getattr(action, "ndim", 1) == 0 else action
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (ARS's rollout workers)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     """Train and evaluate one (algo, env, seed, impl); runs inside the worker process.
 
@@ -214,11 +230,17 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(1)
     import classic_rl
     from classic_rl.evaluation import evaluate
+    from classic_rl.registry import get_algorithm
 
     bench = BENCHMARKS[spec["algo"]]
     every = spec["eval_every"]
-    overrides = {**spec["overrides"], "eval_freq": every} if spec["impl"] == "ours" else spec["overrides"]
-    agent = classic_rl.make(bench.ours, spec["env"], seed=spec["seed"], **overrides)
+    overrides = spec["overrides"]
+    if spec["impl"] == "ours" and "eval_freq" in {f.name for f in fields(get_algorithm(bench.ours).Config)}:
+        overrides = {**overrides, "eval_freq": every}  # agents without it (ARS) get no periodic evaluation
+    if spec["impl"] == "sb3" and bench.peer is not None:  # SB3 translates our peer's config (ARS -> PPO)
+        agent = classic_rl.make(bench.peer, spec["env"], seed=spec["seed"])
+    else:
+        agent = classic_rl.make(bench.ours, spec["env"], seed=spec["seed"], **overrides)
     threshold = gym.spec(spec["env"]).reward_threshold
     evals: list[tuple[int, float]] = []
     spent = [0.0, 0.0]  # wall and CPU seconds of the periodic evaluations
@@ -232,28 +254,40 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
 
     if spec["impl"] == "ours":
         agent.evaluate_during_training = lambda logger=None: periodic_eval(agent.num_timesteps, agent)
-        wall, cpu = time.perf_counter(), time.process_time()
+        wall, cpu = time.perf_counter(), _cpu_seconds()
         agent.learn(total_steps=spec["steps"], progress=False)
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
         actor: Any = agent
+        steps_done = agent.num_timesteps
     else:
         from stable_baselines3.common.callbacks import BaseCallback
 
         model = bench.sb3(agent.config, gym.make(spec["env"]), spec["seed"])
         actor = _SB3Actor(model)
 
+        limit = spec.get("time_limit_s")  # equal time: stop once ours' training time is spent
+        on_cpu = spec.get("time_kind") == "cpu"
+
         class PeriodicEval(BaseCallback):
             def _on_step(self) -> bool:
                 if every and self.num_timesteps % every == 0:
                     periodic_eval(self.num_timesteps, actor)
-                return True
+                if limit is None:
+                    return True
+                used = time.process_time() - cpu - spent[1] if on_cpu else time.perf_counter() - start - spent[0]
+                return used < limit
 
-        wall, cpu = time.perf_counter(), time.process_time()
-        model.learn(total_timesteps=spec["steps"], callback=PeriodicEval())
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        # with a time limit the step budget only has to be out of reach (PPO checks time while collecting,
+        # so it can overrun by one update phase: the reported wall time is what it really used)
+        budget = spec["steps"] if limit is None else 10**9
+        start, cpu = time.perf_counter(), time.process_time()
+        model.learn(total_timesteps=budget, callback=PeriodicEval())
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+        steps_done = model.num_timesteps
     mean, std = evaluate(actor, spec["env"], episodes=spec["eval_episodes"], seed=10_000)
     reached = [step for step, value in evals if threshold is not None and value >= threshold]
-    return {**spec, "wall_s": wall - spent[0], "cpu_s": cpu - spent[1], "eval_mean": mean, "eval_std": std,
+    return {**spec, "steps_done": int(steps_done), "wall_s": wall - spent[0], "cpu_s": cpu - spent[1],
+            "eval_mean": mean, "eval_std": std,
             "steps_to_threshold": reached[0] if reached else None, "threshold": threshold, "evals": evals}
 
 
@@ -276,8 +310,10 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if not runs:
                 continue
             reached = [r["steps_to_threshold"] for r in runs if r["steps_to_threshold"] is not None]
+            peer = BENCHMARKS[algo].peer
             per_impl[impl] = {
-                "algo": algo, "env": env, "impl": impl, "seeds": len(runs), "steps": runs[0]["steps"],
+                "algo": algo, "env": env, "impl": f"sb3 {peer}" if impl == "sb3" and peer else impl, "seeds": len(runs),
+                "steps": int(np.mean([r.get("steps_done", r["steps"]) for r in runs])),
                 "eval_mean": float(np.mean([r["eval_mean"] for r in runs])),
                 "eval_std": float(np.std([r["eval_mean"] for r in runs])),
                 "to_threshold": float(np.mean(reached)) if reached else None,
@@ -325,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-episodes", type=int, default=10, help="final greedy evaluation episodes")
     parser.add_argument("--eval-every", type=int, default=None,
                         help="steps between periodic evaluations (default: steps / 20; 0 = none)")
+    parser.add_argument("--equal-time", choices=["wall", "cpu"], default="wall",
+                        help="ars: SB3's PPO gets ours' wall time (default) or CPU time (steadier when shared)")
     parser.add_argument("--json", help="also write every run's raw result to this file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -346,6 +384,12 @@ def main(argv: list[str] | None = None) -> int:
                     spec = {"algo": algo, "env": env, "seed": seed, "impl": impl, "steps": args.steps,
                             "overrides": overrides, "eval_episodes": args.eval_episodes,
                             "eval_every": eval_every, "eval_every_episodes": 5}
+                    if impl == "sb3" and BENCHMARKS[algo].equal_time:
+                        ours = [r for r in results if (r["algo"], r["env"], r["seed"], r["impl"]) == (algo, env, seed, "ours")]
+                        if not ours:
+                            parser.error(f"{algo} vs SB3 runs for ours' wall time: keep 'ours' in --impl")
+                        spec["time_kind"] = args.equal_time
+                        spec["time_limit_s"] = ours[-1][f"{args.equal_time}_s"]
                     result = launch(spec)
                     results.append(result)
                     print(f"{impl:>4} {algo} {env} seed {seed}: eval {result['eval_mean']:.1f}, "
