@@ -41,6 +41,8 @@ from rlhf.data import DataArguments, load_train_eval, render_prompt, validate_da
 from rlhf.distributed import (
     all_processes_finished,
     check_deepspeed_settings,
+    fsdp_version,
+    is_deepspeed_zero3,
     masked_whiten_across_processes,
     needs_synchronised_generation,
     prepare_frozen_model,
@@ -207,6 +209,11 @@ def _accelerator(cpu: bool, precision: str):
         return Accelerator(cpu=cpu, mixed_precision=mixed_precision)
 
 
+def _sharded(accelerator: Any) -> bool:
+    """Whether the trained model's parameters are sharded over the ranks (ZeRO-3 or FSDP)."""
+    return is_deepspeed_zero3(accelerator) or fsdp_version(accelerator) is not None
+
+
 class PPOTrainer:
     """PPO for a causal LM on prompts; see the module docstring for one update."""
 
@@ -222,6 +229,12 @@ class PPOTrainer:
         self.accelerator = accelerator or _accelerator(use_cpu, self.precision)
         acc = self.accelerator
         self.rank, self.world_size, self.device = acc.process_index, acc.num_processes, acc.device
+        if config.use_peft and _sharded(acc):
+            raise ValueError(
+                "rlhf ppo: --use_peft under DeepSpeed ZeRO-3 or FSDP is not supported (merging the LoRA adapter "
+                "into the saved policy needs the full weights on one rank); use DDP or ZeRO-2 "
+                "(configs/accelerate/multi_gpu.yaml, deepspeed_zero2.yaml), where a LoRA policy fits anyway"
+            )
         seed_everything(config.seed)  # same initial weights (value head) on every rank
 
         self.tokenizer = load_tokenizer(config.model_name_or_path, trust_remote_code=config.trust_remote_code)
@@ -661,10 +674,19 @@ class PPOTrainer:
 
     def save(self, output_dir: Path) -> None:
         """Save the policy (merged if LoRA; adapter in OUT/adapter) and the tokenizer, from rank 0 only."""
-        self.accelerator.wait_for_everyone()
-        if not self.accelerator.is_main_process:
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        # Under ZeRO-3 / FSDP each rank holds a shard: gather the full weights first (a collective that
+        # every rank joins; DeepSpeed needs zero3_save_16bit_model, set in the shipped config).
+        state_dict = acc.get_state_dict(self.model) if _sharded(acc) else None
+        if not acc.is_main_process:
             return
         policy = self.policy
+        if state_dict is not None:
+            state_dict = {k.removeprefix("policy."): v for k, v in state_dict.items() if k.startswith("policy.")}
+            policy.save_pretrained(output_dir, state_dict=state_dict)
+            self.tokenizer.save_pretrained(output_dir)
+            return
         if hasattr(policy, "merge_and_unload"):
             policy.save_pretrained(output_dir / "adapter")
             policy = policy.merge_and_unload()

@@ -155,6 +155,15 @@ def test_held_out_evaluation_gives_every_rank_the_same_work_and_counts_each_prom
     assert total[4].item() == 5 and total[0].item() == pytest.approx(10 + 11 + 12 + 13 + 14)
 
 
+def test_lora_under_sharded_training_is_refused_before_loading_anything(tmp_path):
+    config = PPOConfig(output_dir=str(tmp_path), model_name_or_path="never-loaded", dataset_name="d", reward_fn="a:b",
+                       use_peft=True, use_cpu=True)
+    for sharded in (_fake_accelerator({"gradient_accumulation_steps": 1}, zero_stage=3), _fake_accelerator(fsdp_version=2)):
+        sharded.process_index, sharded.device = 0, torch.device("cpu")
+        with pytest.raises(ValueError, match="--use_peft under DeepSpeed ZeRO-3 or FSDP"):
+            PPOTrainer(config, accelerator=sharded)
+
+
 # ----------------------------------------------------------------------------- vLLM
 def test_use_vllm_is_refused_with_the_flag_and_the_fix_named(tmp_path):
     config = PPOConfig(output_dir=str(tmp_path), model_name_or_path="m", dataset_name="d", reward_fn="a:b", use_vllm=True)
