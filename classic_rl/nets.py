@@ -215,6 +215,8 @@ class QNetwork(nn.Module):
         self.numpy_ok = self.cnn is None and act in NUMPY_ACTIVATIONS
         self._act_name = act
         self._numpy_cache: tuple[tuple[int, ...], list[np.ndarray]] | None = None
+        self._numpy_tensors: list[torch.Tensor] | None = None
+        self._n_hidden = len(dims) - 1
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """Q-values ``(B, A)``, or distribution logits ``(B, A, n_atoms)`` when ``n_atoms > 1``."""
@@ -241,8 +243,10 @@ class QNetwork(nn.Module):
 
     def _numpy_params(self) -> list[np.ndarray]:
         """numpy views (no copies) of the weights; rebuilt if a parameter moved to new memory."""
-        params = [p for layer in [*self.layers, self.advantage, self.value] if layer is not None
-                  for p in (layer.weight, layer.bias)]
+        if self._numpy_tensors is None:  # the layers never change; their memory may (flat_parameters)
+            self._numpy_tensors = [p for layer in [*self.layers, self.advantage, self.value] if layer is not None
+                                   for p in (layer.weight, layer.bias)]
+        params = self._numpy_tensors
         key = tuple(p.data_ptr() for p in params)
         if self._numpy_cache is None or self._numpy_cache[0] != key:
             self._numpy_cache = (key, [p.detach().numpy() for p in params])
@@ -275,14 +279,14 @@ class QNetwork(nn.Module):
         params = self._numpy_params() if params is None else params
         act = NUMPY_ACTIVATIONS[self._act_name]
         h = obs.reshape(len(obs), -1)
-        for i in range(len(self.layers)):
+        for i in range(self._n_hidden):
             h = h @ params[2 * i].T + params[2 * i + 1]
             act(h, out=h)
-        j = 2 * len(self.layers)
+        j = 2 * self._n_hidden
         out = h @ params[j].T + params[j + 1]
         if self.n_atoms > 1:
             out = out.reshape(len(h), self.n_actions, self.n_atoms)
-        if self.value is not None:
+        if self.dueling:
             value = h @ params[j + 2].T + params[j + 3]
             value = value.reshape(len(h), 1, self.n_atoms) if self.n_atoms > 1 else value
             out = value + out - out.mean(axis=1, keepdims=True)

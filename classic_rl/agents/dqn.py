@@ -176,12 +176,12 @@ class DQN(OffPolicyAgent):
     def schedule_values(self) -> dict[str, float]:
         return {**super().schedule_values(), "train/epsilon": self.epsilon()}
 
-    @torch.no_grad()
     def _greedy(self, obs: np.ndarray, noise: bool = True) -> np.ndarray:
         """argmax_a Q(s, a) for a batch; ``noise=False`` uses noisy layers' mean weights."""
         net = self.q_net
         if not net.numpy_ok:
-            return net.q_values(torch.from_numpy(obs)).argmax(dim=1).numpy() + self.action_start
+            with torch.no_grad():
+                return net.q_values(torch.from_numpy(obs)).argmax(dim=1).numpy() + self.action_start
         params = None
         if net.noisy and noise:  # weights and noise only change in updates: snapshot them once per round
             if self._noisy_snapshot[0] != self.n_updates:
