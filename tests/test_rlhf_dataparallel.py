@@ -137,7 +137,9 @@ def test_shipped_accelerate_configs_load(name, kind, processes):
     assert config.distributed_type.value == kind and config.num_processes == processes
     if name.startswith("deepspeed"):
         assert config.deepspeed_config["zero_stage"] == int(name[-1])
-        assert config.deepspeed_config["gradient_accumulation_steps"] == 1  # rlhf ppo accumulates itself
+        # rlhf ppo's defaults (--gradient_accumulation_steps 1, --max_grad_norm 1.0), checked at its start
+        assert config.deepspeed_config["gradient_accumulation_steps"] == 1
+        assert config.deepspeed_config["gradient_clipping"] == 1.0
     if name == "multi_node":
         assert config.num_machines == 2 and config.main_process_ip and config.main_process_port
     if name == "fsdp":

@@ -115,6 +115,14 @@ def test_deepspeed_settings_must_match_accumulation_and_clipping():
     with pytest.raises(ValueError, match="gradient_clipping: 1.0 but --max_grad_norm is 0.5"):
         check_deepspeed_settings(_fake_accelerator({"gradient_accumulation_steps": 1, "gradient_clipping": 1.0}), 1, 0.5)
     check_deepspeed_settings(_fake_accelerator({"gradient_accumulation_steps": 1, "gradient_clipping": 0.0}), 1, None)
+    # accelerate's own plugin, as built from configs/accelerate/deepspeed_zero3.yaml's fields
+    from accelerate.utils import DeepSpeedPlugin
+
+    plugin = DeepSpeedPlugin(zero_stage=3, gradient_accumulation_steps=1, gradient_clipping=1.0)
+    accelerator = _fake_accelerator(plugin.deepspeed_config, zero_stage=3)
+    check_deepspeed_settings(accelerator, 1, 1.0)
+    with pytest.raises(ValueError, match="gradient_accumulation_steps: 1 but --gradient_accumulation_steps is 4"):
+        check_deepspeed_settings(accelerator, 4, 1.0)
 
 
 def test_generation_is_synchronised_only_where_a_forward_is_a_collective():
