@@ -165,8 +165,10 @@ def sb3_ppo(cfg: Any, env: Any, seed: int) -> Any:
 
     venv, kwargs = _sb3_on_policy(cfg, env, seed, "PPO")
     clip = (lambda left: cfg.clip_range * left) if cfg.anneal_clip else cfg.clip_range
+    # SB3 stops the epochs once approx_kl > 1.5 * target_kl, ours once approx_kl > target_kl
+    target_kl = None if cfg.target_kl is None else cfg.target_kl / 1.5
     return PPO("MlpPolicy", venv, batch_size=cfg.batch_size, n_epochs=cfg.n_epochs, clip_range=clip,
-               clip_range_vf=cfg.clip_range_vf, target_kl=cfg.target_kl, **kwargs)
+               clip_range_vf=cfg.clip_range_vf, target_kl=target_kl, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -218,6 +220,32 @@ def _cpu_seconds() -> float:
     return time.process_time() + children.ru_utime + children.ru_stime
 
 
+def random_policy_rate(env_id: str, num_envs: int, steps: int, seed: int) -> dict[str, float]:
+    """Environment steps per wall- and CPU-second of uniformly random actions in the vector env our
+    on-policy collector steps (``make_vector_env``: same ``num_envs``, autoreset mode and wrappers).
+
+    The actions are drawn before the clock starts, in the form the collector passes them (Python
+    ints for Discrete), so the rate is the environment's own limit: what a learner would reach if
+    acting and learning were free.
+    """
+    import gymnasium as gym
+
+    from classic_rl.agents.on_policy import make_vector_env
+
+    envs = make_vector_env(env_id, num_envs)
+    envs.reset(seed=seed)
+    envs.action_space.seed(seed)
+    actions = [envs.action_space.sample() for _ in range(max(1, steps // num_envs))]
+    if isinstance(envs.single_action_space, gym.spaces.Discrete):
+        actions = [a.tolist() for a in actions]
+    wall, cpu = time.perf_counter(), time.process_time()
+    for action in actions:
+        envs.step(action)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    envs.close()
+    return {"random_steps_per_s": len(actions) * num_envs / wall, "random_steps_per_cpu_s": len(actions) * num_envs / cpu}
+
+
 def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     """Train and evaluate one (algo, env, seed, impl); runs inside the worker process.
 
@@ -229,6 +257,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     import classic_rl
+    from classic_rl.agents.on_policy import OnPolicyAgent
     from classic_rl.evaluation import evaluate
     from classic_rl.registry import get_algorithm
 
@@ -244,6 +273,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     threshold = gym.spec(spec["env"]).reward_threshold
     evals: list[tuple[int, float]] = []
     spent = [0.0, 0.0]  # wall and CPU seconds of the periodic evaluations
+    extra: dict[str, Any] = {}  # on-policy: the random-policy rate of the same vector env
 
     def periodic_eval(step: int, actor: Any) -> None:
         wall, cpu = time.perf_counter(), time.process_time()
@@ -259,6 +289,9 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
         actor: Any = agent
         steps_done = agent.num_timesteps
+        if spec.get("random_steps") and isinstance(agent, OnPolicyAgent):  # the env's own limit, same load
+            extra.update(random_policy_rate(spec["env"], agent.config.num_envs, spec["random_steps"], spec["seed"]))
+            extra["num_envs"] = agent.config.num_envs
     else:
         from stable_baselines3.common.callbacks import BaseCallback
 
@@ -288,7 +321,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     reached = [step for step, value in evals if threshold is not None and value >= threshold]
     return {**spec, "steps_done": int(steps_done), "wall_s": wall - spent[0], "cpu_s": cpu - spent[1],
             "eval_mean": mean, "eval_std": std,
-            "steps_to_threshold": reached[0] if reached else None, "threshold": threshold, "evals": evals}
+            "steps_to_threshold": reached[0] if reached else None, "threshold": threshold, "evals": evals, **extra}
 
 
 # ---------------------------------------------------------------------------------- driver
@@ -343,6 +376,33 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def throughput_table(results: list[dict[str, Any]]) -> str:
+    """On-policy rows: training steps/s (ours and SB3's) as a fraction of the random-policy steps/s
+    of the same vector env (measured in ours' worker right after training, so under the same load)."""
+    lines = ["| algo | env | n_envs | random policy steps/s | ours steps/s | ours / random | SB3 steps/s | SB3 / random "
+             "| random steps/CPU-s | ours steps/CPU-s | ours / random (CPU) | SB3 steps/CPU-s | SB3 / random (CPU) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    keys = sorted({(r["algo"], r["env"]) for r in results if "random_steps_per_s" in r}, key=lambda k: (k[1], k[0]))
+    for algo, env in keys:
+        ours = [r for r in results if (r["algo"], r["env"], r["impl"]) == (algo, env, "ours") and "random_steps_per_s" in r]
+        sb3 = [r for r in results if (r["algo"], r["env"], r["impl"]) == (algo, env, "sb3")]
+
+        def rate(runs: list[dict[str, Any]], clock: str) -> float:
+            return float(np.mean([r.get("steps_done", r["steps"]) / r[f"{clock}_s"] for r in runs])) if runs else float("nan")
+
+        random_wall = float(np.mean([r["random_steps_per_s"] for r in ours]))
+        random_cpu = float(np.mean([r["random_steps_per_cpu_s"] for r in ours]))
+        cells = [algo, env, str(ours[0]["num_envs"]), f"{random_wall:,.0f}"]
+        for clock, base in (("wall", random_wall), ("cpu", random_cpu)):
+            if clock == "cpu":
+                cells.append(f"{random_cpu:,.0f}")
+            for runs in (ours, sb3):
+                value = rate(runs, clock)
+                cells += [f"{value:,.0f}", f"{value / base:.2f}"] if runs else ["-", "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     from classic_rl.config import parse_set_args
 
@@ -363,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="steps between periodic evaluations (default: steps / 20; 0 = none)")
     parser.add_argument("--equal-time", choices=["wall", "cpu"], default="wall",
                         help="ars: SB3's PPO gets ours' wall time (default) or CPU time (steadier when shared)")
+    parser.add_argument("--random-steps", type=int, default=20_000,
+                        help="on-policy algos: env steps of the random-policy rate measurement (0 = skip)")
     parser.add_argument("--json", help="also write every run's raw result to this file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -383,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     spec = {"algo": algo, "env": env, "seed": seed, "impl": impl, "steps": args.steps,
                             "overrides": overrides, "eval_episodes": args.eval_episodes,
-                            "eval_every": eval_every, "eval_every_episodes": 5}
+                            "eval_every": eval_every, "eval_every_episodes": 5, "random_steps": args.random_steps}
                     if impl == "sb3" and BENCHMARKS[algo].equal_time:
                         ours = [r for r in results if (r["algo"], r["env"], r["seed"], r["impl"]) == (algo, env, seed, "ours")]
                         if not ours:
@@ -399,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2)
     print(markdown_table(summarize(results)))
+    if any("random_steps_per_s" in r for r in results):
+        print("\n" + throughput_table(results))
     return 0
 
 

@@ -87,11 +87,16 @@ class ActorCriticAgent(OnPolicyAgent):
     Config = ActorCriticConfig
     default_steps = 100_000
 
+    use_flat_parameters = True
+
     def update(self, rollout: Rollout, progress_remaining: float) -> dict[str, float]:
         loss, parts = actor_critic_loss(self.policy, rollout, self.config)
-        params = list(self.policy.parameters())
-        gradient_step(loss, params, self._optimizers["optimizer"], self.config.max_grad_norm)
-        return {k: float(v.detach()) for k, v in parts.items()}
+        self.zero_grad()
+        loss.backward()
+        self.clip_grad_norm(self.config.max_grad_norm)
+        self._optimizers["optimizer"].step()
+        values = torch.stack([v.detach() for v in parts.values()]).tolist()  # one host sync
+        return dict(zip(parts, values))
 
 
 @register

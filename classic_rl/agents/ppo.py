@@ -63,6 +63,7 @@ class PPO(OnPolicyAgent):
     algo = "ppo"
     Config = PPOConfig
     default_steps = 100_000
+    use_flat_parameters = True
 
     def update_config(self) -> PPOUpdateConfig:
         cfg = self.config
@@ -83,15 +84,15 @@ class PPO(OnPolicyAgent):
         advantages, returns = compute_gae(rollout, cfg.gamma, cfg.gae_lambda)
         if cfg.normalize_advantage:  # once over the whole batch (not per minibatch): fewer ops per step
             advantages = masked_whiten(advantages, rollout.mask if rollout.masked else None)
-        column = (-1, 1)  # the core takes (batch, time) tensors: each transition is a length-1 row
+        # Each transition is one row: the core's per-step tensors are 1-D here ((batch,), not (batch, 1)).
         batch = {
             "obs": rollout.obs.flatten(0, 1),
             "actions": rollout.actions.flatten(0, 1),
-            "logprobs": rollout.logprobs.reshape(column),
-            "values": rollout.values.reshape(column),
-            "advantages": advantages.reshape(column),
-            "returns": returns.reshape(column),
-            "mask": rollout.mask.reshape(column),
+            "logprobs": rollout.logprobs.flatten(),
+            "values": rollout.values.flatten(),
+            "advantages": advantages.flatten(),
+            "returns": returns.flatten(),
+            "mask": rollout.mask.flatten(),
         }
         policy = self.policy
 
@@ -99,17 +100,18 @@ class PPO(OnPolicyAgent):
 
         def evaluate(mb: dict) -> PolicyEvaluation:
             dist, value = policy(mb["obs"])
-            entropy = dist.entropy()[:, None] if with_entropy else None
-            return PolicyEvaluation(dist.log_prob(mb["actions"])[:, None], value[:, None], entropy)
+            return PolicyEvaluation(dist.log_prob(mb["actions"]), value, dist.entropy() if with_entropy else None)
 
         clip = cfg.clip_range * progress_remaining if cfg.anneal_clip else cfg.clip_range
         stats = ppo_update(
             batch,
             evaluate,
             self._optimizers["optimizer"],
-            policy.parameters(),
+            [self.flat_params] if self.flat_params is not None else policy.parameters(),
             self.update_config(),
             clip_range=clip,
+            zero_grad=self.zero_grad,
+            clip_grad_norm=lambda _params, max_norm: self.clip_grad_norm(max_norm),
         )
         stats["policy/clip_range"] = clip
         return stats

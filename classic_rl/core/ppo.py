@@ -53,6 +53,7 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 __all__ = [
     "PPOUpdateConfig",
@@ -167,18 +168,40 @@ def policy_loss(
     Stats: ``approx_kl`` (the unbiased k3 estimator ``(ratio - 1) - log ratio``), ``clipfrac``
     (share of steps where the clipped branch is the active one), ``ratio`` (mean).
     """
+    loss, log_ratio = _clipped_surrogate(new_logprobs, old_logprobs, advantages, mask, clip_range)
+    return loss, _surrogate_stats(log_ratio.detach(), advantages, mask, clip_range)
+
+
+def _clipped_surrogate(
+    new_logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor | None, clip_range: float
+) -> tuple[Tensor, Tensor]:
+    """The loss of :func:`policy_loss` and ``log ratio`` (its statistics follow from that)."""
     log_ratio = new_logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
-    with torch.no_grad():
-        stats = {
-            "approx_kl": masked_mean((ratio - 1.0) - log_ratio, mask),
-            "clipfrac": masked_mean((clipped > unclipped).to(ratio.dtype), mask),
-            "ratio": masked_mean(ratio, mask),
-        }
-    return loss, stats
+    return masked_mean(torch.maximum(unclipped, clipped), mask), log_ratio
+
+
+@torch.no_grad()
+def _surrogate_stats(
+    log_ratio: Tensor, advantages: Tensor, mask: Tensor | None, clip_range: float, dim: tuple[int, ...] | None = None
+) -> dict[str, Tensor]:
+    """approx_kl, clipfrac and mean ratio of :func:`policy_loss` (per leading index with ``dim``:
+    :func:`ppo_update` computes them for all its minibatches at once, stacked)."""
+    ratio = torch.exp(log_ratio)
+    clipped_active = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range) > -advantages * ratio
+
+    def mean(x: Tensor) -> Tensor:
+        if dim is None:
+            return masked_mean(x, mask)
+        return x.mean(dim) if mask is None else (x * mask).sum(dim) / mask.sum(dim).clamp(min=1.0)
+
+    return {
+        "approx_kl": mean((ratio - 1.0) - log_ratio),
+        "clipfrac": mean(clipped_active.to(ratio.dtype)),
+        "ratio": mean(ratio),
+    }
 
 
 def value_loss(
@@ -186,9 +209,11 @@ def value_loss(
 ) -> tuple[Tensor, Tensor]:
     """``0.5 * mean((V - R)^2)``; with ``clip_range_value`` the pessimistic max of the plain and
     the clipped error, where ``V_clipped = V_old + clip(V - V_old, -c, c)``. Returns (loss, clipfrac)."""
-    unclipped = (new_values - returns) ** 2
     if clip_range_value is None:
-        return 0.5 * masked_mean(unclipped, mask), torch.zeros((), device=new_values.device)
+        if mask is None:  # one fused op (and one backward node) instead of three
+            return 0.5 * F.mse_loss(new_values, returns), torch.zeros((), device=new_values.device)
+        return 0.5 * masked_mean((new_values - returns) ** 2, mask), torch.zeros((), device=new_values.device)
+    unclipped = (new_values - returns) ** 2
     v_clipped = old_values + torch.clamp(new_values - old_values, -clip_range_value, clip_range_value)
     clipped = (v_clipped - returns) ** 2
     loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask)
@@ -243,18 +268,28 @@ def ppo_update(
     clip_grad_norm: Callable[[Iterable[torch.nn.Parameter], float], Tensor] | None = None,
     clip_range: float | None = None,
     reduce_mean: Callable[[Tensor], Tensor] | None = None,
+    zero_grad: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """Epochs x minibatches of PPO on a collected batch; returns averaged statistics.
 
     ``batch`` must hold ``logprobs``, ``values``, ``advantages``, ``returns`` and ``mask``
-    (all ``(B, T)``) plus whatever ``evaluate`` needs; each minibatch is a dict with the same
-    keys, sliced along the first dimension. ``backward`` / ``clip_grad_norm`` default to
+    (all ``(B, T)``, or all ``(B,)`` when every row is one step) plus whatever ``evaluate``
+    needs; each minibatch is a dict with the same keys, sliced along the first dimension.
+    ``backward`` / ``clip_grad_norm`` default to
     ``loss.backward()`` / ``torch.nn.utils.clip_grad_norm_``; pass ``accelerator.backward`` and
     ``accelerator.clip_grad_norm_`` under accelerate. ``clip_range`` overrides the config's
     (for annealing). ``reduce_mean`` averages a scalar across processes (e.g.
-    ``lambda t: accelerator.reduce(t, "mean")``) so the KL early stop is the same on every rank. Stats: ``loss/policy``, ``loss/value``, ``loss/entropy``,
+    ``lambda t: accelerator.reduce(t, "mean")``) so the KL early stop is the same on every rank.
+    ``zero_grad`` defaults to ``optimizer.zero_grad(set_to_none=True)`` (pass one that zeroes in
+    place for parameters kept in one flat tensor). Stats: ``loss/policy``, ``loss/value``, ``loss/entropy``,
     ``policy/approxkl``, ``policy/clipfrac``, ``val/clipfrac``, ``policy/ratio``,
     ``epochs_run``, each averaged over the minibatches that ran.
+
+    Small networks spend most of a minibatch step on per-op overhead, so the loop keeps the op
+    count down without changing the arithmetic: an all-ones mask is dropped (plain means), each
+    epoch's shuffle is one gather per key (minibatches are then slices of it; a single minibatch
+    is the batch itself, unshuffled: the mean does not depend on the order), and the statistics
+    are kept as per-minibatch pieces and reduced once at the end (one host sync per update).
     """
     for key in ("logprobs", "values", "advantages", "returns", "mask"):
         if key not in batch:
@@ -267,54 +302,83 @@ def ppo_update(
     mb_size = n // config.num_minibatches
     backward = backward or (lambda loss: loss.backward())
     clip_grad_norm = clip_grad_norm or torch.nn.utils.clip_grad_norm_
+    zero_grad = zero_grad or (lambda: optimizer.zero_grad(set_to_none=True))
+    masked = not bool(batch["mask"].all())  # else the losses take plain means (fewer ops)
 
-    # Statistics stay tensors until the end: one host sync per update, not several per minibatch.
-    totals: dict[str, Tensor] = {}
-    count = 0
+    # Per-minibatch pieces, reduced after the loop (one host sync per update, not several per step).
+    pieces: dict[str, list[Tensor]] = {k: [] for k in ("log_ratio", "advantages", "mask", "policy", "value", "entropy", "val_clipfrac")}
     epochs_run = 0
     stop = False
     for _ in range(config.num_epochs):
         epochs_run += 1
-        perm = torch.randperm(n, generator=generator, device="cpu").to(batch["mask"].device)
+        if config.num_minibatches == 1:
+            shuffled = batch
+        else:
+            perm = torch.randperm(n, generator=generator, device="cpu")
+            shuffled = _minibatch(batch, perm.to(batch["logprobs"].device))
         for start in range(0, mb_size * config.num_minibatches, mb_size):
-            mb = _minibatch(batch, perm[start : start + mb_size])
-            mask = mb["mask"]
+            mb = {k: v[start : start + mb_size] for k, v in shuffled.items()}
+            mask = mb["mask"] if masked else None
             adv = mb["advantages"]
-            if config.normalize_advantages and mask.sum() > 1:
+            if config.normalize_advantages and (mask.sum() if masked else adv.numel()) > 1:
                 adv = masked_whiten(adv, mask)
             out = evaluate(mb)
-            pg_loss, pg_stats = policy_loss(out.logprobs, mb["logprobs"], adv, mask, eps)
+            pg_loss, log_ratio = _clipped_surrogate(out.logprobs, mb["logprobs"], adv, mask, eps)
             v_loss, v_clipfrac = value_loss(out.values, mb["values"], mb["returns"], mask, config.clip_range_value)
-            entropy = masked_mean(out.entropy, mask) if out.entropy is not None else torch.zeros((), device=mask.device)
-            loss = pg_loss + config.vf_coef * v_loss - config.ent_coef * entropy
+            loss = pg_loss + config.vf_coef * v_loss
+            if out.entropy is not None:
+                entropy = masked_mean(out.entropy, mask)
+                pieces["entropy"].append(entropy.detach())
+                if config.ent_coef != 0.0:
+                    loss = loss - config.ent_coef * entropy
 
-            optimizer.zero_grad(set_to_none=True)
+            zero_grad()
             backward(loss)
             if config.max_grad_norm is not None:
                 clip_grad_norm(params, config.max_grad_norm)
             optimizer.step()
 
-            step_stats = {
-                "loss/policy": pg_loss.detach(),
-                "loss/value": v_loss.detach(),
-                "loss/entropy": entropy.detach(),
-                "policy/approxkl": pg_stats["approx_kl"],
-                "policy/clipfrac": pg_stats["clipfrac"],
-                "policy/ratio": pg_stats["ratio"],
-                "val/clipfrac": v_clipfrac.detach().to(pg_loss.device),
-            }
-            for k, v in step_stats.items():
-                totals[k] = totals[k] + v if k in totals else v.clone()
-            count += 1
+            log_ratio = log_ratio.detach()
+            pieces["log_ratio"].append(log_ratio)
+            pieces["advantages"].append(adv)
+            pieces["policy"].append(pg_loss.detach())
+            pieces["value"].append(v_loss.detach())
+            if config.clip_range_value is not None:
+                pieces["val_clipfrac"].append(v_clipfrac)
+            if masked:
+                pieces["mask"].append(mask)
             if config.target_kl is not None:
                 # Every process must take the same decision, or a rank waits forever in backward.
-                kl = step_stats["policy/approxkl"]
+                kl = _surrogate_stats(log_ratio, adv, mask, eps)["approx_kl"]
                 kl = reduce_mean(kl) if reduce_mean is not None else kl
                 if kl.item() > config.target_kl:
                     stop = True
                     break
         if stop:
             break
-    stats = {k: v.item() / max(count, 1) for k, v in totals.items()}
+    return _update_stats(pieces, eps, epochs_run)
+
+
+@torch.no_grad()
+def _update_stats(pieces: dict[str, list[Tensor]], clip_range: float, epochs_run: int) -> dict[str, float]:
+    """Average each statistic over the minibatches that ran, all minibatches in one stacked pass."""
+    count = len(pieces["policy"])
+    if count == 0:
+        return {"epochs_run": float(epochs_run)}
+    log_ratio = torch.stack(pieces["log_ratio"])
+    dims = tuple(range(1, log_ratio.dim()))
+    mask = torch.stack(pieces["mask"]).to(log_ratio.dtype) if pieces["mask"] else None
+    surrogate = _surrogate_stats(log_ratio, torch.stack(pieces["advantages"]), mask, clip_range, dims)
+
+    def mean(name: str) -> Tensor:
+        values = pieces[name]
+        return torch.stack(values).mean() if values else torch.zeros((), device=log_ratio.device)
+
+    totals = torch.stack([
+        mean("policy"), mean("value"), mean("entropy"), surrogate["approx_kl"].mean(),
+        surrogate["clipfrac"].mean(), surrogate["ratio"].mean(), mean("val_clipfrac").to(log_ratio.device),
+    ]).tolist()
+    names = ("loss/policy", "loss/value", "loss/entropy", "policy/approxkl", "policy/clipfrac", "policy/ratio", "val/clipfrac")
+    stats = dict(zip(names, totals))
     stats["epochs_run"] = float(epochs_run)
     return stats
