@@ -9,6 +9,8 @@ hyperparameters are picked automatically by env id with a generic fallback::
     envs:
       CartPole-v1:      # overrides for this env only
         n_steps: 32
+    atari:              # optional: every Atari game id not listed under envs
+      buffer_size: 100000
 
 Unknown keys are errors that name the valid keys, at every layer.
 """
@@ -124,14 +126,27 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def is_atari_name(env_id: str) -> bool:
+    """Whether ``env_id`` names an Arcade Learning Environment game (``ALE/Pong-v5``, ``PongNoFrameskip-v4``).
+
+    By name, so the tuned settings resolve without importing ale-py (the env itself needs it).
+    """
+    return env_id.startswith("ALE/") or env_id.endswith("NoFrameskip-v4")
+
+
 def defaults_for(algo: str, env_id: str, root: Path | None = None) -> dict[str, Any]:
-    """The tuned settings of ``algo`` for ``env_id``: the file's ``default`` merged with ``envs[env_id]``."""
+    """The tuned settings of ``algo`` for ``env_id``: the file's ``default`` merged with ``envs[env_id]``,
+    or, for an Atari game not listed there, with the file's ``atari`` section."""
     path = Path(root or CONFIG_ROOT) / f"{algo}.yaml"
     if not path.is_file():
         return {}
     data = load_yaml(path)
     merged = dict(data.get("default") or {})
-    merged.update((data.get("envs") or {}).get(env_id) or {})
+    envs = data.get("envs") or {}
+    if env_id in envs:
+        merged.update(envs[env_id] or {})
+    elif is_atari_name(env_id):
+        merged.update(data.get("atari") or {})
     return merged
 
 

@@ -61,3 +61,24 @@ def test_wrong_type_and_invalid_value_are_rejected(config_root):
         resolve_config(DemoConfig, "demo", "X-v0", overrides={"gamma": 1.5})
     with pytest.raises(ConfigError, match="key=value"):
         parse_set_args(["learning_rate"])
+
+
+def test_atari_section_covers_unlisted_games_only(tmp_path, monkeypatch):
+    (tmp_path / "demo.yaml").write_text(
+        "default:\n  learning_rate: 5.0e-4\n"
+        "atari:\n  learning_rate: 1.0e-4\n  hidden: []\n"
+        "envs:\n  ALE/Pong-v5:\n    learning_rate: 2.0e-4\n"
+    )
+    monkeypatch.setattr("classic_rl.config.CONFIG_ROOT", tmp_path)
+    for game in ("ALE/Breakout-v5", "SeaquestNoFrameskip-v4"):
+        cfg = resolve_config(DemoConfig, "demo", game)
+        assert cfg.learning_rate == 1e-4 and cfg.hidden == ()
+    assert resolve_config(DemoConfig, "demo", "ALE/Pong-v5").learning_rate == 2e-4  # listed: envs wins
+    assert resolve_config(DemoConfig, "demo", "CartPole-v1").learning_rate == 5e-4  # not Atari: default
+
+
+def test_shipped_dqn_atari_defaults_reach_any_game():
+    from classic_rl.agents.dqn import DQNConfig
+
+    cfg = resolve_config(DQNConfig, "dqn", "ALE/MsPacman-v5")
+    assert cfg.learning_starts == 100_000 and cfg.batch_size == 32 and tuple(cfg.hidden) == ()
