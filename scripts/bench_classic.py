@@ -11,7 +11,9 @@ translated from it by the algorithm's entry in :data:`BENCHMARKS`. For each it r
   episodes) whose mean return reaches the env's ``reward_threshold`` (CartPole-v1 475,
   Acrobot-v1 -100), averaged over the seeds that reached it (``n/m`` tells how many did);
 - wall and CPU time of training alone (periodic evaluations excluded), and the ratios ours / SB3.
-  On a shared machine the CPU-time ratio is the steadier of the two.
+  On a shared machine the CPU-time ratio is the steadier of the two;
+- on-policy algorithms (a2c, ppo): a second table with training steps/s, ours and SB3's, as a
+  fraction of the random-policy steps/s of the same vector env (:func:`random_policy_rate`).
 
 Add an algorithm by adding a :class:`Benchmark` entry: our name and a function that builds the
 SB3 model from our resolved config (or None when SB3 has no counterpart: ours runs alone).
@@ -22,6 +24,7 @@ Examples::
 
     python scripts/bench_classic.py --algos dqn --envs CartPole-v1 Acrobot-v1 --seeds 0 1 --steps 50000
     python scripts/bench_classic.py --algos dqn rainbow --envs CartPole-v1 --seeds 0 --steps 20000 --impl ours
+    python scripts/bench_classic.py --algos a2c ppo --envs CartPole-v1 --seeds 0 1 --steps 100000
     python scripts/bench_classic.py --algos ars --envs InvertedPendulum-v5 --steps 200000 --set n_workers=0
 """
 
