@@ -18,15 +18,18 @@ def _no_live_workers(agent) -> bool:
 
 def test_a3c_two_workers_learn_cartpole_and_exit():
     agent = A3C("CartPole-v1", seed=0, num_workers=2, start_method="fork")  # fork: quick to start
-    agent.learn(total_steps=6_000, progress=False)
+    # Asynchronous updates make the result depend on how the OS interleaves the workers, so the
+    # budget and margin are wide: over 10 runs (seeds 0-3, 6k-20k steps) 6k steps scored 26-500,
+    # 20k steps 130-500.
+    agent.learn(total_steps=20_000, progress=False)
     assert _no_live_workers(agent) and all(w.exitcode == 0 for w in agent.workers)
     assert not [p for p in multiprocessing.active_children() if p.name.startswith("a3c-worker")]
     # both processes did real work: their own updates and environment steps
     assert sorted(s["rank"] for s in agent.worker_stats) == [0, 1]
     assert all(s["updates"] > 50 and s["steps"] > 500 for s in agent.worker_stats)
     assert len({w.pid for w in agent.workers}) == 2 and os.getpid() not in {w.pid for w in agent.workers}
-    assert agent.num_timesteps >= 6_000 and agent.num_episodes > 0
-    assert agent.evaluate(episodes=5, seed=1000)[0] > 100  # random play: ~22
+    assert agent.num_timesteps >= 20_000 and agent.num_episodes > 0
+    assert agent.evaluate(episodes=5, seed=1000)[0] > 80  # random play: ~22
 
 
 def _interrupt_once_running(agent, timeout_s: float = 120.0) -> threading.Thread:
