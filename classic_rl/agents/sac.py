@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -77,6 +78,18 @@ def parse_ent_coef(value: str) -> tuple[bool, float]:
     return learned, init
 
 
+def make_temperature(ent_coef: str, lr: float) -> tuple[bool, torch.Tensor, torch.optim.Optimizer | None]:
+    """``(learned, log_alpha, optimizer)`` for an ``ent_coef`` setting (see :func:`parse_ent_coef`).
+
+    alpha is learned through ``log_alpha`` (so it stays positive) by Adam at ``lr``; a fixed
+    alpha gets no optimizer. Shared by :mod:`classic_rl.agents.sac` and :mod:`classic_rl.agents.sac_discrete`.
+    """
+    learned, init = parse_ent_coef(ent_coef)
+    log_alpha = torch.tensor([np.log(init)], dtype=torch.float32, requires_grad=learned)
+    optimizer = torch.optim.Adam([log_alpha], lr=lr, fused=True) if learned else None
+    return learned, log_alpha, optimizer
+
+
 _LOG_PROB_CONST = 0.5 * math.log(2.0 * math.pi) + 2.0 * math.log(2.0)
 
 
@@ -128,10 +141,16 @@ class SAC(ContinuousAgent):
         self.policy_numpy = NumpyMLP(self.policy.net)
         critic = QEnsemble(cfg.n_critics, self.obs_dim, self.act_dim, cfg.hidden)
         self.critic, self.critic_target = online_and_target(critic, cfg.learning_rate)
-        self.learn_alpha, init = parse_ent_coef(cfg.ent_coef)
-        self.log_alpha = torch.tensor([np.log(init)], dtype=torch.float32, requires_grad=self.learn_alpha)
-        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.learning_rate, fused=True) if self.learn_alpha else None
+        self.learn_alpha, self.log_alpha, self.alpha_opt = make_temperature(cfg.ent_coef, cfg.learning_rate)
         self.target_entropy = float(cfg.target_entropy) if cfg.target_entropy is not None else -float(self.act_dim)
+
+    def check_env(self, env: gym.Env) -> None:
+        try:
+            super().check_env(env)
+        except ValueError as error:
+            if not isinstance(env.action_space, gym.spaces.Discrete):
+                raise
+            raise ValueError(f"{error} For discrete actions use sac_discrete (SAC with a categorical policy).") from None
 
     # ------------------------------------------------------------------ acting
     def policy_actions(self, obs: np.ndarray, explore: bool) -> np.ndarray:
