@@ -93,7 +93,6 @@ class SACDiscrete(OffPolicyAgent):
 
     algo = "sac_discrete"
     Config = SACDiscreteConfig
-    family = "off-policy actor-critic"
     action_kinds = ("discrete",)
     default_steps = 100_000
 
