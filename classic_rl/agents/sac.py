@@ -90,6 +90,25 @@ def make_temperature(ent_coef: str, lr: float) -> tuple[bool, torch.Tensor, torc
     return learned, log_alpha, optimizer
 
 
+class TemperatureState:
+    """Mixin for agents holding ``log_alpha`` and ``alpha_opt`` (from :func:`make_temperature`): the
+    temperature and its optimizer are saved, restored and resumed with the agent's other state."""
+
+    log_alpha: torch.Tensor
+    alpha_opt: torch.optim.Optimizer | None
+
+    def with_alpha_optimizer(self, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, torch.optim.Optimizer]:
+        return optimizers if self.alpha_opt is None else {**optimizers, "alpha": self.alpha_opt}
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {**super().state_tensors(), "log_alpha": self.log_alpha.detach().clone()}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        super().load_state_tensors(tensors)
+        with torch.no_grad():
+            self.log_alpha.copy_(tensors["log_alpha"])
+
+
 _LOG_PROB_CONST = 0.5 * math.log(2.0 * math.pi) + 2.0 * math.log(2.0)
 
 
@@ -128,7 +147,7 @@ class SquashedGaussianActor(torch.nn.Module):
 
 
 @register
-class SAC(ContinuousAgent):
+class SAC(TemperatureState, ContinuousAgent):
     """Soft Actor-Critic with twin critics and automatic temperature (see the module docstring)."""
 
     algo = "sac"
@@ -203,15 +222,4 @@ class SAC(ContinuousAgent):
         return {"policy": self.policy, "critic": self.critic.module, "critic_target": self.critic_target.module}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        opts = {"policy": self.policy_flat.optimizer, "critic": self.critic.optimizer}
-        if self.alpha_opt is not None:
-            opts["alpha"] = self.alpha_opt
-        return opts
-
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        return {**super().state_tensors(), "log_alpha": self.log_alpha.detach().clone()}
-
-    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        super().load_state_tensors(tensors)
-        with torch.no_grad():
-            self.log_alpha.copy_(tensors["log_alpha"])
+        return self.with_alpha_optimizer({"policy": self.policy_flat.optimizer, "critic": self.critic.optimizer})

@@ -31,7 +31,7 @@ import torch
 from classic_rl.agents.base import register, space_kind
 from classic_rl.agents.continuous import Flat, GroupedMLP, NumpyMLP, online_and_target, weighted_mean
 from classic_rl.agents.off_policy import OffPolicyAgent, OffPolicyConfig
-from classic_rl.agents.sac import make_temperature, parse_ent_coef
+from classic_rl.agents.sac import TemperatureState, make_temperature, parse_ent_coef
 from classic_rl.buffers import Batch
 from classic_rl.nets import mlp
 from classic_rl.policies import run_mlp
@@ -88,7 +88,7 @@ def discrete_actor_loss(log_pi: torch.Tensor, q: torch.Tensor, alpha: torch.Tens
 
 
 @register
-class SACDiscrete(OffPolicyAgent):
+class SACDiscrete(TemperatureState, OffPolicyAgent):
     """Soft Actor-Critic for discrete actions (see the module docstring)."""
 
     algo = "sac_discrete"
@@ -179,15 +179,4 @@ class SACDiscrete(OffPolicyAgent):
         return {"policy": self.policy.module, "critic": self.critic.module, "critic_target": self.critic_target.module}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        opts = {"policy": self.policy.optimizer, "critic": self.critic.optimizer}
-        if self.alpha_opt is not None:
-            opts["alpha"] = self.alpha_opt
-        return opts
-
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        return {**super().state_tensors(), "log_alpha": self.log_alpha.detach().clone()}
-
-    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        super().load_state_tensors(tensors)
-        with torch.no_grad():
-            self.log_alpha.copy_(tensors["log_alpha"])
+        return self.with_alpha_optimizer({"policy": self.policy.optimizer, "critic": self.critic.optimizer})
