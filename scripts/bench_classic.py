@@ -7,6 +7,8 @@ translated from it by the algorithm's entry in :data:`BENCHMARKS`. For each it r
 
 - final greedy evaluation return (the same ``classic_rl.evaluation.evaluate`` with the same
   seeds for both), mean and std over the training seeds;
+- second-half periodic eval: the mean of the periodic evaluations after half the budget, averaged
+  over seeds (steadier than the final snapshot for learners that oscillate, such as DQN);
 - steps to threshold: the first periodic greedy evaluation (every ``--eval-every`` steps, 5
   episodes) whose mean return reaches the env's ``reward_threshold`` (CartPole-v1 475,
   Acrobot-v1 -100), averaged over the seeds that reached it (``n/m`` tells how many did);
@@ -336,6 +338,16 @@ def launch(spec: dict[str, Any]) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def late_return(run: dict[str, Any]) -> float | None:
+    """Mean of a run's periodic evaluations over the second half of its budget, or None without them.
+
+    The final evaluation is a snapshot; learners that oscillate (DQN, A2C) can end a good run on a bad
+    one, so this steadier figure is reported beside it.
+    """
+    late = [value for step, value in run.get("evals", []) if step > run["steps"] / 2]
+    return float(np.mean(late)) if late else None
+
+
 def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     keys = sorted({(r["algo"], r["env"]) for r in results}, key=lambda k: (k[1], k[0]))
@@ -352,6 +364,7 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "steps": int(np.mean([r.get("steps_done", r["steps"]) for r in runs])),
                 "eval_mean": float(np.mean([r["eval_mean"] for r in runs])),
                 "eval_std": float(np.std([r["eval_mean"] for r in runs])),
+                "late": float(np.mean(late)) if (late := [x for x in map(late_return, runs) if x is not None]) else None,
                 "to_threshold": float(np.mean(reached)) if reached else None,
                 "reached": f"{len(reached)}/{len(runs)}",
                 "wall_s": float(np.mean([r["wall_s"] for r in runs])),
@@ -365,16 +378,17 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    head = ("| algo | env | impl | steps | seeds | eval return (mean ± std over seeds) | steps to threshold "
-            "(reached) | wall s | CPU s | wall ours/SB3 | CPU ours/SB3 |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| algo | env | impl | steps | seeds | eval return (mean ± std over seeds) | second-half periodic eval "
+            "| steps to threshold (reached) | wall s | CPU s | wall ours/SB3 | CPU ours/SB3 |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         thr = f"{r['to_threshold']:,.0f} ({r['reached']})" if r["to_threshold"] is not None else f"- ({r['reached']})"
         ratio = f"{r['ratio']:.2f}" if "ratio" in r else "-"
         cpu_ratio = f"{r['cpu_ratio']:.2f}" if "cpu_ratio" in r else "-"
+        late = f"{r['late']:.1f}" if r.get("late") is not None else "-"
         lines.append(f"| {r['algo']} | {r['env']} | {r['impl']} | {r['steps']:,} | {r['seeds']} | "
-                     f"{r['eval_mean']:.1f} ± {r['eval_std']:.1f} | {thr} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
+                     f"{r['eval_mean']:.1f} ± {r['eval_std']:.1f} | {late} | {thr} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
                      f"{ratio} | {cpu_ratio} |")
     return "\n".join(lines)
 
