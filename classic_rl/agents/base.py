@@ -59,6 +59,8 @@ class Agent:
     Config: ClassVar[type]
     family: ClassVar[str] = ""
     action_kinds: ClassVar[tuple[str, ...]] = ("discrete", "continuous")
+    alternatives: ClassVar[dict[str, str]] = {}
+    """Per unsupported action kind, the algorithm to name instead in the wrong-space error."""
     budget_unit: ClassVar[str] = "step"
     """What ``learn``'s budget counts by default: environment steps or episodes."""
     default_steps: ClassVar[int] = 50_000
@@ -98,9 +100,11 @@ class Agent:
         kind = space_kind(env.action_space)
         if kind not in self.action_kinds:
             need = " or ".join(self.action_kinds)
+            hint = (f"For {kind} actions use {self.alternatives[kind]}." if kind in self.alternatives
+                    else f"Pick an algorithm for {kind} actions (classic-rl list).")
             raise ValueError(
                 f"{self.algo} needs a {need} action space, but {self.env_id} has a {kind} one "
-                f"({env.action_space}). Pick an algorithm for {kind} actions (classic-rl list)."
+                f"({env.action_space}). {hint}"
             )
 
     def default_budget(self) -> int:

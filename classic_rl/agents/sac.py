@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -152,6 +151,7 @@ class SAC(TemperatureState, ContinuousAgent):
 
     algo = "sac"
     Config = SACConfig
+    alternatives = {"discrete": "sac_discrete (SAC with a categorical policy)"}
 
     def build(self) -> None:
         cfg = self.config
@@ -162,14 +162,6 @@ class SAC(TemperatureState, ContinuousAgent):
         self.critic, self.critic_target = online_and_target(critic, cfg.learning_rate)
         self.learn_alpha, self.log_alpha, self.alpha_opt = make_temperature(cfg.ent_coef, cfg.learning_rate)
         self.target_entropy = float(cfg.target_entropy) if cfg.target_entropy is not None else -float(self.act_dim)
-
-    def check_env(self, env: gym.Env) -> None:
-        try:
-            super().check_env(env)
-        except ValueError as error:
-            if not isinstance(env.action_space, gym.spaces.Discrete):
-                raise
-            raise ValueError(f"{error} For discrete actions use sac_discrete (SAC with a categorical policy).") from None
 
     # ------------------------------------------------------------------ acting
     def policy_actions(self, obs: np.ndarray, explore: bool) -> np.ndarray:

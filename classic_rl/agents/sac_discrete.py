@@ -28,9 +28,16 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from classic_rl.agents.base import register, space_kind
-from classic_rl.agents.continuous import Flat, GroupedMLP, NumpyMLP, online_and_target, weighted_mean
-from classic_rl.agents.off_policy import OffPolicyAgent, OffPolicyConfig
+from classic_rl.agents.base import register
+from classic_rl.agents.continuous import (
+    ContinuousConfig,
+    Flat,
+    GroupedMLP,
+    NumpyMLP,
+    online_and_target,
+    weighted_mean,
+)
+from classic_rl.agents.off_policy import OffPolicyAgent
 from classic_rl.agents.sac import TemperatureState, make_temperature, parse_ent_coef
 from classic_rl.buffers import Batch
 from classic_rl.nets import mlp
@@ -38,20 +45,13 @@ from classic_rl.policies import run_mlp
 
 
 @dataclass
-class SACDiscreteConfig(OffPolicyConfig):
-    """Discrete-SAC settings; defaults follow SAC's (Stable-Baselines3's) where they carry over."""
+class SACDiscreteConfig(ContinuousConfig):
+    """Discrete-SAC settings: the off-policy actor-critic ones (replay, tau, ``hidden``, learning rate;
+    nothing in them is continuous-specific) with SAC's defaults, plus the temperature."""
 
-    buffer_size: int = 1_000_000
-    batch_size: int = 256
-    learning_starts: int = 100
-    train_freq: int = 1
-    gradient_steps: int = 1
-    tau: float = 0.005
-    target_update_interval: int = 1
     learning_rate: float = 3e-4
     """Adam step size of the actor, the critics and the temperature."""
     hidden: list[int] = field(default_factory=lambda: [256, 256])
-    """Hidden layer sizes of the actor and of every critic (ReLU)."""
     n_critics: int = 2
     ent_coef: str = "auto"
     """Temperature alpha: ``auto`` (learned, starting at 1), ``auto_<init>`` or a fixed number (as SAC)."""
@@ -63,10 +63,6 @@ class SACDiscreteConfig(OffPolicyConfig):
     def validate(self) -> None:
         super().validate()
         parse_ent_coef(self.ent_coef)
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
-        if not self.hidden or any(int(h) < 1 for h in self.hidden):
-            raise ValueError(f"hidden={self.hidden!r} needs at least one positive layer size, e.g. [256, 256]")
         if self.n_critics < 1:
             raise ValueError(f"n_critics must be >= 1, got {self.n_critics}")
         if not 0.0 <= self.target_entropy_scale < 1.0:
@@ -94,14 +90,8 @@ class SACDiscrete(TemperatureState, OffPolicyAgent):
     algo = "sac_discrete"
     Config = SACDiscreteConfig
     action_kinds = ("discrete",)
+    alternatives = {"continuous": "sac"}
     default_steps = 100_000
-
-    def check_env(self, env: gym.Env) -> None:
-        if not isinstance(env.action_space, gym.spaces.Discrete):
-            raise ValueError(
-                f"sac_discrete needs a discrete action space, but {self.env_id} has a "
-                f"{space_kind(env.action_space)} one ({env.action_space}). For continuous actions use sac."
-            )
 
     def setup(self) -> None:
         self.config.validate()
