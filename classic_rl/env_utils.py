@@ -8,12 +8,17 @@ two, 84x84 grayscale, and the last 4 frames stacked into a ``(4, 84, 84)`` uint8
 alone: the ALE's own frameskip (4 in the v5 ids) is set to 1 unless ``env_kwargs`` names one,
 in which case that one is used and the wrapper does not repeat again. Rewards are the game's
 (not clipped), so logged returns are game scores.
+
+:func:`make_vector_env` runs ``n`` copies as a gymnasium vector env (``sync``: one process;
+``async``: a process per copy); :class:`EpisodeReplay` lets such copies rebuild an episode from
+its reset seed and actions inside their own process (exact resume of the off-policy agents).
 """
 
 from __future__ import annotations
 
 import difflib
 import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -21,6 +26,7 @@ import gymnasium as gym
 ATARI_FRAME_SKIP = 4
 ATARI_FRAME_STACK = 4
 ATARI_SCREEN = 84
+VEC_ENV_KINDS = ("sync", "async")
 
 
 def register_atari() -> bool:
@@ -94,3 +100,77 @@ def env_label(env: str | gym.Env) -> str:
         return env
     spec = getattr(env, "spec", None)
     return spec.id if spec is not None else type(env.unwrapped).__name__
+
+
+def make_vector_env(
+    env: str | gym.Env,
+    num_envs: int,
+    env_kwargs: dict[str, Any] | None = None,
+    kind: str = "sync",
+    autoreset_mode: gym.vector.AutoresetMode = gym.vector.AutoresetMode.SAME_STEP,
+    wrapper: Callable[[gym.Env], gym.Env] | None = None,
+) -> gym.vector.VectorEnv:
+    """``num_envs`` copies of ``env`` (made by :func:`make_env`) as a ``kind`` vector env.
+
+    ``kind``: ``sync`` steps the copies one after another in this process (best for cheap envs),
+    ``async`` runs one process per copy (for envs whose step costs more than the pipe round trip).
+    ``autoreset_mode``: the on-policy collector uses ``SAME_STEP`` (the final observation in
+    ``info["final_obs"]``); the off-policy runner uses ``DISABLED`` and resets finished copies
+    itself. ``wrapper`` is applied to every copy (inside its worker process with ``async``).
+    """
+    if kind not in VEC_ENV_KINDS:
+        raise ValueError(f"vec_env={kind!r} is not valid; use one of {', '.join(VEC_ENV_KINDS)}")
+    wrap = wrapper or (lambda e: e)
+    if isinstance(env, gym.Env):
+        if num_envs != 1 or kind != "sync":
+            raise ValueError(
+                "An environment instance can only run as num_envs=1, vec_env='sync'; pass an env id"
+            )
+        return gym.vector.SyncVectorEnv([lambda: wrap(env)], autoreset_mode=autoreset_mode, copy=False)
+    # The passive env checker only inspects the first step but costs a wrapper call on every one.
+    fns = [lambda: wrap(make_env(env, env_kwargs, disable_env_checker=True)) for _ in range(num_envs)]
+    if kind == "async":
+        return gym.vector.AsyncVectorEnv(fns, autoreset_mode=autoreset_mode, copy=False)
+    return gym.vector.SyncVectorEnv(fns, autoreset_mode=autoreset_mode, copy=False)
+
+
+def replay_episode(env: gym.Env, seed: int, actions: Sequence[Any]) -> tuple[Any, float, int]:
+    """Reset ``env`` with ``seed`` and take ``actions``; returns (last observation, return, length).
+
+    Given its seed, a deterministic environment reaches the same state again, which is how a
+    saved agent restores the episodes that were running. Raises RuntimeError when the episode
+    ends before the actions do (the environment is not deterministic given its seed).
+    """
+    obs, _ = env.reset(seed=int(seed))
+    episode_return, length = 0.0, 0
+    for action in actions:
+        obs, reward, terminated, truncated, _ = env.step(action)
+        episode_return += float(reward)
+        length += 1
+        if terminated or truncated:
+            raise RuntimeError(
+                f"Cannot restore the environment: replaying the saved episode ended early after "
+                f"{length} steps. The environment is not deterministic given its seed."
+            )
+    return obs, episode_return, length
+
+
+class EpisodeReplay(gym.Wrapper):
+    """Lets a vector env's copy replay an episode in its own process (async workers included).
+
+    A vector env can send each copy its own value (``set_attr(name, [v_0, ..., v_n-1])``) but
+    calls a method with the same arguments everywhere (``call(name, ...)``), so restoring takes
+    two messages: ``set_attr("replay_plan", [(seed_i, actions_i), ...])``, then
+    ``call("replay_planned")``, which answers (obs, return, length) per copy.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.replay_plan: tuple[int, Sequence[Any]] | None = None
+
+    def replay_planned(self) -> tuple[Any, float, int]:
+        if self.replay_plan is None:
+            raise RuntimeError("set replay_plan (seed, actions) before calling replay_planned")
+        seed, actions = self.replay_plan
+        self.replay_plan = None
+        return replay_episode(self, seed, actions)

@@ -42,11 +42,13 @@ import torch
 
 from classic_rl.agents.base import Agent
 from classic_rl.buffers import REPLAY_KINDS, Batch, make_replay_buffer
-from classic_rl.env_utils import make_env
+from classic_rl.env_utils import VEC_ENV_KINDS, EpisodeReplay, make_env, make_vector_env, replay_episode
 from classic_rl.logger import RunLogger
 
 ROUND_ROWS = 16_384
 """Most transitions drawn from replay at once for one training round."""
+OFF_POLICY_VEC_ENVS = ("none", *VEC_ENV_KINDS)
+"""Values of ``OffPolicyConfig.vec_env``: the project's EnvRunner or a gymnasium vector env."""
 
 
 @dataclass
@@ -80,7 +82,11 @@ class OffPolicyConfig:
     rank_sort_every: int = 100
     """Rank-based replay: re-sort priorities every this many minibatches (1 = exact)."""
     n_envs: int = 1
-    """Environments stepped together (sequentially, in one process)."""
+    """Environments stepped together."""
+    vec_env: str = "none"
+    """How the ``n_envs`` environments run: none (a list stepped in turn, the default), sync (a
+    gymnasium SyncVectorEnv: the same, in one process) or async (AsyncVectorEnv: one process per
+    env, worth it when a step is expensive: MuJoCo, Atari). All three give the same transitions."""
     eval_freq: int = 0
     """Greedy evaluation every this many steps (0 = never during training)."""
     eval_episodes: int = 5
@@ -105,6 +111,8 @@ class OffPolicyConfig:
             raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
         if not 0.0 < self.tau <= 1.0:
             raise ValueError(f"tau must be in (0, 1], got {self.tau}")
+        if self.vec_env not in OFF_POLICY_VEC_ENVS:
+            raise ValueError(f"vec_env must be one of {', '.join(OFF_POLICY_VEC_ENVS)}; got {self.vec_env!r}")
         if self.replay not in REPLAY_KINDS:
             raise ValueError(f"replay must be one of {', '.join(REPLAY_KINDS)}; got {self.replay!r}")
         if not 0.0 <= self.per_beta0 <= 1.0:
@@ -170,19 +178,26 @@ class EnvRunner:
     """
 
     def __init__(self, envs: list[gym.Env], rng: np.random.Generator, encode: Callable[[Any], np.ndarray]) -> None:
-        self.envs, self.rng, self.encode = envs, rng, encode
-        self.n = len(envs)
-        self.obs: np.ndarray | None = None
-        self.seeds = [0] * self.n
-        self.actions: list[list[Any]] = [[] for _ in range(self.n)]
-        self.returns = [0.0] * self.n
-        self.lengths = [0] * self.n
+        self.envs = envs
+        self._init_episodes(len(envs), rng, encode)
 
-    def _reset(self, i: int) -> np.ndarray:
+    def _init_episodes(self, n: int, rng: np.random.Generator, encode: Callable[[Any], np.ndarray]) -> None:
+        self.n, self.rng, self.encode = n, rng, encode
+        self.obs: np.ndarray | None = None
+        self.seeds = [0] * n
+        self.actions: list[list[Any]] = [[] for _ in range(n)]
+        self.returns = [0.0] * n
+        self.lengths = [0] * n
+
+    def _new_episode(self, i: int) -> int:
+        """Start env ``i``'s bookkeeping for a new episode; returns its reset seed (drawn from ``rng``)."""
         self.seeds[i] = int(self.rng.integers(2**31 - 1))
         self.actions[i] = []
         self.returns[i], self.lengths[i] = 0.0, 0
-        obs, _ = self.envs[i].reset(seed=self.seeds[i])
+        return self.seeds[i]
+
+    def _reset(self, i: int) -> np.ndarray:
+        obs, _ = self.envs[i].reset(seed=self._new_episode(i))
         return self.encode(obs)
 
     def reset(self) -> np.ndarray:
@@ -237,25 +252,87 @@ class EnvRunner:
         if not state["started"]:
             self.obs = None
             return
-        obs_rows = []
-        for i, env in enumerate(self.envs):
-            self.seeds[i] = int(state["seeds"][i])
-            saved = state["actions"][i]
-            actions = [] if saved is None else list(saved.numpy())
-            obs, _ = env.reset(seed=self.seeds[i])
-            self.returns[i], self.lengths[i] = 0.0, 0
-            for action in actions:
-                obs, reward, terminated, truncated, _ = env.step(action)
-                self.returns[i] += float(reward)
-                self.lengths[i] += 1
-                if terminated or truncated:
-                    raise RuntimeError(
-                        f"Cannot restore the environment: replaying the saved episode ended early after "
-                        f"{self.lengths[i]} steps. The environment is not deterministic given its seed."
-                    )
-            self.actions[i] = actions
-            obs_rows.append(self.encode(obs))
-        self.obs = np.stack(obs_rows)
+        plans = self._load_plans(state)
+        self._restored([replay_episode(env, seed, actions) for env, (seed, actions) in zip(self.envs, plans)], plans)
+
+    def _load_plans(self, state: dict[str, Any]) -> list[tuple[int, list[Any]]]:
+        """(seed, actions) of each env's current episode from a :meth:`state_dict`."""
+        return [(int(seed), [] if saved is None else list(saved.numpy()))
+                for seed, saved in zip(state["seeds"], state["actions"])]
+
+    def _restored(self, results: list[tuple[Any, float, int]], plans: list[tuple[int, list[Any]]]) -> None:
+        """Take over the replayed episodes: (last obs, return, length) per env."""
+        for i, ((_, episode_return, length), (seed, actions)) in enumerate(zip(results, plans)):
+            self.seeds[i], self.actions[i] = seed, actions
+            self.returns[i], self.lengths[i] = episode_return, length
+        self.obs = np.stack([self.encode(obs) for obs, _, _ in results])
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+class VectorEnvRunner(EnvRunner):
+    """:class:`EnvRunner`'s contract over a gymnasium vector env (``vec_env`` sync or async).
+
+    The vector env runs with autoreset DISABLED: a step returns every copy's real next
+    observation (the final one where an episode ended), and the runner then resets only the
+    finished copies (``reset_mask``) with seeds drawn from ``rng`` in env order, exactly as
+    :class:`EnvRunner` does, so both runners see the same episodes and store the same
+    transitions. Restoring replays each current episode inside its copy through the
+    :class:`~classic_rl.env_utils.EpisodeReplay` wrapper (``set_attr`` gives each copy its
+    (seed, actions), ``call`` replays them): the one way that also reaches async worker processes,
+    so sync and async share it instead of sync reaching into ``vec.envs``.
+    """
+
+    def __init__(self, vec: gym.vector.VectorEnv, rng: np.random.Generator,
+                 encode: Callable[[Any], np.ndarray]) -> None:
+        self.vec = vec
+        self._init_episodes(vec.num_envs, rng, encode)
+
+    def _encode_rows(self, obs: Any) -> np.ndarray:
+        return np.stack([self.encode(o) for o in obs])
+
+    def reset(self) -> np.ndarray:
+        seeds = [self._new_episode(i) for i in range(self.n)]
+        obs, _ = self.vec.reset(seed=seeds)
+        self.obs = self._encode_rows(obs)
+        return self.obs
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[tuple[float, int]]]:
+        """Step every env; returns (real next obs, rewards, terminated, truncated, finished episodes)."""
+        obs, rewards, terms, truncs, _ = self.vec.step(actions)
+        real_next = self._encode_rows(obs)  # a copy: the vector env reuses its observation array
+        for i in range(self.n):
+            self.actions[i].append(actions[i])
+            self.returns[i] += float(rewards[i])
+            self.lengths[i] += 1
+        ended = terms | truncs
+        finished: list[tuple[float, int]] = []
+        next_obs = real_next
+        if ended.any():
+            seeds: list[int | None] = [None] * self.n
+            for i in np.flatnonzero(ended):
+                finished.append((self.returns[i], self.lengths[i]))
+                seeds[i] = self._new_episode(i)
+            first_obs, _ = self.vec.reset(seed=seeds, options={"reset_mask": ended})
+            next_obs = real_next.copy()
+            for i in np.flatnonzero(ended):
+                next_obs[i] = self.encode(first_obs[i])
+        self.obs = next_obs
+        return real_next, rewards.astype(np.float32), terms, truncs, finished
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Rebuild each copy's current episode inside it: reset with its seed, replay its actions."""
+        if not state["started"]:
+            self.obs = None
+            return
+        plans = self._load_plans(state)
+        self.vec.set_attr("replay_plan", plans)
+        self._restored(list(self.vec.call("replay_planned")), plans)
+
+    def close(self) -> None:
+        self.vec.close()
 
 
 class OffPolicyAgent(Agent):
@@ -271,8 +348,7 @@ class OffPolicyAgent(Agent):
             torch.set_num_threads(cfg.torch_threads)
         self.encode, self.obs_shape, obs_dtype = observation_encoder(self.env.observation_space)
         self.n_envs = int(cfg.n_envs)
-        envs = [self.env] + [self._make_extra_env() for _ in range(self.n_envs - 1)]
-        self.runner = EnvRunner(envs, self.rng, self.encode)
+        self.runner = self._make_runner()
         space = self.env.action_space
         if isinstance(space, gym.spaces.Discrete):
             action_shape, action_dtype = (), np.int64
@@ -288,6 +364,24 @@ class OffPolicyAgent(Agent):
         self.targets_stale = False
         self.last_log_step = 0
         self.eval_history: list[tuple[int, float, float]] = []
+
+    def _make_runner(self) -> EnvRunner:
+        cfg = self.config
+        if cfg.vec_env == "none":
+            envs = [self.env] + [self._make_extra_env() for _ in range(self.n_envs - 1)]
+            return EnvRunner(envs, self.rng, self.encode)
+        vec = make_vector_env(self._env_arg, self.n_envs, self.env_kwargs, cfg.vec_env,
+                              autoreset_mode=gym.vector.AutoresetMode.DISABLED, wrapper=EpisodeReplay)
+        return VectorEnvRunner(vec, self.rng, self.encode)
+
+    def close(self) -> None:
+        """Close the environments the agent trains on (and the worker processes of ``vec_env='async'``).
+
+        Worker processes also end when the agent is garbage collected or the program exits; close
+        explicitly to free them sooner. The agent cannot train after this.
+        """
+        self.runner.close()
+        self.env.close()
 
     def _make_extra_env(self) -> gym.Env:
         if isinstance(self._env_arg, str):

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from classic_rl.agents.base import Agent
 from classic_rl.core.ppo import gae
-from classic_rl.env_utils import make_env
+from classic_rl.env_utils import VEC_ENV_KINDS, make_vector_env
 from classic_rl.logger import RunLogger
 from classic_rl.nets import clip_grad_norm_flat, flat_parameters
 from classic_rl.optim import FlatAdam
@@ -45,7 +45,6 @@ __all__ = [
     "make_vector_env",
 ]
 
-VEC_ENV_KINDS = ("sync", "async")
 OPTIMIZERS = ("adam", "rmsprop")
 
 
@@ -152,25 +151,6 @@ class RewardScaler:
         self.rms.update(self.returns)
         self.returns[ends] = 0.0
         return np.clip(rewards / np.sqrt(self.rms.var + 1e-8), -self.clip, self.clip)
-
-
-# ----------------------------------------------------------------------------- vector envs
-def make_vector_env(
-    env: str | gym.Env, num_envs: int, env_kwargs: dict[str, Any] | None = None, kind: str = "sync"
-) -> gym.vector.VectorEnv:
-    """``num_envs`` copies of ``env`` in SAME_STEP autoreset mode (see the module docstring)."""
-    mode = gym.vector.AutoresetMode.SAME_STEP
-    if isinstance(env, gym.Env):
-        if num_envs != 1 or kind != "sync":
-            raise ValueError(
-                "An environment instance can only run as num_envs=1, vec_env='sync'; pass an env id"
-            )
-        return gym.vector.SyncVectorEnv([lambda: env], autoreset_mode=mode, copy=False)
-    # The passive env checker only inspects the first step but costs a wrapper call on every one.
-    fns = [lambda: make_env(env, env_kwargs, disable_env_checker=True) for _ in range(num_envs)]
-    if kind == "async":
-        return gym.vector.AsyncVectorEnv(fns, autoreset_mode=mode, copy=False)
-    return gym.vector.SyncVectorEnv(fns, autoreset_mode=mode, copy=False)
 
 
 # ----------------------------------------------------------------------------- rollouts
