@@ -39,6 +39,19 @@ def test_sync_vector_env_stores_the_same_transitions_as_the_default_runner():
     vectorised.close()
 
 
+@pytest.mark.parametrize("algo, env, extra", [
+    ("ddpg", "Pendulum-v1", dict(noise_type="ornstein-uhlenbeck")),  # OU noise restarts on runner.lengths == 0
+    ("sac", "Pendulum-v1", {}),
+    ("sac_discrete", "CartPole-v1", {}),
+])
+def test_actor_critic_agents_train_the_same_on_a_sync_vector_env(algo, env, extra):
+    runs = [classic_rl.make(algo, env, seed=1, vec_env=vec_env, n_envs=2, hidden=[32, 32], batch_size=32,
+                            learning_starts=50, buffer_size=1000, env_kwargs={"max_episode_steps": 20}, **extra)
+            .learn(total_steps=160, progress=False) for vec_env in ("none", "sync")]
+    assert runs[0].num_episodes == 8  # episodes of 20 steps: the noise and the envs restart within the run
+    assert_same_training(runs[1], runs[0])
+
+
 @pytest.mark.parametrize("vec_env, n_envs", [("sync", 3), ("async", 2)])
 def test_resuming_from_a_save_equals_an_uninterrupted_run(vec_env, n_envs, tmp_path):
     straight = make_agent(vec_env, n_envs).learn(total_steps=420, progress=False)
