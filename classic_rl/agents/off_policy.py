@@ -25,6 +25,15 @@ drawn from the agent's numpy generator, and the actions of the current episodes 
 a saved agent rebuilds the exact environment state on load by replaying them: together with the
 replay contents, optimizer, torch and numpy RNG states, training resumed from a checkpoint
 produces the same weights as an uninterrupted run with the same seed.
+
+Vector environments (``vec_env``): by default (``none``) :class:`EnvRunner` steps the ``n_envs``
+environments in turn. ``sync`` and ``async`` run them as a gymnasium ``SyncVectorEnv`` or
+``AsyncVectorEnv`` (one worker process per environment: worth it when a step costs more than the
+pipe round trip, as MuJoCo or Atari steps may; for CartPole it is slower). :class:`VectorEnvRunner`
+keeps the contract above: autoreset is disabled, finished environments are reset with seeds from
+the agent's generator in the same order, and a load replays each current episode inside its
+environment (its worker process with ``async``), so all three store the same transitions, train
+the same weights and resume exactly.
 """
 
 from __future__ import annotations
@@ -289,9 +298,11 @@ class VectorEnvRunner(EnvRunner):
                  encode: Callable[[Any], np.ndarray]) -> None:
         self.vec = vec
         self._init_episodes(vec.num_envs, rng, encode)
+        # Box encoders (an array copy) take the whole batch at once; Discrete ones (one-hot) a row.
+        self.batch_encode = isinstance(vec.single_observation_space, gym.spaces.Box)
 
     def _encode_rows(self, obs: Any) -> np.ndarray:
-        return np.stack([self.encode(o) for o in obs])
+        return self.encode(obs) if self.batch_encode else np.stack([self.encode(o) for o in obs])
 
     def reset(self) -> np.ndarray:
         seeds = [self._new_episode(i) for i in range(self.n)]
