@@ -124,7 +124,8 @@ def make_vector_env(
     if isinstance(env, gym.Env):
         if num_envs != 1 or kind != "sync":
             raise ValueError(
-                "An environment instance can only run as num_envs=1, vec_env='sync'; pass an env id"
+                f"An environment instance runs only as one copy with vec_env='sync' (asked for {num_envs} "
+                f"with vec_env={kind!r}); pass an env id so that copies can be made"
             )
         return gym.vector.SyncVectorEnv([lambda: wrap(env)], autoreset_mode=autoreset_mode, copy=False)
     # The passive env checker only inspects the first step but costs a wrapper call on every one.

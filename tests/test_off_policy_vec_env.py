@@ -106,3 +106,11 @@ def test_time_limit_truncation_stores_the_real_final_observation():
 def test_unknown_vec_env_is_a_clear_error():
     with pytest.raises(ValueError, match=r"vec_env must be one of none, sync, async; got 'threads'"):
         make_agent("threads")
+
+
+def test_an_env_instance_runs_as_one_vector_copy_and_asks_for_an_id_for_more():
+    env = gym.make("CartPole-v1")
+    agent = classic_rl.make("dqn", env, vec_env="sync", n_envs=1, **TINY).learn(total_steps=50, progress=False)
+    assert agent.runner.vec.num_envs == 1 and agent.num_timesteps == 50
+    with pytest.raises(ValueError, match="pass an env id"):
+        classic_rl.make("dqn", gym.make("CartPole-v1"), vec_env="async", n_envs=2, **TINY)
