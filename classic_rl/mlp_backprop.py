@@ -52,34 +52,14 @@ class MLPQRegression:
                 f"or noisy), activation in {ANALYTIC_ACTIVATIONS}, loss in {ANALYTIC_LOSSES} and flat "
                 "parameters with gradients; use autograd otherwise"
             )
-        layers = [*net.layers, net.advantage]
-        self.weights = [layer.weight.detach() for layer in layers]
-        self.biases = [layer.bias.detach() for layer in layers]
-        self.weight_grads = [layer.weight.grad for layer in layers]
-        self.bias_grads = [layer.bias.grad for layer in layers]
-        self.relu = net._act_name == "relu"
+        self.stack = DenseStack.from_linears([*net.layers, net.advantage], net._act_name)
         self.huber = loss == "huber"
-        self._buffers: tuple[int, list[torch.Tensor]] = (-1, [])
-
-    def _outputs(self, batch_size: int) -> list[torch.Tensor]:
-        """Per-layer output buffers for this batch size (kept between calls)."""
-        if self._buffers[0] != batch_size:
-            self._buffers = (batch_size, [torch.empty(batch_size, w.shape[0]) for w in self.weights])
-        return self._buffers[1]
 
     @torch.no_grad()
     def __call__(self, obs: torch.Tensor, actions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Forward and backward pass; returns the loss (a scalar tensor), gradients in ``.grad``."""
         n = len(obs)
-        outputs = self._outputs(n)
-        last = len(self.weights) - 1
-        h = obs if obs.dim() == 2 else obs.reshape(n, -1)
-        inputs = []  # h_{k-1} of each layer
-        for k, (w, b) in enumerate(zip(self.weights, self.biases)):
-            inputs.append(h)
-            h = torch.addmm(b, h, w.t(), out=outputs[k])
-            if k < last:
-                h.relu_() if self.relu else h.tanh_()
+        h = self.stack.forward(obs if obs.dim() == 2 else obs.reshape(n, -1), save=True)
         index = actions.unsqueeze(1)
         q = h.gather(1, index).squeeze(1)
         if self.huber:
@@ -88,18 +68,120 @@ class MLPQRegression:
         else:
             loss = F.mse_loss(q, targets)
             dloss = (q - targets).mul_(2.0 / n)
-        delta = h.zero_().scatter_(1, index, dloss.unsqueeze(1))  # the output buffer is free again
-        for k in range(last, -1, -1):
+        self.stack.backward(h.zero_().scatter_(1, index, dloss.unsqueeze(1)))  # the output buffer is free again
+        return loss
+
+
+class DenseStack:
+    """Forward and backward of one MLP ``h_k = f(h_{k-1} W_k + b_k)`` (no ``f`` after the last layer), by hand.
+
+    ``W_k`` is an (in, out) matrix: an ``nn.Linear`` weight seen transposed, or one member of a
+    batched ensemble (:class:`classic_rl.agents.continuous.GroupedMLP`). The backward pass is the
+    module docstring's recursion, with two things autograd cannot know:
+
+    - only what is asked for is computed: :meth:`backward` skips the weight gradients when a loss
+      only needs ``dL/dx`` (an actor's loss goes through the critic but does not train it), and
+      computes ``dL/dx`` for the requested input columns only (the action part of ``[s, a]``);
+    - the weight gradients are written straight into the given ``.grad`` views (overwritten, no
+      zeroing), activations live in buffers reused across calls, each product takes its fast layout.
+
+    ``forward(x, save=True)`` keeps the layer inputs for the next :meth:`backward`; ``save=False``
+    (targets, no gradient) uses separate buffers, so it can run between the two. The returned
+    output is a buffer: read it before the next forward of the same kind. Weights and inputs must
+    not require gradients (the weights are held detached), so no autograd graph is recorded.
+    """
+
+    def __init__(
+        self, weights: list[torch.Tensor], biases: list[torch.Tensor],
+        weight_grads: list[torch.Tensor] | None = None, bias_grads: list[torch.Tensor] | None = None,
+        act: str = "relu",
+    ) -> None:
+        if act not in ANALYTIC_ACTIVATIONS:
+            raise ValueError(f"DenseStack activation must be one of {ANALYTIC_ACTIVATIONS}, got {act!r}")
+        self.weights = [w.detach() for w in weights]
+        self.weights_t = [w.t() for w in self.weights]  # (out, in) views for the backward products
+        self.biases = [b.detach() for b in biases]
+        self.weight_grads = weight_grads
+        self.bias_grads = bias_grads
+        self.relu = act == "relu"
+        self._buffers: dict[tuple[bool, int], list[torch.Tensor]] = {}
+        self._inputs: list[torch.Tensor] = []
+
+    @classmethod
+    def from_linears(cls, layers: list[nn.Linear], act: str = "relu") -> DenseStack:
+        """The stack of ``nn.Linear`` layers (gradients: their ``.grad`` tensors, when they have them)."""
+        has_grads = all(layer.weight.grad is not None and layer.bias.grad is not None for layer in layers)
+        return cls(
+            [layer.weight.t() for layer in layers], [layer.bias for layer in layers],
+            [layer.weight.grad.t() for layer in layers] if has_grads else None,
+            [layer.bias.grad for layer in layers] if has_grads else None, act,
+        )
+
+    @classmethod
+    def from_sequential(cls, net: nn.Sequential) -> DenseStack:
+        """A ``classic_rl.nets.mlp``: Linear layers with ReLU (or Tanh) between them."""
+        linears = [m for m in net if type(m) is nn.Linear]
+        acts = {type(m) for m in net if type(m) is not nn.Linear}
+        if len(linears) + sum(type(m) is not nn.Linear for m in net) != len(net) or not acts <= {nn.ReLU, nn.Tanh} \
+                or len(acts) > 1 or type(net[-1]) is not nn.Linear:
+            raise ValueError(f"DenseStack needs Linear layers with ReLU or Tanh between them, got {net}")
+        return cls.from_linears(linears, "tanh" if acts == {nn.Tanh} else "relu")
+
+    def _outputs(self, batch_size: int, save: bool) -> list[torch.Tensor]:
+        key = (save, batch_size)
+        if key not in self._buffers:
+            self._buffers = {k: v for k, v in self._buffers.items() if k[0] != save}  # one batch size per kind
+            self._buffers[key] = [torch.empty(batch_size, w.shape[1]) for w in self.weights]
+        return self._buffers[key]
+
+    def forward(self, x: torch.Tensor, save: bool = False) -> torch.Tensor:
+        """The output (B, out) for inputs ``x`` (B, in); ``save`` keeps the layer inputs for :meth:`backward`."""
+        outputs = self._outputs(len(x), save)
+        inputs = []
+        last = len(self.weights) - 1
+        h = x
+        for k, (w, b) in enumerate(zip(self.weights, self.biases)):
+            inputs.append(h)
+            h = torch.addmm(b, h, w, out=outputs[k])
+            if k < last:
+                h.relu_() if self.relu else h.tanh_()
+        if save:
+            self._inputs = inputs
+        return h
+
+    def backward(self, delta: torch.Tensor, weight_grads: bool = True,
+                 input_columns: slice | None = None) -> torch.Tensor | None:
+        """Backpropagate ``delta = dL/d(output)`` through the last saved forward pass.
+
+        Writes ``dL/dW_k``, ``dL/db_k`` into the gradient views when ``weight_grads``; returns
+        ``dL/dx[:, input_columns]`` when ``input_columns`` is given, else None.
+        """
+        inputs = self._inputs
+        if not inputs:
+            raise RuntimeError("DenseStack.backward needs a forward(x, save=True) first")
+        if weight_grads and self.weight_grads is None:
+            raise ValueError("this DenseStack was built without gradient tensors (a frozen target network?)")
+        for k in range(len(self.weights) - 1, -1, -1):
             h_in = inputs[k]
-            if h_in.shape[1] < delta.shape[1]:  # a narrow input (the observation): the product's fast layout
-                self.weight_grads[k].copy_(torch.mm(h_in.t(), delta).t())
-            else:
-                torch.mm(delta.t(), h_in, out=self.weight_grads[k])
-            torch.sum(delta, 0, out=self.bias_grads[k])
+            if weight_grads:
+                _mm_into(h_in.t(), delta, self.weight_grads[k])
+                torch.sum(delta, 0, out=self.bias_grads[k])
             if k > 0:
-                delta = delta @ self.weights[k]
-                if self.relu:  # h = relu(.) >= 0, so 1[h > 0] = sign(h) (a fast float op; bool masks are slow)
-                    delta.mul_(h_in.sign())
+                delta = delta @ self.weights_t[k]
+                if self.relu:  # h = relu(z) >= 0: pass the gradient where h > 0 (autograd's own kernel)
+                    torch.ops.aten.threshold_backward.grad_input(delta, h_in, 0.0, grad_input=delta)
                 else:
                     delta.mul_(1.0 - h_in * h_in)
-        return loss
+            elif input_columns is not None:
+                return delta @ self.weights_t[0][:, input_columns]
+        return None
+
+
+def _mm_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
+    """``out = a @ b`` in ``out``'s layout: a contiguous (m, n) tensor, or the transpose of one."""
+    if out.is_contiguous():
+        torch.mm(a, b, out=out)
+    elif a.shape[0] < b.shape[1]:  # a narrow left factor (e.g. the observation): its product's fast layout
+        out.copy_(torch.mm(a, b))
+    else:
+        torch.mm(b.t(), a.t(), out=out.t())

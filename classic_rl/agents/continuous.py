@@ -24,6 +24,7 @@ from torch import nn
 
 from classic_rl.agents.off_policy import OffPolicyAgent, OffPolicyConfig
 from classic_rl.nets import flat_parameters
+from classic_rl.optim import FlatAdam
 
 
 class GroupedMLP(nn.Module):
@@ -89,6 +90,7 @@ class QEnsemble(GroupedMLP):
 
     def __init__(self, n: int, obs_dim: int, act_dim: int, hidden: list[int], out_dim: int = 1) -> None:
         super().__init__(n, obs_dim + act_dim, hidden, out_dim)
+        self.obs_dim = obs_dim
         self.out_dim = out_dim
 
     def forward(self, obs: torch.Tensor, actions: torch.Tensor, members: slice | None = None) -> torch.Tensor:
@@ -151,7 +153,7 @@ class Flat:
     def __init__(self, module: nn.Module, lr: float | None = None) -> None:
         self.module = module
         self.param = flat_parameters(module)
-        self.optimizer = torch.optim.Adam([self.param], lr=lr, fused=True) if lr is not None else None
+        self.optimizer = FlatAdam(self.param, lr=lr) if lr is not None else None
 
     def step(self, loss: torch.Tensor) -> None:
         """Zero the gradient, backpropagate ``loss``, take one Adam step."""

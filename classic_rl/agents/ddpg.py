@@ -16,7 +16,9 @@ smoothing switched on, as Stable-Baselines3's DDPG is its TD3 with them off.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -30,7 +32,9 @@ from classic_rl.agents.continuous import (
     online_and_target,
     weighted_mean,
 )
+from classic_rl.agents.continuous_backprop import CriticStacks, critic_regression_, tanh_actor_gradient_
 from classic_rl.buffers import Batch
+from classic_rl.mlp_backprop import DenseStack
 from classic_rl.nets import mlp
 from classic_rl.noise import NOISE_TYPES, make_noise
 from classic_rl.policies import run_mlp
@@ -51,6 +55,9 @@ class DDPGConfig(ContinuousConfig):
     target_policy_noise: float = 0.0
     """Std of the noise added to the target action (TD3's target policy smoothing; 0 = off)."""
     target_noise_clip: float = 0.5
+    analytic_grad: bool = True
+    """Compute the gradients by hand (:mod:`classic_rl.agents.continuous_backprop`: the same numbers
+    up to float rounding, in less time); False runs the plain autograd update."""
 
     def validate(self) -> None:
         super().validate()
@@ -63,11 +70,15 @@ class DDPGConfig(ContinuousConfig):
 
 
 def td3_target(
-    next_obs: torch.Tensor, rewards: torch.Tensor, discounts: torch.Tensor, actor_target: torch.nn.Module,
-    critic_target: QEnsemble, target_policy_noise: float, noise_clip: float,
+    next_obs: torch.Tensor, rewards: torch.Tensor, discounts: torch.Tensor,
+    actor_target: Callable[[torch.Tensor], torch.Tensor], critic_target: Callable[..., torch.Tensor],
+    target_policy_noise: float, noise_clip: float,
 ) -> torch.Tensor:
-    """``r + discount * min_k Q'_k(s', clip(mu'(s') + clip(eps, -c, c), -1, 1))``, ``eps ~ N(0, sigma^2)``."""
-    next_u = torch.tanh(run_mlp(actor_target, next_obs))
+    """``r + discount * min_k Q'_k(s', clip(mu'(s') + clip(eps, -c, c), -1, 1))``, ``eps ~ N(0, sigma^2)``.
+
+    ``actor_target``: ``s -> z`` (the pre-tanh output), ``critic_target``: ``(s, u) -> Q'`` (n, B).
+    """
+    next_u = torch.tanh(actor_target(next_obs))
     if target_policy_noise > 0:
         noise = (torch.randn_like(next_u) * target_policy_noise).clamp_(-noise_clip, noise_clip)
         next_u = (next_u + noise).clamp_(-1.0, 1.0)
@@ -93,6 +104,12 @@ class DDPG(ContinuousAgent):
         ]
         self.critic_updates = 0
         self.actor_numpy = NumpyMLP(self.actor.module)
+        self.by_hand = cfg.analytic_grad
+        if self.by_hand:  # views of the flat parameters and gradients made above
+            self.actor_stack = DenseStack.from_sequential(self.actor.module)
+            self.actor_target_stack = DenseStack.from_sequential(self.actor_target.module)
+            self.critic_stacks = CriticStacks(self.critic.module)
+            self.critic_target_stacks = CriticStacks(self.critic_target.module)
 
     # ------------------------------------------------------------------ acting
     def policy_actions(self, obs: np.ndarray, explore: bool) -> np.ndarray:
@@ -106,24 +123,41 @@ class DDPG(ContinuousAgent):
 
     # ------------------------------------------------------------------ learning
     def train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        if self.by_hand:  # the same update, gradients written out (classic_rl.agents.continuous_backprop)
+            with torch.no_grad():
+                return self._update(batch)
+        return self._update(batch)
+
+    def _update(self, batch: Batch) -> dict[str, torch.Tensor]:
         cfg = self.config
         obs = batch.obs
         with torch.no_grad():
             td_target = td3_target(
-                batch.next_obs, batch.rewards, batch.discounts, self.actor_target.module, self.critic_target.module,
+                batch.next_obs, batch.rewards, batch.discounts,
+                self.actor_target_stack.forward if self.by_hand else partial(run_mlp, self.actor_target.module),
+                self.critic_target_stacks.values if self.by_hand else self.critic_target.module,
                 cfg.target_policy_noise, cfg.target_noise_clip,
             )
-        q = self.critic.module(obs, self.normalize_actions(batch.actions))  # (n_critics, B)
-        critic_loss = weighted_mean((q - td_target).pow(2).sum(0), batch.weights)
-        self.critic.step(critic_loss)
+        actions = self.normalize_actions(batch.actions)
+        if self.by_hand:
+            critic_loss, q = critic_regression_(self.critic_stacks, obs, actions, td_target, batch.weights)
+            self.critic.optimizer.step()
+        else:
+            q = self.critic.module(obs, actions)  # (n_critics, B)
+            critic_loss = weighted_mean((q - td_target).pow(2).sum(0), batch.weights)
+            self.critic.step(critic_loss)
         self.critic_updates += 1
         stats = {"critic_loss": critic_loss.detach(), "td_error": (q[0] - td_target).detach().abs()}
         if self.critic_updates % cfg.policy_delay == 0:
-            critic = self.critic.module
-            critic.requires_grad_(False)  # the actor's gradient flows through Q, not into it
-            actor_loss = -critic(obs, torch.tanh(run_mlp(self.actor.module, obs)), members=slice(0, 1)).mean()
-            critic.requires_grad_(True)
-            self.actor.step(actor_loss)
+            if self.by_hand:
+                actor_loss = tanh_actor_gradient_(self.actor_stack, self.critic_stacks, obs)
+                self.actor.optimizer.step()
+            else:
+                critic = self.critic.module
+                critic.requires_grad_(False)  # the actor's gradient flows through Q, not into it
+                actor_loss = -critic(obs, torch.tanh(run_mlp(self.actor.module, obs)), members=slice(0, 1)).mean()
+                critic.requires_grad_(True)
+                self.actor.step(actor_loss)
             self.critic_target.polyak_(self.critic, cfg.tau)
             self.actor_target.polyak_(self.actor, cfg.tau)
             stats["actor_loss"] = actor_loss.detach()

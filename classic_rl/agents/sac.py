@@ -36,8 +36,11 @@ from classic_rl.agents.continuous import (
     online_and_target,
     weighted_mean,
 )
+from classic_rl.agents.continuous_backprop import CriticStacks, critic_regression_
 from classic_rl.buffers import Batch
+from classic_rl.mlp_backprop import DenseStack
 from classic_rl.nets import mlp
+from classic_rl.optim import FlatAdam
 from classic_rl.policies import LOG_STD_MAX, LOG_STD_MIN, run_mlp
 
 
@@ -51,6 +54,10 @@ class SACConfig(ContinuousConfig):
     at 0.1) or a fixed number such as ``0.2``."""
     target_entropy: float | None = None
     """Entropy the learned alpha aims for; None means -dim(A)."""
+    analytic_grad: bool = True
+    """Compute the gradients by hand (:func:`squashed_actor_gradient_` and
+    :mod:`classic_rl.agents.continuous_backprop`: the same numbers up to float rounding, in less
+    time); False runs the plain autograd update."""
 
     def validate(self) -> None:
         super().validate()
@@ -85,7 +92,7 @@ def make_temperature(ent_coef: str, lr: float) -> tuple[bool, torch.Tensor, torc
     """
     learned, init = parse_ent_coef(ent_coef)
     log_alpha = torch.tensor([np.log(init)], dtype=torch.float32, requires_grad=learned)
-    optimizer = torch.optim.Adam([log_alpha], lr=lr, fused=True) if learned else None
+    optimizer = FlatAdam(log_alpha, lr=lr) if learned else None
     return learned, log_alpha, optimizer
 
 
@@ -127,6 +134,37 @@ def squash_with_log_prob(
     return torch.tanh(u), per_dim.sum(-1) - mean.shape[-1] * _LOG_PROB_CONST
 
 
+def squashed_sample(out: torch.Tensor, act_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(a, log pi(a), log_std, eps)`` from the policy net's output ``[mu, log_sigma_raw]`` (B, 2 act_dim)."""
+    mean, log_std = out.split(act_dim, dim=-1)
+    log_std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+    eps = torch.randn_like(mean)
+    a, logp = squash_with_log_prob(mean, log_std, eps)
+    return a, logp, log_std, eps
+
+
+def squashed_actor_gradient_(
+    policy: DenseStack, out: torch.Tensor, a: torch.Tensor, log_std: torch.Tensor, eps: torch.Tensor,
+    alpha: torch.Tensor, grad_a: torch.Tensor,
+) -> None:
+    """Backpropagate SAC's ``actor_loss = mean_i (alpha log pi(a_i|s_i) - min_k Q_k(s_i, a_i))`` into ``policy``.
+
+    ``grad_a`` is the Q part's ``dL/da`` (from the critics' input gradient), ``out`` the policy net's
+    output ``[mu, log_sigma_raw]`` saved with its forward pass. With ``u = mu + sigma eps``,
+    ``a = tanh(u)`` and ``d/du log pi = 2 tanh(u) = 2 a`` (:func:`squash_with_log_prob`'s terms)::
+
+        dL/du         = dL/da (1 - a^2) + 2 alpha a / B
+        dL/dmu        = dL/du
+        dL/dlog_sigma = dL/du sigma eps - alpha / B      (zero where the clamp to [-20, 2] was active)
+    """
+    scale = alpha / len(a)
+    grad_u = torch.addcmul(grad_a.mul_(1.0 - a * a), a, 2.0 * scale)
+    grad_log_std = torch.addcmul(-scale, grad_u, log_std.exp() * eps)
+    raw = out[:, a.shape[1]:]
+    grad_log_std.mul_(((raw >= LOG_STD_MIN) & (raw <= LOG_STD_MAX)).to(grad_log_std.dtype))
+    policy.backward(torch.cat([grad_u, grad_log_std], dim=1))
+
+
 class SquashedGaussianActor(torch.nn.Module):
     """``s -> (mu, log_sigma)`` of a tanh-squashed Gaussian, log-std clamped to [-20, 2] (SB3's range)."""
 
@@ -162,6 +200,11 @@ class SAC(TemperatureState, ContinuousAgent):
         self.critic, self.critic_target = online_and_target(critic, cfg.learning_rate)
         self.learn_alpha, self.log_alpha, self.alpha_opt = make_temperature(cfg.ent_coef, cfg.learning_rate)
         self.target_entropy = float(cfg.target_entropy) if cfg.target_entropy is not None else -float(self.act_dim)
+        self.by_hand = cfg.analytic_grad
+        if self.by_hand:  # views of the flat parameters and gradients made above
+            self.policy_stack = DenseStack.from_sequential(self.policy.net)
+            self.critic_stacks = CriticStacks(self.critic.module)
+            self.critic_target_stacks = CriticStacks(self.critic_target.module)
 
     # ------------------------------------------------------------------ acting
     def policy_actions(self, obs: np.ndarray, explore: bool) -> np.ndarray:
@@ -173,6 +216,9 @@ class SAC(TemperatureState, ContinuousAgent):
 
     # ------------------------------------------------------------------ learning
     def train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        if self.by_hand:
+            with torch.no_grad():
+                return self._train_step_by_hand(batch)
         cfg = self.config
         obs = batch.obs
         a_pi, logp = self.policy.sample(obs)
@@ -207,6 +253,38 @@ class SAC(TemperatureState, ContinuousAgent):
                      entropy=-logp.detach().mean(), td_error=(q[0] - td_target).detach().abs())
         if self.learn_alpha:
             stats["alpha_loss"] = alpha_loss.detach()
+        return stats
+
+    def _train_step_by_hand(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """:meth:`train_step` with the gradients written out (the same numbers up to float rounding)."""
+        cfg = self.config
+        obs, n = batch.obs, len(batch.obs)
+        out = self.policy_stack.forward(obs, save=True)
+        a_pi, logp, log_std, eps = squashed_sample(out, self.act_dim)
+        alpha = self.log_alpha.detach().exp()
+        next_a, next_logp, _, _ = squashed_sample(self.policy_stack.forward(batch.next_obs), self.act_dim)
+        q_next = self.critic_target_stacks.values(batch.next_obs, next_a).min(dim=0).values
+        td_target = batch.rewards + batch.discounts * (q_next - alpha * next_logp)
+        critic_loss, q = critic_regression_(
+            self.critic_stacks, obs, self.normalize_actions(batch.actions), td_target, batch.weights)
+        self.critic.optimizer.step()
+
+        q_pi, argmin = self.critic_stacks.values(obs, a_pi, save=True).min(dim=0)
+        actor_loss = (alpha * logp - q_pi).mean()
+        dq = torch.zeros(self.critic.module.n, n).scatter_(0, argmin[None], -1.0 / n)  # d(-mean min_k Q_k)
+        grad_a = self.critic_stacks.backward(dq, weight_grads=False, action_grad=True)
+        squashed_actor_gradient_(self.policy_stack, out, a_pi, log_std, eps, alpha, grad_a)
+        self.policy_flat.optimizer.step()
+        if self.learn_alpha:  # alpha_loss = -mean log_alpha (logp + target_entropy)
+            entropy_gap = logp + self.target_entropy
+            alpha_loss = -(self.log_alpha.detach() * entropy_gap).mean()
+            self.log_alpha.grad = -entropy_gap.mean().reshape(1)
+            self.alpha_opt.step()
+        self.critic_target.polyak_(self.critic, cfg.tau)
+        stats = dict(critic_loss=critic_loss, actor_loss=actor_loss, alpha=alpha, entropy=-logp.mean(),
+                     td_error=(q[0] - td_target).abs())
+        if self.learn_alpha:
+            stats["alpha_loss"] = alpha_loss
         return stats
 
     # ------------------------------------------------------------------ saving
