@@ -104,7 +104,7 @@ class DenseStack:
         self.weight_grads = weight_grads
         self.bias_grads = bias_grads
         self.relu = act == "relu"
-        self._buffers: dict[tuple[bool, int], list[torch.Tensor]] = {}
+        self._buffers: dict[tuple[str, int], list[torch.Tensor]] = {}
         self._inputs: list[torch.Tensor] = []
 
     @classmethod
@@ -127,16 +127,17 @@ class DenseStack:
             raise ValueError(f"DenseStack needs Linear layers with ReLU or Tanh between them, got {net}")
         return cls.from_linears(linears, "tanh" if acts == {nn.Tanh} else "relu")
 
-    def _outputs(self, batch_size: int, save: bool) -> list[torch.Tensor]:
-        key = (save, batch_size)
+    def _outputs(self, batch_size: int, kind: str) -> list[torch.Tensor]:
+        """Per-layer (batch_size, out_k) buffers of one kind (saved, scratch, gradient), kept between calls."""
+        key = (kind, batch_size)
         if key not in self._buffers:
-            self._buffers = {k: v for k, v in self._buffers.items() if k[0] != save}  # one batch size per kind
+            self._buffers = {k: v for k, v in self._buffers.items() if k[0] != kind}  # one batch size per kind
             self._buffers[key] = [torch.empty(batch_size, w.shape[1]) for w in self.weights]
         return self._buffers[key]
 
     def forward(self, x: torch.Tensor, save: bool = False) -> torch.Tensor:
         """The output (B, out) for inputs ``x`` (B, in); ``save`` keeps the layer inputs for :meth:`backward`."""
-        outputs = self._outputs(len(x), save)
+        outputs = self._outputs(len(x), "saved" if save else "scratch")
         inputs = []
         last = len(self.weights) - 1
         h = x
@@ -161,13 +162,14 @@ class DenseStack:
             raise RuntimeError("DenseStack.backward needs a forward(x, save=True) first")
         if weight_grads and self.weight_grads is None:
             raise ValueError("this DenseStack was built without gradient tensors (a frozen target network?)")
+        grads = self._outputs(len(delta), "gradient")  # slot k - 1 holds dL/dh_{k-1}
         for k in range(len(self.weights) - 1, -1, -1):
             h_in = inputs[k]
             if weight_grads:
                 _mm_into(h_in.t(), delta, self.weight_grads[k])
                 torch.sum(delta, 0, out=self.bias_grads[k])
             if k > 0:
-                delta = delta @ self.weights_t[k]
+                delta = torch.mm(delta, self.weights_t[k], out=grads[k - 1])
                 if self.relu:  # h = relu(z) >= 0: pass the gradient where h > 0 (autograd's own kernel)
                     torch.ops.aten.threshold_backward.grad_input(delta, h_in, 0.0, grad_input=delta)
                 else:
