@@ -1,6 +1,8 @@
-"""Backpropagation written out for the plain MLP Q-network: DQN's update without autograd.
+"""Backpropagation written out for plain MLPs: DQN's, DDPG's, TD3's and SAC's updates without autograd.
 
-DQN's regression ``loss = mean_i l(Q(s_i, a_i) - y_i)`` (``l`` Huber or squared error) on an
+:class:`DenseStack` is the forward and backward pass of one MLP (Linear layers, ReLU or tanh
+between them); :class:`MLPQRegression` is DQN's loss on top of it, and
+:mod:`classic_rl.agents.continuous_backprop` the continuous-control critics' and actors'. DQN's regression ``loss = mean_i l(Q(s_i, a_i) - y_i)`` (``l`` Huber or squared error) on an
 MLP ``h_0 = s``, ``h_k = f(W_k h_{k-1} + b_k)``, ``Q = W_L h_{L-1} + b_L`` has the textbook
 gradient, computed here layer by layer from the output back::
 
@@ -15,7 +17,7 @@ one badly shaped weight-gradient product cost as much as the matrix products the
 the activations live in buffers reused across updates, the gradients are written straight into
 the network's (flat) ``.grad`` tensors, and each product takes its fastest layout. The result
 equals autograd's up to float rounding (tested); anything this does not cover (CNN bodies,
-dueling or distributional heads, noisy layers, importance weights) uses autograd.
+dueling or distributional heads, noisy layers, DQN's importance weights) uses autograd.
 """
 
 from __future__ import annotations

@@ -9,6 +9,10 @@ The update (one screen; actions normalised to [-1, 1])::
         actor_loss = -mean Q_1(s, mu(s))
         theta' <- (1 - tau) theta' + tau theta                  (actor and critic targets)
 
+By default (``analytic_grad=True``) the gradients of both losses are written out by hand
+(:mod:`classic_rl.agents.continuous_backprop`): the same numbers as the autograd update below
+up to float rounding, with about a quarter less CPU time per update on [400, 300] networks.
+
 Exploration adds Gaussian or Ornstein-Uhlenbeck noise (:mod:`classic_rl.noise`) to ``mu(s)``.
 TD3 (:mod:`classic_rl.agents.td3`) is this class with twin critics, the delay and target
 smoothing switched on, as Stable-Baselines3's DDPG is its TD3 with them off.
