@@ -171,7 +171,9 @@ class DenseStack:
                 _mm_into(h_in.t(), delta, self.weight_grads[k])
                 torch.sum(delta, 0, out=self.bias_grads[k])
             if k > 0:
-                delta = torch.mm(delta, self.weights_t[k], out=grads[k - 1])
+                # a one-column delta (a critic's value): its product is an outer product, a broadcast multiply
+                op = torch.mul if delta.shape[1] == 1 else torch.mm
+                delta = op(delta, self.weights_t[k], out=grads[k - 1])
                 if self.relu:  # h = relu(z) >= 0: pass the gradient where h > 0 (autograd's own kernel)
                     torch.ops.aten.threshold_backward.grad_input(delta, h_in, 0.0, grad_input=delta)
                 else:
