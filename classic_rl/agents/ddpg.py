@@ -11,7 +11,7 @@ The update (one screen; actions normalised to [-1, 1])::
 
 By default (``analytic_grad=True``) the gradients of both losses are written out by hand
 (:mod:`classic_rl.agents.continuous_backprop`): the same numbers as the autograd update below
-up to float rounding, with about a quarter less CPU time per update on [400, 300] networks.
+up to float rounding, in less CPU time (``scripts/bench_update.py`` measures it).
 
 Exploration adds Gaussian or Ornstein-Uhlenbeck noise (:mod:`classic_rl.noise`) to ``mu(s)``.
 TD3 (:mod:`classic_rl.agents.td3`) is this class with twin critics, the delay and target
