@@ -105,9 +105,9 @@ def main() -> None:
         hidden = parse_hidden(args.hidden, algo)
         ms = bench(algo, args.env, hidden, args.batch_size, args.fill, args.updates, args.repeats,
                    not args.no_autograd)
-        auto = ms.get("autograd", float("nan"))
-        print(f"{algo:6} {','.join(map(str, hidden)):>10} {ms['ours']:8.2f} {auto:9.2f} {ms['sb3']:8.2f} "
-              f"{ms['ours'] / ms['sb3']:9.2f} {auto / ms['sb3']:13.2f}", flush=True)
+        auto, auto_ratio = (f"{ms['autograd']:.2f}", f"{ms['autograd'] / ms['sb3']:.2f}") if "autograd" in ms else ("-", "-")
+        print(f"{algo:6} {','.join(map(str, hidden)):>10} {ms['ours']:8.2f} {auto:>9} {ms['sb3']:8.2f} "
+              f"{ms['ours'] / ms['sb3']:9.2f} {auto_ratio:>13}", flush=True)
 
 
 if __name__ == "__main__":
