@@ -148,6 +148,14 @@ def test_discrete_env_is_rejected_with_a_clear_error():
             classic_rl.make(algo, env="CartPole-v1")
 
 
+def test_d4pg_actor_processes_refuse_learner_side_vector_envs():
+    with pytest.raises(ValueError, match="n_envs=2.*only with n_actors=0.*scale collection with n_actors"):
+        classic_rl.make("d4pg", env="Pendulum-v1", n_actors=2, n_envs=2)
+    with pytest.raises(ValueError, match="vec_env='async'.*only with n_actors=0"):
+        classic_rl.make("d4pg", env="Pendulum-v1", n_actors=2, vec_env="async")
+    assert classic_rl.make("d4pg", env="Pendulum-v1", n_actors=0, n_envs=2, vec_env="sync").runner.n == 2
+
+
 def test_save_and_load_keep_the_policy(tmp_path):
     for algo in ("ddpg", "sac", "d4pg"):
         agent = classic_rl.make(algo, env="Pendulum-v1", seed=0, n_actors=0, **SMALL) if algo == "d4pg" else \

@@ -67,6 +67,12 @@ class D4PGConfig(ContinuousConfig):
             raise ValueError(f"n_actors must be >= 0 and actor_steps >= 1, got {self.n_actors}, {self.actor_steps}")
         if self.noise_std < 0:
             raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
+        if self.n_actors > 0 and (self.n_envs != 1 or self.vec_env != "none"):
+            # the actor processes collect (one env each); the learner's own envs would sit idle
+            raise ValueError(
+                f"n_envs={self.n_envs}, vec_env={self.vec_env!r} apply only with n_actors=0 (the shared "
+                f"single-process loop); with n_actors={self.n_actors} scale collection with n_actors instead"
+            )
 
 
 def distributional_critic_loss(
