@@ -19,16 +19,16 @@ def _no_live_workers(agent) -> bool:
 def test_a3c_two_workers_learn_cartpole_and_exit():
     agent = A3C("CartPole-v1", seed=0, num_workers=2, start_method="fork")  # fork: quick to start
     # Asynchronous updates make the result depend on how the OS interleaves the workers, so the
-    # budget and margin are wide: over 10 runs (seeds 0-3, 6k-20k steps) 6k steps scored 26-500,
-    # 20k steps 130-500.
-    agent.learn(total_steps=20_000, progress=False)
+    # budget and margin are wide: 6k steps scored 26-500 over 10 runs; 20k steps 90-500 over 8 seeds
+    # and once below 80 on a loaded machine; 30k steps 138-500 (seeds 0-5, load ~3.5).
+    agent.learn(total_steps=30_000, progress=False)
     assert _no_live_workers(agent) and all(w.exitcode == 0 for w in agent.workers)
     assert not [p for p in multiprocessing.active_children() if p.name.startswith("a3c-worker")]
     # both processes did real work: their own updates and environment steps
     assert sorted(s["rank"] for s in agent.worker_stats) == [0, 1]
     assert all(s["updates"] > 50 and s["steps"] > 500 for s in agent.worker_stats)
     assert len({w.pid for w in agent.workers}) == 2 and os.getpid() not in {w.pid for w in agent.workers}
-    assert agent.num_timesteps >= 20_000 and agent.num_episodes > 0
+    assert agent.num_timesteps >= 30_000 and agent.num_episodes > 0
     assert agent.evaluate(episodes=5, seed=1000)[0] > 80  # random play: ~22
 
 
