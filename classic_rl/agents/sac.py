@@ -110,6 +110,27 @@ class TemperatureState:
     def with_alpha_optimizer(self, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, torch.optim.Optimizer]:
         return optimizers if self.alpha_opt is None else {**optimizers, "alpha": self.alpha_opt}
 
+    learn_alpha: bool
+
+    def step_policy_and_temperature(
+        self, policy: Flat, actor_loss: torch.Tensor, log_prob_gap: torch.Tensor
+    ) -> torch.Tensor | None:
+        """Step the policy on ``actor_loss`` and, when alpha is learned, the temperature on
+        ``alpha_loss = -mean log_alpha (log pi + target_entropy)`` (``log_prob_gap``, per sample, no
+        gradient); returns ``alpha_loss`` or None. ``log_alpha`` appears only in ``alpha_loss`` and the
+        policy only in ``actor_loss``, so one backward pass of their sum gives both gradients."""
+        loss, alpha_loss = actor_loss, None
+        if self.learn_alpha:
+            alpha_loss = -(self.log_alpha * log_prob_gap).mean()
+            loss = loss + alpha_loss
+            self.log_alpha.grad = None
+        policy.param.grad.zero_()
+        loss.backward()
+        policy.optimizer.step()
+        if self.learn_alpha:
+            self.alpha_opt.step()
+        return alpha_loss
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {**super().state_tensors(), "log_alpha": self.log_alpha.detach().clone()}
 
@@ -240,22 +261,11 @@ class SAC(TemperatureState, ContinuousAgent):
         q_pi = critic(obs, a_pi).min(dim=0).values
         critic.requires_grad_(True)
         actor_loss = (alpha * logp - q_pi).mean()
-        loss = actor_loss
-        if self.learn_alpha:
-            # log_alpha appears only here and the policy only in actor_loss, so one backward pass
-            # of the sum gives both gradients.
-            alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
-            loss = loss + alpha_loss
-            self.log_alpha.grad = None
-        self.policy_flat.param.grad.zero_()
-        loss.backward()
-        self.policy_flat.optimizer.step()
-        if self.learn_alpha:
-            self.alpha_opt.step()
+        alpha_loss = self.step_policy_and_temperature(self.policy_flat, actor_loss, logp.detach() + self.target_entropy)
         self.critic_target.polyak_(self.critic, cfg.tau)
         stats = dict(critic_loss=critic_loss.detach(), actor_loss=actor_loss.detach(), alpha=alpha,
                      entropy=-logp.detach().mean(), td_error=(q[0] - td_target).detach().abs())
-        if self.learn_alpha:
+        if alpha_loss is not None:
             stats["alpha_loss"] = alpha_loss.detach()
         return stats
 

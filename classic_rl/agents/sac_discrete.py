@@ -147,20 +147,11 @@ class SACDiscrete(TemperatureState, OffPolicyAgent):
             q_pi = self.critic.module(obs).min(dim=0).values
         actor_loss = discrete_actor_loss(log_pi, q_pi, alpha)
         entropy = -(log_pi.exp() * log_pi).sum(dim=-1).detach()
-        loss = actor_loss
-        if self.learn_alpha:
-            # log_alpha appears only here and the policy only in actor_loss: one backward gives both.
-            alpha_loss = (self.log_alpha * (entropy - self.target_entropy)).mean()
-            loss = loss + alpha_loss
-            self.log_alpha.grad = None
-        self.policy.param.grad.zero_()
-        loss.backward()
-        self.policy.optimizer.step()
-        if self.learn_alpha:
-            self.alpha_opt.step()
+        # E[log pi] = -entropy: alpha_loss = mean log_alpha (entropy - target_entropy)
+        alpha_loss = self.step_policy_and_temperature(self.policy, actor_loss, self.target_entropy - entropy)
         stats = dict(critic_loss=critic_loss.detach(), actor_loss=actor_loss.detach(), alpha=alpha,
                      entropy=entropy.mean(), td_error=(q[0] - td_target).detach().abs())
-        if self.learn_alpha:
+        if alpha_loss is not None:
             stats["alpha_loss"] = alpha_loss.detach()
         return stats
 
