@@ -21,6 +21,9 @@ Add an algorithm by adding a :class:`Benchmark` entry: our name and a function t
 SB3 model from our resolved config (or None when SB3 has no counterpart: ours runs alone).
 ``ars`` is compared at equal wall time instead: ours trains for ``--steps``, then SB3's PPO (built
 from our PPO config for the env) trains until it has used as many wall-clock seconds, per seed.
+``--sb3-set KEY=VALUE`` builds SB3's model from other settings than ours (on top of ``--set``), e.g.
+``hidden=[400,300]`` to hold SB3 at rl-zoo3's networks while ours runs smaller default ones: the
+table then compares the two libraries' recommended settings, not equal work (it says so below it).
 
 Examples::
 
@@ -28,6 +31,7 @@ Examples::
     python scripts/bench_classic.py --algos dqn rainbow --envs CartPole-v1 --seeds 0 --steps 20000 --impl ours
     python scripts/bench_classic.py --algos a2c ppo --envs CartPole-v1 --seeds 0 1 --steps 100000
     python scripts/bench_classic.py --algos ars --envs InvertedPendulum-v5 --steps 200000 --set n_workers=0
+    python scripts/bench_classic.py --algos td3 --envs Pendulum-v1 --seeds 0 1 --steps 20000 --sb3-set "hidden=[400,300]"
 """
 
 from __future__ import annotations
@@ -273,6 +277,8 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         overrides = {**overrides, "eval_freq": every}  # agents without it (ARS) get no periodic evaluation
     if spec["impl"] == "sb3" and bench.peer is not None:  # SB3 translates our peer's config (ARS -> PPO)
         agent = classic_rl.make(bench.peer, spec["env"], seed=spec["seed"])
+    elif spec["impl"] == "sb3":  # --sb3-set: SB3 on other settings than ours (e.g. the zoo nets)
+        agent = classic_rl.make(bench.ours, spec["env"], seed=spec["seed"], **{**overrides, **spec.get("sb3_overrides", {})})
     else:
         agent = classic_rl.make(bench.ours, spec["env"], seed=spec["seed"], **overrides)
     threshold = gym.spec(spec["env"]).reward_threshold
@@ -435,6 +441,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--impl", nargs="+", choices=["ours", "sb3"], default=["ours", "sb3"])
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="override our settings (and, through the translation, SB3's)")
+    parser.add_argument("--sb3-set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override only the settings SB3's model is translated from (on top of --set), e.g. "
+                             "hidden=[400,300] to hold SB3 at rl-zoo3's nets while ours runs its own defaults")
     parser.add_argument("--eval-episodes", type=int, default=10, help="final greedy evaluation episodes")
     parser.add_argument("--eval-every", type=int, default=None,
                         help="steps between periodic evaluations (default: steps / 20; 0 = none)")
@@ -452,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown algorithm(s) {', '.join(unknown)}; valid: {', '.join(BENCHMARKS)}")
     overrides = parse_overrides(args.set)
+    sb3_overrides = parse_overrides(args.sb3_set)
     eval_every = max(1, args.steps // 20) if args.eval_every is None else args.eval_every
     results = []
     for env in args.envs:
@@ -463,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
                     spec = {"algo": algo, "env": env, "seed": seed, "impl": impl, "steps": args.steps,
                             "overrides": overrides, "eval_episodes": args.eval_episodes,
                             "eval_every": eval_every, "eval_every_episodes": 5, "random_steps": args.random_steps}
+                    if impl == "sb3" and sb3_overrides:
+                        spec["sb3_overrides"] = sb3_overrides
                     if impl == "sb3" and BENCHMARKS[algo].equal_time:
                         ours = [r for r in results if (r["algo"], r["env"], r["seed"], r["impl"]) == (algo, env, seed, "ours")]
                         if not ours:
@@ -478,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2)
     print(markdown_table(summarize(results)))
+    if sb3_overrides:
+        print(f"\nSB3's settings differ from ours by: {', '.join(f'{k}={v!r}' for k, v in sb3_overrides.items())}")
     if any("random_steps_per_s" in r for r in results):
         print("\n" + throughput_table(results))
     return 0

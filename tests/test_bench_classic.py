@@ -41,3 +41,28 @@ def test_summary_reports_second_half_mean_beside_the_final_snapshot(bench):
     assert sb3["late"] is None  # no periodic evaluations
     table = bench.markdown_table([ours, sb3])
     assert "| 450.0 |" in table and "| 260.0 ± 240.0 |" in table and "| 0.25 |" in table
+
+
+def test_sb3_set_changes_only_the_config_sb3_is_built_from(bench, monkeypatch):
+    seen = {}
+
+    class Captured(Exception):
+        pass
+
+    def capture(impl):
+        def build(cfg, env, seed):
+            seen[impl] = list(cfg.hidden)
+            raise Captured
+        return build
+
+    monkeypatch.setitem(bench.BENCHMARKS, "ddpg", bench.Benchmark("ddpg", capture("sb3")))
+    spec = {"algo": "ddpg", "env": "Pendulum-v1", "seed": 0, "impl": "sb3", "steps": 10, "eval_every": 0,
+            "eval_every_episodes": 1, "eval_episodes": 1, "overrides": {"hidden": [8, 8]},
+            "sb3_overrides": {"hidden": [16, 12]}}
+    with pytest.raises(Captured):
+        bench.run_one(spec)
+    assert seen["sb3"] == [16, 12]
+    spec.pop("sb3_overrides")
+    with pytest.raises(Captured):
+        bench.run_one(spec)
+    assert seen["sb3"] == [8, 8]  # without it SB3 gets ours' settings (--set applies to both)
