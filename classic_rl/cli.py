@@ -81,6 +81,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config_file=args.config, overrides=parse_set_args(args.set), env_kwargs=env_kwargs, out=args.out,
         quiet=args.quiet, resume=args.resume, eval_episodes=args.eval_episodes,
     )
+    agent.close()  # environments and worker processes (vec_env async, A3C/D4PG actors) end here, not at exit
     out = Path(args.resume or args.out or "")
     print(
         f"{summary['algo']} on {summary['env']} (seed {summary['seed']}): {summary['steps']} steps, "

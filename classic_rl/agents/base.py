@@ -204,6 +204,10 @@ class Agent:
             "config": to_dict(self.config),
         }
 
+    def close(self) -> None:
+        """Release what the agent holds open (its environments, worker processes); it cannot train
+        after this. Agents that hold nothing beyond Python objects have nothing to release."""
+
     def save(self, path: str | Path) -> Path:
         """Write the agent to directory ``path`` (created if needed); returns it."""
         path = Path(path)
