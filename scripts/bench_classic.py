@@ -277,10 +277,9 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         overrides = {**overrides, "eval_freq": every}  # agents without it (ARS) get no periodic evaluation
     if spec["impl"] == "sb3" and bench.peer is not None:  # SB3 translates our peer's config (ARS -> PPO)
         agent = classic_rl.make(bench.peer, spec["env"], seed=spec["seed"])
-    elif spec["impl"] == "sb3":  # --sb3-set: SB3 on other settings than ours (e.g. the zoo nets)
-        agent = classic_rl.make(bench.ours, spec["env"], seed=spec["seed"], **{**overrides, **spec.get("sb3_overrides", {})})
-    else:
-        agent = classic_rl.make(bench.ours, spec["env"], seed=spec["seed"], **overrides)
+    else:  # --sb3-set: SB3's model from other settings than ours (e.g. the zoo nets)
+        own = spec.get("sb3_overrides", {}) if spec["impl"] == "sb3" else {}
+        agent = classic_rl.make(bench.ours, spec["env"], seed=spec["seed"], **{**overrides, **own})
     threshold = gym.spec(spec["env"]).reward_threshold
     evals: list[tuple[int, float]] = []
     spent = [0.0, 0.0]  # wall and CPU seconds of the periodic evaluations
