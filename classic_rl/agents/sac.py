@@ -106,11 +106,10 @@ class TemperatureState:
 
     log_alpha: torch.Tensor
     alpha_opt: torch.optim.Optimizer | None
+    learn_alpha: bool
 
     def with_alpha_optimizer(self, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, torch.optim.Optimizer]:
         return optimizers if self.alpha_opt is None else {**optimizers, "alpha": self.alpha_opt}
-
-    learn_alpha: bool
 
     def step_policy_and_temperature(
         self, policy: Flat, actor_loss: torch.Tensor, log_prob_gap: torch.Tensor
