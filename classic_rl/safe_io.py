@@ -1,0 +1,96 @@
+"""Writing files without losing data, strict JSON, and the one exception type for user mistakes.
+
+Shared by both command-line tools (``classic-rl`` and ``rlhf``):
+
+- :func:`atomic_write_bytes` / :func:`atomic_write_text` / :func:`atomic_write_json`: write a
+  temporary file in the same folder, flush it to disk, then ``os.replace`` it over the target, so
+  a kill at any instant leaves either the old file or the new one, never half of either.
+- :func:`to_strict_json`: NaN and +-Infinity become ``null`` (Python's ``json`` would write the
+  bare tokens ``NaN``/``Infinity``, which are not JSON and which other tools refuse).
+- :class:`UserError`: raised for a mistake in the user's input (a bad flag value, a malformed
+  file). The CLIs print its one-line message and exit with status 2, without a traceback, unless
+  debugging is asked for (``--debug`` or the environment variable ``RL_TOOLKIT_DEBUG=1``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DEBUG_ENV",
+    "UserError",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "debug_enabled",
+    "dumps_strict",
+    "to_strict_json",
+]
+
+DEBUG_ENV = "RL_TOOLKIT_DEBUG"
+
+
+class UserError(Exception):
+    """A mistake in the user's input; its message is one line naming the file, line or flag and
+    the fix. Exit status 2 at the command line."""
+
+
+def debug_enabled() -> bool:
+    """True when the user asked for full tracebacks (``RL_TOOLKIT_DEBUG=1``; ``--debug`` sets it)."""
+    return os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def to_strict_json(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None and numpy/torch scalars made plain,
+    recursively through dicts, lists and tuples (ready for ``json.dumps(..., allow_nan=False)``)."""
+    if isinstance(value, Mapping):
+        return {str(k): to_strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_strict_json(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 0) == 0:
+        value = value.item()  # numpy / torch scalars
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def dumps_strict(value: Any, **kwargs: Any) -> str:
+    """``json.dumps`` that never writes NaN/Infinity (they become ``null``)."""
+    return json.dumps(to_strict_json(value), allow_nan=False, **kwargs)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves the old content or the new, never a mix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """:func:`atomic_write_bytes` for UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, value: Any, indent: int | None = 2, sort_keys: bool = False) -> None:
+    """Strict JSON (non-finite numbers as ``null``), written atomically, ending with a newline."""
+    atomic_write_text(path, dumps_strict(value, indent=indent, sort_keys=sort_keys) + "\n")
