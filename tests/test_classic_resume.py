@@ -19,14 +19,14 @@ from classic_rl.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 # Small but real runs: several checkpoints each, a few seconds of training.
 CASES = {
-    "ppo": (["ppo", "CartPole-v1", "--steps", "12288", "--save-freq", "1024",
+    "ppo": (["ppo", "CartPole-v1", "--steps", "6144", "--save-freq", "768",
              "--set", "num_envs=4", "n_steps=128", "n_epochs=2", "batch_size=128"]),
-    "dqn": (["dqn", "CartPole-v1", "--steps", "4000", "--save-freq", "500",
+    "dqn": (["dqn", "CartPole-v1", "--steps", "2000", "--save-freq", "300",
              "--set", "hidden=[32,32]", "buffer_size=2000", "learning_starts=200", "train_freq=4",
              "gradient_steps=2", "target_update_interval=100", "batch_size=32"]),
-    "sac": (["sac", "Pendulum-v1", "--steps", "1500", "--save-freq", "300",
-             "--set", "hidden=[32,32]", "learning_starts=200", "batch_size=32", "buffer_size=2000"]),
-    "q_learning": (["q_learning", "CliffWalking-v1", "--episodes", "3000", "--save-freq", "2000",
+    "sac": (["sac", "Pendulum-v1", "--steps", "600", "--save-freq", "150",
+             "--set", "hidden=[32,32]", "learning_starts=100", "batch_size=32", "buffer_size=2000"]),
+    "q_learning": (["q_learning", "CliffWalking-v1", "--episodes", "1500", "--save-freq", "1000",
                     "--set", "epsilon=0.2"]),
 }
 SUMMARY_KEYS = ("algo", "env", "seed", "steps", "episodes", "eval_episodes", "eval_return_mean",
@@ -91,11 +91,7 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(name, tmp_path):
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert state["run"]["status"] == "running" and state["num_timesteps"] > 0  # a partial checkpoint
 
-    budget = args[2:4]
-    resume = subprocess.run([sys.executable, "-m", "classic_rl", "train", *args[:2], *budget, "--resume",
-                             str(tmp_path / "run"), "--quiet", "--eval-episodes", "3"],
-                            env=_env(), capture_output=True, text=True, timeout=300)
-    assert resume.returncode == 0, resume.stderr
+    assert main(["train", *args[:4], "--resume", str(tmp_path / "run"), "--quiet", "--eval-episodes", "3"]) == 0
     _assert_same_run(tmp_path / "run", tmp_path / "full")
 
 
@@ -103,10 +99,10 @@ def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
     args = CASES["ppo"]
     stopped = _stop_after_a_checkpoint(args, tmp_path / "run", signal.SIGTERM, random.Random(1))
     assert stopped.returncode == 143
-    assert "Resume with: classic-rl train ppo CartPole-v1 --steps 12288 --resume" in stopped.stderr
+    assert "Resume with: classic-rl train ppo CartPole-v1 --steps 6144 --resume" in stopped.stderr
     assert "Traceback" not in stopped.stderr
     state = json.loads((tmp_path / "run" / "state.json").read_text())
-    assert state["run"]["status"] == "interrupted" and 0 < state["num_timesteps"] < 12288
+    assert state["run"]["status"] == "interrupted" and 0 < state["num_timesteps"] < 6144
     # the episode log holds exactly the episodes of the checkpoint
     assert len(_episode_rows(tmp_path / "run")) == state["num_episodes"]
 
@@ -158,17 +154,28 @@ def test_resume_that_contradicts_the_run_is_refused(tmp_path, capsys, argv, mess
     assert "differs from --resume" in capsys.readouterr().err
 
 
-def test_eval_refuses_a_partial_run_unless_asked(tmp_path, capsys):
-    args = CASES["dqn"]
-    killed = _stop_after_a_checkpoint(args, tmp_path / "run", signal.SIGKILL, random.Random(7))
-    assert killed.returncode == -signal.SIGKILL
-    step = json.loads((tmp_path / "run" / "state.json").read_text())["num_timesteps"]
+def test_eval_refuses_a_partial_run_unless_asked(tmp_path, capsys, monkeypatch):
+    from classic_rl.logger import RunLogger
+
+    advance, steps = RunLogger.advance, [0]
+
+    def ctrl_c_at_step_300(self, n=1):
+        advance(self, n)
+        steps[0] += n
+        if steps[0] == 300:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(RunLogger, "advance", ctrl_c_at_step_300)
+    assert main(_train_cmd(CASES["dqn"], tmp_path / "run")[3:]) == 130
+    monkeypatch.setattr(RunLogger, "advance", advance)
+    capsys.readouterr()
     assert main(["eval", str(tmp_path / "run"), "--episodes", "2"]) == 2
     err = capsys.readouterr().err
-    assert f"partial checkpoint at step {step}" in err and "--resume" in err
+    assert "partial checkpoint at step 300" in err and "--resume" in err and len(err.strip().splitlines()) == 1
     assert main(["eval", str(tmp_path / "run"), "--episodes", "2", "--allow-partial"]) == 0
-    out = json.loads(capsys.readouterr().out)
-    assert out["partial"] is True and out["checkpoint_step"] == step
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["partial"] is True and result["checkpoint_step"] == 300 and "partial" in captured.err
 
 
 def test_existing_run_in_out_is_refused_and_left_alone(tmp_path, capsys):
