@@ -200,7 +200,9 @@ def train_run(
         agent = Agent.load(out)
         if steps is None and episodes is None:
             steps, episodes = run.get("target_steps"), run.get("target_episodes")
-        if steps is not None and steps <= agent.num_timesteps or episodes is not None and episodes <= agent.num_episodes:
+        reached = (steps is not None and steps <= agent.num_timesteps
+                   or episodes is not None and episodes <= agent.num_episodes)
+        if reached and run.get("status") == "complete":
             done = f"{agent.num_timesteps} steps" if steps is not None else f"{agent.num_episodes} episodes"
             raise UserError(f"--resume {out}: the run already reached {done}; ask for more with --steps/--episodes")
         if save_freq is None:
@@ -234,7 +236,8 @@ def train_run(
         if run is None:
             checkpointer.save(agent, "running")  # step 0: the folder says what it is and can be resumed
         agent.run_hooks = checkpointer
-        agent.learn(total_steps=left_steps, episodes=left_episodes, logger=logger, continue_run=run is not None)
+        if (left_steps or 0) > 0 or (left_episodes or 0) > 0:  # else only the final save was missing
+            agent.learn(total_steps=left_steps, episodes=left_episodes, logger=logger, continue_run=run is not None)
     except StopRequested as request:  # raised at a safe point: the agent's state is whole
         stop = request
     except TrainingDiverged as err:
