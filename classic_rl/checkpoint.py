@@ -136,8 +136,14 @@ def stop_signals() -> Iterator[None]:
         yield
         return
     names = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
+    owner = os.getpid()
 
     def handler(signum, frame):
+        if os.getpid() != owner:  # a forked worker inherited this handler: behave as by default
+            if signum == signal.SIGTERM:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGTERM)
+            raise KeyboardInterrupt
         if STOP.signal_name is not None:  # asked twice: stop now
             raise KeyboardInterrupt
         STOP.signal_name = names.get(signum, "SIGINT")

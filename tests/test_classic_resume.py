@@ -218,3 +218,46 @@ def test_a_kill_inside_a_checkpoint_write_leaves_a_whole_checkpoint(tmp_path, mo
     loaded = classic_rl.load(tmp_path / "a")
     assert loaded.num_timesteps == 100 and not (tmp_path / "a" / checkpoint.PENDING_DIR).exists()
     assert not list((tmp_path / "a").glob(".checkpoint-tmp-*"))
+
+
+class _HiddenRandomnessEnv:
+    """An env whose start state comes from a generator outside np_random: not replayable."""
+
+    counter = [0]
+
+    @staticmethod
+    def make():
+        import gymnasium as gym
+        import numpy as np
+
+        class Env(gym.Env):
+            observation_space = gym.spaces.Box(-10.0, 10.0, (2,), np.float32)
+            action_space = gym.spaces.Discrete(2)
+
+            def reset(self, *, seed=None, options=None):
+                super().reset(seed=seed)
+                _HiddenRandomnessEnv.counter[0] += 1
+                self.t, self.x = 0, float(_HiddenRandomnessEnv.counter[0] % 7)
+                return np.array([self.x, 0.0], np.float32), {}
+
+            def step(self, action):
+                self.t += 1
+                self.x += 0.1 if action else -0.1
+                return np.array([self.x, self.t], np.float32), 1.0, self.t >= 20, False, {}
+
+        return Env()
+
+
+def test_a_resume_that_cannot_rebuild_the_episodes_keeps_the_learning(tmp_path):
+    import gymnasium as gym
+
+    import classic_rl
+
+    gym.register("HiddenRandomness-v0", entry_point=_HiddenRandomnessEnv.make)
+    agent = classic_rl.make("a2c", "HiddenRandomness-v0", seed=0, num_envs=2, n_steps=7)
+    agent.learn(total_steps=70, progress=False)
+    agent.save(tmp_path / "run")
+    loaded = classic_rl.load(tmp_path / "run")
+    with pytest.warns(RuntimeWarning, match="fresh episodes"):
+        loaded.learn(total_steps=70, progress=False)
+    assert loaded.num_timesteps == 140

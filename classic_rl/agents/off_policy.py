@@ -38,6 +38,7 @@ the same weights and resume exactly.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -538,7 +539,12 @@ class OffPolicyAgent(Agent):
         if "numpy_rng" in state:
             self.rng.bit_generator.state = state["numpy_rng"]
         if "runner" in state:
-            self.runner.load_state_dict(state["runner"])
+            try:
+                self.runner.load_state_dict(state["runner"])
+            except RuntimeError as err:  # keep the learning; only the unfinished episodes are lost
+                warnings.warn(f"{err} Training continues on fresh episodes, so its numbers will differ from "
+                              "an uninterrupted run.", RuntimeWarning, stacklevel=2)
+                self.runner.obs = None
 
     def extra_state(self) -> dict[str, Any]:
         state = super().extra_state()

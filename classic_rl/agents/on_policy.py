@@ -25,6 +25,7 @@ statistics are part of the agent's saved state, so a loaded agent acts exactly a
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -269,17 +270,26 @@ class RolloutCollector:
         """Rebuild every env's current episode by replaying it, and take over the counters."""
         plans = [(e["seed"], e["rng_state"], [] if e["actions"] is None else list(e["actions"].numpy()))
                  for e in state["episodes"]]
-        self.envs.set_attr("restore_plan", plans)
-        replayed = np.array(list(self.envs.call("restore_planned")))
         self._obs = state["obs"].numpy().copy()
-        if replayed.shape != self._obs.shape or not np.array_equal(replayed, self._obs):
-            raise RuntimeError(
-                "Cannot restore the environments exactly: replaying their saved episodes gave other "
-                "observations (the environment is not deterministic given its random generator)."
-            )
         self._ep_return = state["ep_return"].numpy().copy()
         self._ep_len = state["ep_len"].numpy().copy()
         self.total_steps = int(state["total_steps"])
+        self.envs.set_attr("restore_plan", plans)
+        try:
+            replayed = np.array(list(self.envs.call("restore_planned")))
+            exact = replayed.shape == self._obs.shape and np.array_equal(replayed, self._obs)
+        except RuntimeError:  # an episode ended early while replaying
+            exact = False
+        if not exact:  # keep the learning; only the unfinished episodes are cut short
+            warnings.warn(
+                "The environments' current episodes could not be rebuilt exactly (the environment is not "
+                "deterministic given its random generator); training continues on fresh episodes, so its "
+                "numbers will differ from an uninterrupted run.", RuntimeWarning, stacklevel=2,
+            )
+            obs, _ = self.envs.reset(seed=int(state["total_steps"]) + 7919)
+            self._obs = np.array(obs)
+            self._ep_return[:] = 0.0
+            self._ep_len[:] = 0
         self.rng.bit_generator.state = state["rng"]
         if self.reward_scaler is not None and state.get("reward_returns") is not None:
             self.reward_scaler.returns = state["reward_returns"].numpy().copy()
