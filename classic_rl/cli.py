@@ -28,8 +28,8 @@ TRAIN_EPILOG = """checkpoints and resuming:
   and on Ctrl-C/SIGTERM, which stop at the next whole step and exit with status 130/143. A run
   killed at any moment continues from its last checkpoint with
       classic-rl train ALGO ENV --steps TOTAL --resume RUN_DIR
-  and, for every synchronous algorithm, ends with the numbers of an uninterrupted run (a3c, ars
-  with workers and d4pg with actors lose no progress but may differ: see docs/reliability.md).
+  and, for every synchronous algorithm, ends with the numbers of an uninterrupted run (a3c, d4pg
+  with actors and maddpg lose no progress but may differ: see docs/reliability.md).
   A loss or weight that becomes NaN/inf stops the run (exit 3); the last good checkpoint stays.
 """
 

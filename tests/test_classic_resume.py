@@ -261,3 +261,38 @@ def test_a_resume_that_cannot_rebuild_the_episodes_keeps_the_learning(tmp_path):
     with pytest.warns(RuntimeWarning, match="fresh episodes"):
         loaded.learn(total_steps=70, progress=False)
     assert loaded.num_timesteps == 140
+
+
+@pytest.mark.parametrize("args, stop_at", [
+    (["reinforce", "CartPole-v1", "--steps", "1200", "--set", "num_envs=2"], 300),
+    (["trpo", "CartPole-v1", "--steps", "1536", "--set", "n_steps=256", "num_envs=2"], 700),
+    (["ppo", "Pendulum-v1", "--steps", "2048", "--set", "num_envs=2", "n_steps=128", "n_epochs=2", "batch_size=64",
+      "normalize_obs=true", "normalize_reward=true", "anneal_lr=true"], 900),
+    (["td3", "Pendulum-v1", "--steps", "500", "--set", "hidden=[16,16]", "learning_starts=100", "batch_size=16",
+      "n_envs=2", "vec_env=sync"], 260),
+    (["rainbow", "CartPole-v1", "--steps", "400", "--set", "hidden=[16,16]", "learning_starts=100", "batch_size=16",
+      "buffer_size=500"], 230),
+    (["expected_sarsa", "FrozenLake-v1", "--episodes", "400", "--set", "epsilon_schedule=linear",
+      "epsilon_decay_episodes=300"], 150),
+    (["ars", "Pendulum-v1", "--steps", "2400", "--set", "n_workers=2", "n_directions=2"], 700),
+], ids=["reinforce", "trpo", "ppo-normalised-annealed", "td3-vec-env", "rainbow", "expected_sarsa", "ars-workers"])
+def test_ctrl_c_then_resume_equals_the_uninterrupted_run(args, stop_at, tmp_path, monkeypatch):
+    """Ctrl-C at a known point (a step, or an episode for episode budgets), resume, compare."""
+    from classic_rl.logger import RunLogger
+
+    advance, count = RunLogger.advance, [0]
+
+    def ctrl_c_once(self, n=1):
+        advance(self, n)
+        count[0] += n
+        if count[0] >= stop_at and count[0] - n < stop_at:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(RunLogger, "advance", ctrl_c_once)
+    assert main(_train_cmd(args, tmp_path / "run", "--save-freq", "0")[3:]) == 130
+    monkeypatch.setattr(RunLogger, "advance", advance)
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["run"]["status"] == "interrupted" and state["num_timesteps"] > 0
+    assert main(["train", *args[:4], "--resume", str(tmp_path / "run"), "--quiet", "--eval-episodes", "3"]) == 0
+    assert main(_train_cmd(args, tmp_path / "full")[3:]) == 0
+    _assert_same_run(tmp_path / "run", tmp_path / "full")
