@@ -118,6 +118,7 @@ class RunLogger:
     def close(self) -> None:
         self._bar.close()
         if self._csv_file is not None:
+            self.flush()
             self._csv_file.close()
             self._csv_file = None
         if self._tb is not None:

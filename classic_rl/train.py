@@ -233,23 +233,24 @@ def train_run(
     checkpointer._schedule_after(agent.num_timesteps)
     stop: StopRequested | None = None
     try:
-        if run is None:
-            checkpointer.save(agent, "running")  # step 0: the folder says what it is and can be resumed
-        agent.run_hooks = checkpointer
-        if (left_steps or 0) > 0 or (left_episodes or 0) > 0:  # else only the final save was missing
-            agent.learn(total_steps=left_steps, episodes=left_episodes, logger=logger, continue_run=run is not None)
-    except StopRequested as request:  # raised at a safe point: the agent's state is whole
-        stop = request
+        try:
+            if run is None:
+                checkpointer.save(agent, "running")  # step 0: the folder says what it is and can be resumed
+            agent.run_hooks = checkpointer
+            if (left_steps or 0) > 0 or (left_episodes or 0) > 0:  # else only the final save was missing
+                agent.learn(total_steps=left_steps, episodes=left_episodes, logger=logger,
+                            continue_run=run is not None)
+        except StopRequested as request:  # raised at a safe point: the agent's state is whole
+            stop = request
+        finally:
+            agent.run_hooks = None
+            logger.close()
+        checkpointer.save(agent, "interrupted" if stop is not None else "complete")
     except TrainingDiverged as err:
-        last = checkpointer.last_step
         raise TrainingDiverged(
-            f"{err}; nothing after it was saved: the last good checkpoint (step {last}) is in {out}. "
-            f"Lower the learning rate or change the settings and start a new run"
+            f"{err}; nothing after it was saved: the last good checkpoint (step {checkpointer.last_step}) is in "
+            f"{out}. Lower the learning rate or change the settings and start a new run"
         ) from None
-    finally:
-        agent.run_hooks = None
-        logger.close()
-    checkpointer.save(agent, "interrupted" if stop is not None else "complete")
 
     mean, std = (float("nan"), float("nan"))
     if eval_episodes > 0 and stop is None:
