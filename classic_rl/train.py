@@ -202,6 +202,8 @@ def train_run(
             steps, episodes = run.get("target_steps"), run.get("target_episodes")
         reached = (steps is not None and steps <= agent.num_timesteps
                    or episodes is not None and episodes <= agent.num_episodes)
+        # A run that reached its budget (rollouts may overshoot it) but missed its final save is
+        # only finished; a finished one needs a larger budget to go on.
         if reached and run.get("status") == "complete":
             done = f"{agent.num_timesteps} steps" if steps is not None else f"{agent.num_episodes} episodes"
             raise UserError(f"--resume {out}: the run already reached {done}; ask for more with --steps/--episodes")
