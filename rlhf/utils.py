@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from classic_rl.safe_io import atomic_write_json, dumps_strict
+
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.yaml"
@@ -112,7 +114,7 @@ def to_plain(obj: Any) -> Any:
     if isinstance(obj, (list, tuple, set)):
         return [to_plain(v) for v in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
+        return None  # strict JSON: NaN/Infinity are not JSON numbers
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     return str(obj)
@@ -120,7 +122,8 @@ def to_plain(obj: Any) -> Any:
 
 # ----------------------------------------------------------------------------------------------- run directory
 def write_json(path: str | Path, data: dict[str, Any]) -> None:
-    Path(path).write_text(json.dumps(to_plain(data), indent=2, sort_keys=True) + "\n")
+    """Strict JSON (non-finite numbers as null), written atomically."""
+    atomic_write_json(path, to_plain(data), indent=2, sort_keys=True)
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -148,7 +151,7 @@ class JsonlMetricsCallback(TrainerCallback):
         row = {"step": state.global_step, "epoch": state.epoch, **logs}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:
-            f.write(json.dumps(to_plain(row)) + "\n")
+            f.write(dumps_strict(to_plain(row)) + "\n")
 
 
 def _partial_dir(output_dir: Path) -> Path:

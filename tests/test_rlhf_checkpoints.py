@@ -1,0 +1,54 @@
+"""The rlhf output folder rules: refuse a non-empty folder, atomic checkpoints, pruning only our own."""
+
+import pytest
+
+from classic_rl.safe_io import UserError
+from rlhf.checkpoints import (
+    checkpoint_writer,
+    latest_checkpoint,
+    prepare_output_dir,
+    prune_checkpoints,
+    resolve_resume_path,
+)
+
+
+def test_non_empty_output_dir_is_refused_unless_overwrite_or_resume(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="--overwrite_output_dir"):
+        prepare_output_dir(tmp_path)
+    assert prepare_output_dir(tmp_path, overwrite=True) == tmp_path.resolve()
+    assert prepare_output_dir(tmp_path, resume=True) == tmp_path.resolve()
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert prepare_output_dir(tmp_path / "new").is_dir()
+
+
+def test_failed_checkpoint_write_leaves_earlier_checkpoints(tmp_path):
+    with checkpoint_writer(tmp_path, 10) as ckpt:
+        (ckpt / "model.safetensors").write_text("ten")
+    with pytest.raises(RuntimeError), checkpoint_writer(tmp_path, 20) as ckpt:
+        (ckpt / "model.safetensors").write_text("half")
+        raise RuntimeError("killed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10"]
+    assert latest_checkpoint(tmp_path).name == "checkpoint-10"
+    assert resolve_resume_path("true", tmp_path) == tmp_path / "checkpoint-10"
+    assert resolve_resume_path(None, tmp_path) is None
+
+
+def test_pruning_deletes_only_this_runs_oldest_checkpoints(tmp_path):
+    earlier = tmp_path / "checkpoint-1"
+    earlier.mkdir()
+    written = []
+    for step in (2, 3, 4):
+        with checkpoint_writer(tmp_path, step) as ckpt:
+            (ckpt / "x").write_text(str(step))
+        written.append(tmp_path / f"checkpoint-{step}")
+    kept = prune_checkpoints(written, limit=2)
+    assert [p.name for p in kept] == ["checkpoint-3", "checkpoint-4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1", "checkpoint-3", "checkpoint-4"]
+
+
+def test_resume_from_missing_checkpoint_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="no checkpoint"):
+        resolve_resume_path("true", tmp_path)
+    with pytest.raises(UserError, match="no such checkpoint"):
+        resolve_resume_path(str(tmp_path / "checkpoint-9"), tmp_path)
