@@ -429,6 +429,7 @@ document.addEventListener("keydown", (event) => {
 PAGE_CSS = """
 .response textarea { font-size: 15px !important; }
 .picked { border: 2px solid var(--color-accent) !important; }
+#progress { text-align: right; font-size: 18px; }
 """
 
 
@@ -462,7 +463,7 @@ def create_page(queue: LabelQueue, slots: int) -> Any:
                                    elem_classes=["response", "picked"] if place else ["response"]))
             buttons.append(gr.update(
                 value=f"#{place}" if place else f"Pick {LETTERS[i]}  ({i + 1})",
-                variant="primary" if place else "secondary", interactive=place is None, visible=True,
+                variant="primary" if place else "secondary", interactive=True, visible=True,
             ))
         summary = "Your ranking, best first: " + (" > ".join(LETTERS[i] for i in order) if order else
                                                    "click the best response first (or press its number)")
@@ -479,10 +480,14 @@ def create_page(queue: LabelQueue, slots: int) -> Any:
         return [current, order, *view(current, order)]
 
     def on_pick(i: int, current: dict | None, order: list[int]) -> list[Any]:
-        if current and "id" in current and i < len(current["responses"]) and i not in order:
-            order = [*order, i]
-            if len(order) == len(current["responses"]) - 1:  # the last one is worst by elimination
-                order += [j for j in range(len(current["responses"])) if j not in order]
+        n = len(current["responses"]) if current and "id" in current else 0
+        if i < n:
+            if i in order:  # clicking a ranked response takes it, and those ranked after it, back out
+                order = order[: order.index(i)]
+            else:
+                order = [*order, i]
+                if len(order) == n - 1:  # the one left is the worst: no click needed
+                    order += [j for j in range(n) if j not in order]
             queue.renew(current["id"])
         return [current, order, *view(current, order)]
 
@@ -528,12 +533,12 @@ def create_page(queue: LabelQueue, slots: int) -> Any:
         with gr.Row():
             gr.Markdown("## Rank the responses, best first")
             progress = gr.Markdown(elem_id="progress")
-        prompt = gr.Textbox(label="Prompt", interactive=False, lines=2, elem_id="prompt")
+        prompt = gr.Textbox(label="Prompt", interactive=False, lines=1, max_lines=20, elem_id="prompt")
         texts, buttons = [], []
         with gr.Row(equal_height=True):
             for i in range(slots):
                 with gr.Column(min_width=180):
-                    texts.append(gr.Textbox(label=f"Response {LETTERS[i]}", interactive=False, lines=4,
+                    texts.append(gr.Textbox(label=f"Response {LETTERS[i]}", interactive=False, lines=3, max_lines=30,
                                             elem_id=f"response-{i}", elem_classes=["response"]))
                     buttons.append(gr.Button(f"Pick {LETTERS[i]}  ({i + 1})", elem_id=f"pick-{i}"))
         summary = gr.Markdown(elem_id="summary")
@@ -543,7 +548,8 @@ def create_page(queue: LabelQueue, slots: int) -> Any:
             skip = gr.Button("Skip (S)", elem_id="skip")
             submit = gr.Button("Submit ranking (Enter)", variant="primary", elem_id="submit")
         gr.Markdown("Click the responses from best to worst (or press 1-9); the last one is ranked worst by "
-                    "itself. Each ranking is saved to disk before the next prompt appears.")
+                    "itself. Click a ranked response to take it back. Each ranking is saved to disk before the "
+                    "next prompt appears.")
 
         state = [current, order]
         outputs = [*state, progress, prompt, *texts, *buttons, summary, submit, undo, reset, skip]

@@ -222,6 +222,10 @@ def test_page_handlers_rank_by_clicks(rlhf_tiny_model, prompts_file, tmp_path):
     current, order, *_ = pick[2](current, order)
     current, order, *view = pick[0](current, order)
     assert order == [2, 0, 1]  # the last response is ranked worst by elimination
+    current, order, *_ = pick[0](current, order)  # clicking a ranked one takes it and those after it back
+    assert order == [2]
+    current, order, *_ = pick[0](current, order)
+    assert order == [2, 0, 1]
     assert not out.exists()
     nxt, order, progress, *_ = fns["on_submit"](current, order, Request())
     r = current["responses"]
