@@ -32,6 +32,11 @@ from typing import Any
 
 from classic_rl.safe_io import UserError, dumps_strict
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; one `rlhf label` per file is then up to the user
+    fcntl = None
+
 INSTALL_HINT = 'rlhf label needs gradio: pip install -e ".[label]"'
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -76,17 +81,36 @@ def prompt_key(prompt: Any) -> str:
 
 
 class RankingFile:
-    """The JSONL file the rankings are appended to: read once at start, then append-only, each line fsync'ed."""
+    """The JSONL file the rankings are appended to: read once at start, then append-only, each line fsync'ed.
+
+    The file stays open and locked (flock) while the command runs, so a second `rlhf label` on the same
+    file stops with a clear error instead of serving the same prompts again. `close()` releases it.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path).expanduser()
         self._lock = threading.Lock()
         self._needs_newline = False
         self.ranked_keys: set[str] = set()
-        if self.path.is_dir():
-            raise UserError(f"--output_file {self.path} is a folder; give a .jsonl file path")
-        if self.path.exists():
-            self._read_existing()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = open(self.path, "a", encoding="utf-8")
+        except OSError as err:
+            raise UserError(f"--output_file {self.path} cannot be opened for writing: {err.strerror}") from err
+        if fcntl is not None:
+            try:
+                fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                self._handle.close()
+                raise UserError(
+                    f"--output_file {self.path} is in use by another `rlhf label`; stop that one or choose "
+                    "another file"
+                ) from err
+        try:
+            self._read_existing()  # after taking the lock: nobody else appends from here on
+        except UserError:
+            self._handle.close()
+            raise
 
     def _read_existing(self) -> None:
         text = self.path.read_text(encoding="utf-8")
@@ -111,15 +135,23 @@ class RankingFile:
         """Append one ranking and make it durable (flush + fsync) before returning."""
         line = dumps_strict({"prompt": prompt, "responses": responses_best_first}, ensure_ascii=False) + "\n"
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as f:
-                if self._needs_newline:  # a hand-edited file without a final newline: keep its last line whole
-                    line = "\n" + line
-                f.write(line)
-                f.flush()
-                os.fsync(f.fileno())
+            if self._handle.closed:
+                raise RuntimeError(f"{self.path} is closed")
+            if self._needs_newline:  # a hand-edited file without a final newline: keep its last line whole
+                line = "\n" + line
+            try:
+                self._handle.write(line)
+                self._handle.flush()
+                os.fsync(self._handle.fileno())
+            except OSError:
+                self._needs_newline = True  # a partial line may be on disk: the next one starts on its own line
+                raise
             self._needs_newline = False
             self.ranked_keys.add(prompt_key(prompt))
+
+    def close(self) -> None:
+        with self._lock:
+            self._handle.close()  # also releases the lock
 
 
 # ----------------------------------------------------------------------------------------------- the queue
@@ -361,6 +393,16 @@ def model_responder(args: LabelArguments) -> Responder:
 
 
 # ----------------------------------------------------------------------------------------------- web
+def import_gradio() -> Any:
+    """gradio (the optional `label` extra), with its usage analytics off: a local labelling page calls nobody."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        import gradio
+    except ImportError as err:
+        raise UserError(INSTALL_HINT) from err
+    return gradio
+
+
 def create_api(queue: LabelQueue) -> Any:
     """The FastAPI app with the JSON routes (the page is mounted on it by `create_app`)."""
     from fastapi import Body, FastAPI
@@ -435,7 +477,7 @@ PAGE_CSS = """
 
 def create_page(queue: LabelQueue, slots: int) -> Any:
     """The gradio page: the prompt, up to `slots` responses with a pick button each, undo/reset/skip/submit."""
-    import gradio as gr
+    gr = import_gradio()
 
     def view(current: dict | None, order: list[int]) -> list[Any]:
         """Every component's update for the state (current item, picks so far)."""
@@ -566,7 +608,7 @@ def create_page(queue: LabelQueue, slots: int) -> Any:
 
 def create_app(queue: LabelQueue, slots: int) -> Any:
     """The whole server: the JSON API with the page mounted at /."""
-    import gradio as gr
+    gr = import_gradio()
 
     app = create_api(queue)
     page = create_page(queue, slots)
@@ -574,16 +616,17 @@ def create_app(queue: LabelQueue, slots: int) -> Any:
 
 
 def build(args: LabelArguments) -> tuple[LabelQueue, int]:
-    """Check the flags, read the output file and the prompts, load the model if responses must be sampled."""
+    """Check the flags, read the prompts, load the model if responses must be sampled, open the output file."""
     if not args.output_file:
         raise UserError("--output_file is required: the .jsonl file the rankings are appended to")
+    if Path(args.output_file).expanduser().is_dir():
+        raise UserError(f"--output_file {args.output_file} is a folder; give a .jsonl file path")
     if args.num_responses < 2:
         raise UserError(f"--num_responses {args.num_responses}: a ranking needs at least 2 responses")
     if args.num_responses > len(LETTERS):
         raise UserError(f"--num_responses {args.num_responses}: at most {len(LETTERS)} responses fit on the page")
     if args.lease_timeout <= 0:
         raise UserError(f"--lease_timeout {args.lease_timeout}: must be positive (seconds)")
-    ranking_file = RankingFile(args.output_file)
     prompts, given = load_prompts(args)
     if given is not None:
         slots = max(len(r) for r in given)
@@ -601,7 +644,8 @@ def build(args: LabelArguments) -> tuple[LabelQueue, int]:
             )
         slots = args.num_responses
         respond = model_responder(args)
-    queue = LabelQueue(prompts, ranking_file, respond, args.lease_timeout, given)
+    # Opened last (it is created if missing), so a bad dataset or model leaves no empty file behind.
+    queue = LabelQueue(prompts, RankingFile(args.output_file), respond, args.lease_timeout, given)
     return queue, slots
 
 
@@ -616,10 +660,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from rlhf.utils import parse_args
 
     (args,) = parse_args([LabelArguments], argv, description=__doc__.split("\n\n")[0])
-    try:
-        import gradio  # noqa: F401
-    except ImportError as err:
-        raise UserError(INSTALL_HINT) from err
+    import_gradio()
     queue, slots = build(args)
     app, page = create_app(queue, slots)
     server = serve(app, args.host, args.port)
@@ -644,5 +685,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"rlhf label: public share link (anyone with it can rank): {url}", file=sys.stderr)
 
     threading.Thread(target=announce, daemon=True).start()
-    server.run()
+    try:
+        server.run()
+    finally:
+        queue.file.close()
     return queue.progress()

@@ -11,13 +11,11 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx  # installed with gradio: the `label` extra, also in `dev`
 import pytest
 
-pytest.importorskip("gradio", reason='rlhf label needs the `label` extra: pip install -e ".[label]"')
-import httpx  # noqa: E402  (installed with gradio)
-
-from classic_rl.safe_io import UserError  # noqa: E402
-from rlhf.label import LabelArguments, build, create_app, serve  # noqa: E402
+from classic_rl.safe_io import UserError
+from rlhf.label import LabelArguments, build, create_app, serve
 
 pytest_plugins = [f"{__package__}.rlhf_fixtures" if __package__ else "rlhf_fixtures"]
 pytest.register_assert_rewrite(pytest_plugins[0])
@@ -60,6 +58,7 @@ def running(args: LabelArguments):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+        queue.file.close()
 
 
 def lines(path: Path) -> list[dict]:
@@ -95,7 +94,7 @@ def test_an_order_that_is_not_a_permutation_is_refused_and_nothing_is_written(
         for body in ({"id": "nope", "order": [0, 1, 2]}, {"id": "99-abc", "order": [0, 1, 2]}, {"order": [0, 1, 2]}):
             refused = client.post("/api/rank", json=body)
             assert refused.status_code == 400 and refused.json()["error"]
-        assert not out.exists() and queue.progress()["ranked"] == 0
+        assert out.read_text() == "" and queue.progress()["ranked"] == 0
         # the refused answers did not lose the lease: the right order still lands
         assert client.post("/api/rank", json={"id": item["id"], "order": [1, 2, 0]}).status_code == 200
         assert len(lines(out)) == 1
@@ -135,7 +134,7 @@ def test_an_expired_lease_goes_to_the_next_tab_and_the_old_id_is_refused(rlhf_ti
         assert again["responses"] == first["responses"]  # sampled once, shown the same to the next tab
         stale = client.post("/api/rank", json={"id": first["id"], "order": [0, 1, 2]})
         assert stale.status_code == 409 and "another tab" in stale.json()["error"]
-        assert not out.exists()
+        assert out.read_text() == ""
 
 
 def test_restart_continues_skips_and_finishes(rlhf_tiny_model, prompts_file, tmp_path):
@@ -148,6 +147,8 @@ def test_restart_continues_skips_and_finishes(rlhf_tiny_model, prompts_file, tmp
         left_open = client.get("/api/next").json()  # leased, never answered: served again after a restart
     assert [row["prompt"] for row in lines(out)] == PROMPTS[:2]
     with running(args) as (client, _):
+        with pytest.raises(UserError, match="in use by another `rlhf label`"):
+            build(args)  # a second server on the same file would serve the same prompts again
         item = client.get("/api/next").json()
         assert item["prompt"] == left_open["prompt"] == PROMPTS[2]
         assert item["progress"]["ranked"] == 2
@@ -189,6 +190,7 @@ def test_bad_input_is_one_clear_error(rlhf_tiny_model, prompts_file, tmp_path):
     assert broken.read_text().endswith('"respon')  # the user's file is left as it was
     with pytest.raises(UserError, match="--model_name_or_path is required"):
         build(label_args(None, prompts_file, tmp_path / "r.jsonl"))
+    assert not (tmp_path / "r.jsonl").exists()  # a refused start leaves no empty rankings file behind
     with pytest.raises(UserError, match="--num_responses 1"):
         build(label_args(rlhf_tiny_model, prompts_file, tmp_path / "r.jsonl", num_responses=1))
     assert LabelArguments().host == "127.0.0.1" and LabelArguments().share is False
@@ -226,11 +228,12 @@ def test_page_handlers_rank_by_clicks(rlhf_tiny_model, prompts_file, tmp_path):
     assert order == [2]
     current, order, *_ = pick[0](current, order)
     assert order == [2, 0, 1]
-    assert not out.exists()
+    assert out.read_text() == ""
     nxt, order, progress, *_ = fns["on_submit"](current, order, Request())
     r = current["responses"]
     assert lines(out) == [{"prompt": PROMPTS[0], "responses": [r[2], r[0], r[1]]}]
     assert progress == "**1 / 6** ranked" and nxt["prompt"] == PROMPTS[1] and order == []
+    queue.file.close()
 
 
 def test_rankings_train_the_reward_model(rlhf_tiny_model, prompts_file, tmp_path):
