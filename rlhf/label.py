@@ -206,6 +206,45 @@ class LabelQueue:
             self.items.append(Item(row, prompt, list(given_responses[row]) if given_responses is not None else None))
         self.duplicates = len(prompts) - len(self.items)
         self.skipped: set[int] = set()
+        self._wake = threading.Event()
+        self._prefetcher: threading.Thread | None = None
+        self._closed = False
+
+    # -- sampling ahead, so the person does not wait for the model after each ranking
+    def start_prefetch(self, ahead: int = 2) -> None:
+        """Keep the responses of the next `ahead` free prompts sampled, in a background thread."""
+        if self._prefetcher is None:
+            self._prefetcher = threading.Thread(target=self._prefetch_loop, args=(ahead,), daemon=True,
+                                                name="rlhf-label-prefetch")
+            self._prefetcher.start()
+            self._wake.set()
+
+    def close(self) -> None:
+        """Stop sampling ahead (waits for a sampling in progress) and close the rankings file."""
+        self._closed = True
+        self._wake.set()
+        if self._prefetcher is not None:
+            self._prefetcher.join()
+        self.file.close()
+
+    def _prefetch_loop(self, ahead: int) -> None:
+        while not self._closed:
+            self._wake.wait()
+            self._wake.clear()
+            while not self._closed:
+                with self._lock:
+                    now = self.clock()
+                    free = [it for it in self.items if self._is_open(it) and not (it.token and it.expires > now)]
+                    todo = next((it for it in free[:ahead] if it.responses is None), None)
+                if todo is None:
+                    break
+                try:
+                    with self._respond_lock:
+                        if todo.responses is None:
+                            todo.responses = self.respond(todo)
+                except Exception as err:  # `next` samples it again and reports the error to the page
+                    print(f"rlhf label: warning: sampling ahead failed: {err}", file=sys.stderr)
+                    break
 
     # -- state, under self._lock
     def _is_ranked(self, item: Item) -> bool:
@@ -268,14 +307,15 @@ class LabelQueue:
         token = item.token
         if item.responses is None:
             try:
-                with self._respond_lock:
-                    responses = item.responses if item.responses is not None else self.respond(item)
+                with self._respond_lock:  # the prefetcher may be sampling this very prompt: wait for it
+                    if item.responses is None:
+                        item.responses = self.respond(item)
             except Exception:
                 with self._lock:
                     if item.token == token:
                         item.token, item.owner = None, None
                 raise
-            item.responses = responses
+        self._wake.set()
         return {"id": f"{item.row}-{token}", "prompt": item.prompt, "responses": list(item.responses),
                 "progress": self.progress()}
 
@@ -296,6 +336,7 @@ class LabelQueue:
                 )
             self.file.append(item.prompt, [item.responses[i] for i in order])
             item.token, item.owner = None, None
+        self._wake.set()
         return {"ok": True, "progress": self.progress()}
 
     def skip(self, item_id: Any) -> dict[str, Any]:
@@ -304,6 +345,7 @@ class LabelQueue:
             item = self._find(item_id)
             self.skipped.add(item.row)
             item.token, item.owner = None, None
+        self._wake.set()
         return {"ok": True, "progress": self.progress()}
 
     def renew(self, item_id: Any) -> None:
@@ -662,6 +704,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     (args,) = parse_args([LabelArguments], argv, description=__doc__.split("\n\n")[0])
     import_gradio()
     queue, slots = build(args)
+    queue.start_prefetch()
     app, page = create_app(queue, slots)
     server = serve(app, args.host, args.port)
     progress = queue.progress()
@@ -688,5 +731,5 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         server.run()
     finally:
-        queue.file.close()
+        queue.close()
     return queue.progress()

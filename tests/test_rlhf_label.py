@@ -58,7 +58,7 @@ def running(args: LabelArguments):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
-        queue.file.close()
+        queue.close()
 
 
 def lines(path: Path) -> list[dict]:
@@ -233,7 +233,25 @@ def test_page_handlers_rank_by_clicks(rlhf_tiny_model, prompts_file, tmp_path):
     r = current["responses"]
     assert lines(out) == [{"prompt": PROMPTS[0], "responses": [r[2], r[0], r[1]]}]
     assert progress == "**1 / 6** ranked" and nxt["prompt"] == PROMPTS[1] and order == []
-    queue.file.close()
+    queue.close()
+
+
+def test_the_next_prompts_are_sampled_ahead_with_the_same_responses(rlhf_tiny_model, prompts_file, tmp_path):
+    args = label_args(rlhf_tiny_model, prompts_file, tmp_path / "r.jsonl")
+    queue, _ = build(args)
+    queue.start_prefetch(ahead=2)
+    deadline = time.monotonic() + 60
+    while not (queue.items[0].responses and queue.items[1].responses):
+        assert time.monotonic() < deadline, "the first two prompts were not sampled ahead"
+        time.sleep(0.05)
+    ahead = [list(item.responses) for item in queue.items[:2]]
+    assert queue.items[2].responses is None  # only `ahead` prompts are sampled early
+    first = queue.next()
+    assert first["responses"] == ahead[0]
+    queue.close()
+    fresh, _ = build(args)  # the same seed samples the same responses, ahead of time or not
+    assert [fresh.next()["responses"], fresh.next()["responses"]] == ahead
+    fresh.close()
 
 
 def test_rankings_train_the_reward_model(rlhf_tiny_model, prompts_file, tmp_path):
