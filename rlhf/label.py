@@ -323,7 +323,9 @@ class LabelQueue:
         """Record the ranking `order` (indices into the item's responses, best first): appended and fsync'ed."""
         with self._lock:
             item = self._find(item_id)
-            n = len(item.responses or [])
+            if not item.responses:  # ids are handed out only with responses; this one was made up
+                raise LabelError(f"id {item_id!r}: its responses are not sampled yet; fetch /api/next")
+            n = len(item.responses)
             valid = (
                 isinstance(order, list)
                 and all(isinstance(i, int) and not isinstance(i, bool) for i in order)
@@ -724,7 +726,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.share:
             from gradio import networking
 
-            url = networking.setup_tunnel(url_host, port, page.share_token, None, None)
+            try:
+                url = networking.setup_tunnel(url_host, port, page.share_token, None, None)
+            except Exception as err:  # no network, or the share service is down: the local page still works
+                print(f"rlhf label: warning: no share link ({err}); the page is still at http://{url_host}:{port}/",
+                      file=sys.stderr)
+                return
             print(f"rlhf label: public share link (anyone with it can rank): {url}", file=sys.stderr)
 
     threading.Thread(target=announce, daemon=True).start()
@@ -732,4 +739,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         server.run()
     finally:
         queue.close()
-    return queue.progress()
+    progress = queue.progress()
+    print(f"rlhf label: {progress['ranked']} / {progress['total']} prompts ranked, saved in {queue.file.path}; "
+          f"next: rlhf reward --dataset_name {queue.file.path} ...", file=sys.stderr)
+    return progress
