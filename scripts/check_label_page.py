@@ -2,7 +2,8 @@
 
 Starts `rlhf label` on a free port of 127.0.0.1 (on a tiny model fine-tuned for a few seconds on the shipped
 task, unless --model_name_or_path is given), opens the page in headless Chromium, ranks one prompt with
-clicks and one key press, submits it, skips the next one with the S key, and checks the rankings file.
+clicks and one key press (Backspace undoes one pick on the way), submits it with Enter, skips the next one
+with the S key, and checks the rankings file.
 
 Needs Debian's chromium and chromium-driver (`apt-get install -y chromium chromium-driver`) and
 `pip install selenium` (not a dependency of the package: this check is run by hand, not in CI).
@@ -28,7 +29,7 @@ DATA = REPO / "rlhf" / "data"
 CHROME_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--window-size=1280,900",
+    "--window-size=1280,640",
 ]
 
 
@@ -116,6 +117,10 @@ def main() -> int:
         print(f"prompt: {prompt!r}\nresponses: {shown}")
         button("pick-1").click()  # B best
         wait_for(lambda: "#1" in button("pick-1").text, 10, "B marked #1")
+        button("pick-2").click()  # C second ... then taken back with Backspace
+        wait_for(lambda: "#2" in button("pick-2").text, 10, "C marked #2")
+        driver.find_element(By.TAG_NAME, "body").send_keys(Keys.BACKSPACE)
+        wait_for(lambda: "Pick C" in button("pick-2").text, 10, "C unpicked by Backspace")
         button("pick-0").click()  # then A
         wait_for(lambda: "#2" in button("pick-0").text, 10, "A marked #2")
         driver.find_element(By.TAG_NAME, "body").send_keys("4")  # then D by its key; C is last by elimination
@@ -124,7 +129,7 @@ def main() -> int:
         Path(args.screenshot).parent.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(args.screenshot)
         print(f"screenshot: {args.screenshot}")
-        button("submit").click()
+        driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ENTER)  # submit by its key
         wait_for(lambda: "1 / 12" in text_of("progress"), 30, "progress 1 / 12 after submitting")
         rows = [json.loads(line) for line in rankings.read_text().splitlines()]
         assert rows == [{"prompt": prompt, "responses": [shown[1], shown[0], shown[3], shown[2]]}], rows
@@ -133,8 +138,7 @@ def main() -> int:
         driver.find_element(By.TAG_NAME, "body").send_keys("s")
         wait_for(lambda: "1 skipped" in text_of("progress"), 30, "the skip (S key)")
         assert len(rankings.read_text().splitlines()) == 1, "a skip must write nothing"
-        driver.find_element(By.TAG_NAME, "body").send_keys(Keys.BACKSPACE)  # nothing to undo: harmless
-        print("page check passed: ranked one prompt by clicks and a key, skipped one with S")
+        print("page check passed: ranked one prompt by clicks and keys (4, Backspace, Enter), skipped one with S")
         return 0
     finally:
         if driver is not None:
