@@ -1,6 +1,6 @@
 """classic_rl: the course's reinforcement-learning algorithms, tabular to deep, on gymnasium.
 
-Python API (see INTERFACE in the README)::
+Python API (the README's "Quick start" shows it with the command line)::
 
     import classic_rl
     agent = classic_rl.make("ppo", env="CartPole-v1", seed=0)

@@ -1,6 +1,6 @@
 """One training entry point for every algorithm: builds the agent, trains, writes the run directory.
 
-A run directory (INTERFACE.md) holds ``config.yaml`` (every resolved setting), ``episodes.csv``,
+A run directory (described in the README, "Quick start") holds ``config.yaml`` (every resolved setting), ``episodes.csv``,
 ``summary.json``, the saved agent (``model.safetensors`` ...) and TensorBoard files in ``tb/``.
 
 Everything is validated before the directory is created. During training the whole training
