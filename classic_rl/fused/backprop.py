@@ -2,8 +2,8 @@
 
 :class:`DenseStack` is the forward and backward pass of one MLP (Linear layers, ReLU or tanh
 between them); :class:`MLPQRegression` is DQN's loss on top of it, and
-:mod:`classic_rl.agents.continuous_backprop` the continuous-control critics' and actors'. DQN's regression ``loss = mean_i l(Q(s_i, a_i) - y_i)`` (``l`` Huber or squared error) on an
-MLP ``h_0 = s``, ``h_k = f(W_k h_{k-1} + b_k)``, ``Q = W_L h_{L-1} + b_L`` has the textbook
+:mod:`classic_rl.fused.critics` the continuous-control critics' and actors'. DQN's regression
+``loss = mean_i l(Q(s_i, a_i) - y_i)`` (``l`` Huber or squared error) on an MLP ``h_0 = s``, ``h_k = f(W_k h_{k-1} + b_k)``, ``Q = W_L h_{L-1} + b_L`` has the textbook
 gradient, computed here layer by layer from the output back::
 
     delta_L[i, a] = l'(Q(s_i, a_i) - y_i) / B   if a = a_i, else 0     (only the taken action)
