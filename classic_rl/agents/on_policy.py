@@ -38,7 +38,7 @@ from classic_rl.agents.base import Agent
 from classic_rl.core.advantages import gae
 from classic_rl.env_utils import VEC_ENV_KINDS, EpisodeRecorder, make_vector_env
 from classic_rl.logger import RunLogger
-from classic_rl.nets import clip_grad_norm_flat, flat_parameters
+from classic_rl.nets import clip_grad_norm_flat, flat_parameters, zero_flat_grad_
 from classic_rl.optim import FlatAdam
 from classic_rl.policies import ActorCritic, PolicyConfig, obs_to_numpy, obs_to_tensor
 
@@ -474,7 +474,7 @@ class OnPolicyAgent(Agent):
     def zero_grad(self) -> None:
         """Clear the policy's gradients before a backward pass (in place when they are flat)."""
         if self.flat_params is not None:
-            self.flat_params.grad.zero_()
+            zero_flat_grad_(self.flat_params)  # also re-attaches grads a module.zero_grad() cut loose
         else:
             self.policy.zero_grad(set_to_none=True)
 
