@@ -2,7 +2,7 @@
 
 Also :func:`flat_parameters`, which re-homes a module's parameters in one contiguous tensor so
 that Adam, gradient clipping and target-network updates cost one tensor op each instead of one
-per layer (on a CPU with small networks that per-tensor overhead dominates the update).
+per layer (on a CPU with small networks that per-tensor overhead is a large share of the update).
 """
 
 from __future__ import annotations

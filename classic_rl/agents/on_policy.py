@@ -439,7 +439,7 @@ class OnPolicyAgent(Agent):
     use_flat_parameters: ClassVar[bool] = False
     """Keep the policy's parameters (and gradients) in one flat tensor (``classic_rl.nets.flat_parameters``):
     the optimizer step, gradient clipping and zeroing are then one op each instead of one per
-    weight tensor -- on a 64x64 network that per-tensor overhead is ~20% of a gradient step. The
+    weight tensor -- on a 64x64 network that per-tensor overhead is a visible share of a gradient step. The
     arithmetic is the same (Adam and RMSprop are elementwise; every parameter gets a gradient)."""
 
     def setup(self) -> None:

@@ -122,7 +122,7 @@ class PPO(OnPolicyAgent):
         num_minibatches = max(1, n // cfg.batch_size)
         mb_size = n // num_minibatches
         masked = not bool(batch["mask"].all())
-        with_entropy = cfg.ent_coef != 0.0  # else skip it: ~10% of a minibatch step for nothing
+        with_entropy = cfg.ent_coef != 0.0  # else skip it: a measurable share of a minibatch step for nothing
         pieces: dict[str, list[Tensor]] = {k: [] for k in ("log_ratio", "advantages", "mask", "policy", "value", "entropy", "val_clipfrac")}
         epochs_run = 0
         for _epoch in range(settings.num_epochs):

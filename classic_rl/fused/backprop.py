@@ -13,7 +13,7 @@ gradient, computed here layer by layer from the output back::
 
 Why by hand: on a CPU with a 256x256 network and one update per environment step (DQN on
 Acrobot), autograd's graph building and bookkeeping, fresh allocations for every activation and
-one badly shaped weight-gradient product cost as much as the matrix products themselves. Here
+one badly shaped weight-gradient product are a large share of the update's time. Here
 the activations live in buffers reused across updates, the gradients are written straight into
 the network's (flat) ``.grad`` tensors, and each product takes its fastest layout. The result
 equals autograd's up to float rounding (tested); anything this does not cover (CNN bodies,

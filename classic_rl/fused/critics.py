@@ -4,7 +4,7 @@ What autograd would do for these losses, done with :class:`~classic_rl.fused.bac
 (hand-written backprop for one ReLU MLP), for the reasons its module gives: on a CPU with
 batch 256 and [400, 300] layers, graph bookkeeping, fresh activations, the ``expand`` + ``sum``
 of the twin critics' shared input and gradients nobody needs (the critic's weight gradients in
-the actor's loss) cost almost as much as the matrix products. The gradients (tested against
+the actor's loss) are a large share of the update's time. The gradients (tested against
 autograd: equal up to float rounding)::
 
     critic loss  L = mean_i w_i sum_k (Q_k(s_i, a_i) - y_i)^2     (w_i = 1 without prioritized replay)
