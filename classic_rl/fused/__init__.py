@@ -15,8 +15,9 @@ The switch is the config field ``update_backend`` (``fused`` or ``autograd``), r
 the agent is built (:func:`select_update`); update bodies never test it. ``fused`` takes the
 hand-written gradient where one exists (plain-MLP DQN heads with uniform replay; DDPG, TD3, SAC)
 and FlatAdam everywhere; ``autograd`` runs the autograd definition with ``torch.optim.Adam``.
-Both give the same numbers up to float rounding (``tests/test_fused_updates.py``); the default is
-chosen from the measurement in ``docs/benchmarks.md`` ("Update backends").
+Both give the same numbers up to float rounding (``tests/test_fused_dqn_update.py``,
+``tests/test_fused_continuous_update.py``); the default is chosen from the measurement in
+``docs/benchmarks.md`` ("Update backends: fused or autograd").
 """
 
 from __future__ import annotations

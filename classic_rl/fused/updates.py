@@ -4,7 +4,7 @@ Each class is built by the agent when ``update_backend`` is ``fused`` (:func:`cl
 and called where the autograd update would be, with the same arguments; it reads and writes the
 agent's own networks, optimizers and counters, so checkpoints and resume do not depend on the
 backend. The math is the autograd update's, in the agent's module docstring; the tests in
-``tests/test_fused_updates.py`` hold the two equal up to float rounding on the same minibatch.
+``tests/test_fused_*_update.py`` hold the two equal up to float rounding on the same minibatch.
 """
 
 from __future__ import annotations
