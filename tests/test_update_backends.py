@@ -72,3 +72,15 @@ def test_zero_flat_grad_relinks_views_and_refuses_moved_parameters():
     net.double()
     with pytest.raises(RuntimeError, match="left its flat_parameters buffer"):
         zero_flat_grad_(flat)
+
+
+def test_ppo_backends_use_their_optimizer_and_train_bit_for_bit_alike():
+    agents = []
+    for backend in ("fused", "autograd"):
+        agent = classic_rl.make("ppo", "CartPole-v1", seed=0, num_envs=2, n_steps=16, batch_size=16, n_epochs=2,
+                                update_backend=backend)
+        assert (type(agent.optimizers()["optimizer"]) is FlatAdam) == (backend == "fused")
+        agent.learn(total_steps=64, progress=False)
+        agents.append(agent)
+    for p, q in zip(agents[0].policy.parameters(), agents[1].policy.parameters()):
+        assert torch.equal(p, q)  # FlatAdam is torch's fused Adam kernel without the bookkeeping
