@@ -17,15 +17,22 @@
   rank's batch has finished, so all ranks run the same number of forwards (trlX #373).
 - :func:`check_deepspeed_settings` -- DeepSpeed's own gradient accumulation and clipping must match
   the trainer's flags (DeepSpeed, not accelerate, applies them).
+- :func:`make_accelerator` -- the one place an ``Accelerator`` is built. Launched with a DeepSpeed or
+  FSDP config (``accelerate launch --config_file ...``) on a machine without a GPU it still shards:
+  DeepSpeed runs on its CPU accelerator (``DS_ACCELERATOR=cpu``, gloo), and FSDP2 -- which accelerate
+  only applies on GPUs -- is switched on in accelerate's state so that ``accelerator.prepare`` runs the
+  same ``fully_shard`` wrapping as on GPUs (also called by ``rlhf sft`` / ``rlhf reward`` before TRL builds its own
+  Accelerator).
 
 Without a distributed backend (one process, or DDP) every helper reduces to the plain operation, so
 the same code runs on a laptop CPU. The DeepSpeed and FSDP branches follow TRL 1.16's
-``trl.models.utils`` and ``trl.distributed``; they need GPUs and were not run on this project's CPU
-machine (see docs/scaling.md).
+``trl.models.utils`` and ``trl.distributed``; tests/test_rlhf_sharded*.py run them on 2 CPU processes
+(ZeRO-2, ZeRO-3, FSDP2), see docs/scaling.md.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -37,9 +44,14 @@ __all__ = [
     "all_processes_finished",
     "all_reduce_sum",
     "check_deepspeed_settings",
+    "configure_deepspeed_batch",
+    "describe_distribution",
+    "make_accelerator",
+    "requested_sharding",
     "is_deepspeed_zero3",
     "fsdp_version",
     "masked_whiten_across_processes",
+    "models_loaded_whole",
     "needs_synchronised_generation",
     "prepare_frozen_model",
     "unwrap_for_generation",
@@ -211,3 +223,157 @@ def check_deepspeed_settings(accelerator: Any, gradient_accumulation_steps: int,
             f"does the clipping, so set gradient_clipping to {want} (or 'auto') in the deepspeed_config, or pass "
             f"--max_grad_norm {clip}"
         )
+
+
+# ----------------------------------------------------------------------------- building the Accelerator
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")
+
+
+def requested_sharding() -> str | None:
+    """``"deepspeed"`` or ``"fsdp"`` when ``accelerate launch`` was given such a config (it exports
+    ``ACCELERATE_USE_DEEPSPEED`` / ``ACCELERATE_USE_FSDP`` to the workers), else None."""
+    if _env_flag("ACCELERATE_USE_DEEPSPEED"):
+        return "deepspeed"
+    if _env_flag("ACCELERATE_USE_FSDP"):
+        return "fsdp"
+    return None
+
+
+def _cpu_only() -> bool:
+    return not torch.cuda.is_available() or _env_flag("ACCELERATE_USE_CPU")
+
+
+def _cpu_backend(cpu: bool) -> tuple[bool, bool]:
+    """``(cpu flag for the Accelerator, whether FSDP must be switched on by hand)`` for this launch.
+
+    - DeepSpeed on a machine without a GPU: ``DS_ACCELERATOR=cpu`` (DeepSpeed's CPU accelerator, gloo)
+      and ``cpu=False`` -- accelerate drops DeepSpeed silently whenever the CPU is forced.
+    - FSDP on a machine without a GPU: accelerate 1.15 only enables its FSDP plugin for GPU-like
+      devices, so the Accelerator is built on the CPU (gloo) and its process-wide state is then switched
+      to FSDP with the plugin the launcher described (:func:`make_accelerator`).
+    """
+    sharding = requested_sharding()
+    if sharding is None or not _cpu_only():
+        return cpu, False
+    if sharding == "deepspeed":
+        if torch.cuda.is_available():
+            raise ValueError(
+                "DeepSpeed was launched with ACCELERATE_USE_CPU=true on a machine with GPUs; unset "
+                "ACCELERATE_USE_CPU to train on the GPUs, or hide them (CUDA_VISIBLE_DEVICES=) to use the CPU"
+            )
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        from accelerate.state import PartialState
+
+        # Without a GPU accelerate finds no backend and would count ONE process (while DeepSpeed's own
+        # group has them all): name gloo, so that process_index / num_processes are the real ones.
+        PartialState(cpu=False, backend="gloo")
+        return False, False
+    return True, True
+
+
+def _switch_to_fsdp(accelerator: Any) -> None:
+    """Make accelerate's process-wide state FSDP (plugin from the launcher's FSDP_* variables), so that
+    ``prepare`` runs accelerate's own FSDP2 wrapping (``fully_shard`` per transformer block) on the CPU,
+    the code that runs on GPUs. Every Accelerator built later in this process (TRL's Trainer builds its
+    own) shares the state."""
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if accelerator.num_processes < 2:
+        return  # nothing to shard over: plain one-process training
+    plugin = getattr(accelerator.state, "fsdp_plugin", None) or FullyShardedDataParallelPlugin()
+    if plugin.fsdp_version != 2:
+        raise ValueError("FSDP on the CPU needs fsdp_version: 2 in the accelerate config (FSDP1 needs GPUs)")
+    if accelerator.state.mixed_precision != "no":
+        plugin.set_mixed_precision(accelerator.state.mixed_precision)
+    for shared in (PartialState._shared_state, AcceleratorState._shared_state):
+        shared["distributed_type"] = DistributedType.FSDP
+    AcceleratorState._shared_state["fsdp_plugin"] = plugin
+
+
+def make_accelerator(cpu: bool, precision: str) -> Any:
+    """The one place an ``Accelerator`` is built: this run's precision (``"bf16"``, ``"fp16"`` or
+    ``"fp32"``), even if an earlier step in the same process (the pipeline's SFT or reward training)
+    initialised accelerate's process-wide state with another one. Launched with a DeepSpeed or FSDP
+    config on a machine without a GPU it still shards (DeepSpeed's CPU accelerator; FSDP2 switched on by
+    hand, see ``_cpu_backend``). ``rlhf sft`` / ``rlhf reward`` call it before TRL builds its own
+    Accelerator, which then shares this state."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    cpu, fsdp_by_hand = _cpu_backend(cpu)
+    mixed_precision = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[precision]
+    try:
+        accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+    except ValueError as err:
+        if "already been initialized" not in str(err):
+            raise
+        AcceleratorState._reset_state()  # keeps the distributed set-up (PartialState), resets precision
+        accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+    if fsdp_by_hand:
+        _switch_to_fsdp(accelerator)
+    return accelerator
+
+
+def configure_deepspeed_batch(accelerator: Any, micro_batch_size: int, gradient_accumulation_steps: int) -> None:
+    """Give DeepSpeed the batch sizes it insists on when ``prepare`` sees no dataloader (TRL's PPOTrainer
+    did the same): ``train_micro_batch_size_per_gpu`` and a consistent ``train_batch_size``. No-op
+    without DeepSpeed."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return
+    config = plugin.deepspeed_config
+    config["train_micro_batch_size_per_gpu"] = micro_batch_size
+    if config.get("gradient_accumulation_steps", "auto") == "auto":
+        config["gradient_accumulation_steps"] = gradient_accumulation_steps
+    config["train_batch_size"] = micro_batch_size * int(config["gradient_accumulation_steps"]) * accelerator.num_processes
+
+
+def describe_distribution(accelerator: Any) -> dict[str, Any]:
+    """What summary.json records about the process layout: accelerate's ``distributed_type`` name (NO,
+    MULTI_GPU, MULTI_CPU, DEEPSPEED, FSDP), ``zero_stage`` under DeepSpeed, ``fsdp_version`` under FSDP,
+    and ``world_size``."""
+    distributed_type = accelerator.distributed_type
+    out: dict[str, Any] = {
+        "distributed_type": getattr(distributed_type, "value", str(distributed_type)),
+        "world_size": accelerator.num_processes,
+    }
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None:
+        out["zero_stage"] = int(plugin.zero_stage)
+    version = fsdp_version(accelerator)
+    if version is not None:
+        out["fsdp_version"] = int(version)
+    return out
+
+
+@contextmanager
+def models_loaded_whole(accelerator: Any) -> Iterator[None]:
+    """Load models with full parameters on every rank even under ZeRO-3, unless the DeepSpeed config
+    sets ``zero3_init_flag: true``.
+
+    accelerate registers its DeepSpeed config with transformers whatever ``zero3_init_flag`` says, and
+    under stage 3 ``from_pretrained`` then partitions every model while loading (``deepspeed.zero.Init``):
+    parameters are empty placeholders, so initialising a score head or a value head from the loaded
+    weights fails. ``accelerator.prepare`` / :func:`prepare_frozen_model` shard the models afterwards.
+    With ``zero3_init_flag: true`` the caller must cope with partitioned parameters, so it is refused.
+    """
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None or int(plugin.zero_stage) != 3:
+        yield
+        return
+    if plugin.zero3_init_flag:
+        raise ValueError(
+            "zero3_init_flag: true in the accelerate config's deepspeed_config is not supported: the rlhf "
+            "commands initialise score and value heads from loaded weights; set zero3_init_flag: false "
+            "(ZeRO-3 still shards every model when it is prepared)"
+        )
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.dschf = None
+        plugin.set_deepspeed_weakref()
