@@ -47,9 +47,14 @@ __all__ = [
     "configure_deepspeed_batch",
     "describe_distribution",
     "make_accelerator",
+    "prepare_trainer_arguments",
+    "sharded",
+    "evaluate_before_training",
+    "shard_trainer_on_cpu",
     "requested_sharding",
     "is_deepspeed_zero3",
     "fsdp_version",
+    "full_model_for_saving",
     "masked_whiten_across_processes",
     "models_loaded_whole",
     "needs_synchronised_generation",
@@ -314,6 +319,78 @@ def make_accelerator(cpu: bool, precision: str) -> Any:
     if fsdp_by_hand:
         _switch_to_fsdp(accelerator)
     return accelerator
+
+
+def prepare_trainer_arguments(training_args: Any) -> None:
+    """Before a Trainer-based command (``rlhf sft``, ``rlhf reward``) builds its Trainer: on a machine
+    without a GPU launched with a DeepSpeed config, keep DeepSpeed (``use_cpu=False``: a forced CPU
+    silently drops it), on DeepSpeed's CPU accelerator over gloo. No-op otherwise (FSDP is switched on
+    after the Trainer exists, :func:`shard_trainer_on_cpu`; on GPUs accelerate handles both)."""
+    if requested_sharding() != "deepspeed" or not _cpu_only():
+        return
+    if torch.cuda.is_available():
+        _cpu_backend(True)  # raises the explanation
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    training_args.use_cpu = False
+    training_args.ddp_backend = "gloo"  # without a GPU accelerate finds no backend and counts one process
+
+
+def shard_trainer_on_cpu(trainer: Any) -> None:
+    """After a Trainer-based command built its Trainer: on a machine without a GPU launched with an FSDP
+    config, switch the Trainer's Accelerator to FSDP (accelerate 1.15 ignores FSDP without a GPU), so that
+    ``trainer.train()`` shards the model with accelerate's FSDP2 code. No-op otherwise."""
+    if requested_sharding() != "fsdp" or not _cpu_only():
+        return
+    _switch_to_fsdp(trainer.accelerator)
+    trainer.is_fsdp_enabled = trainer.accelerator.num_processes > 1
+
+
+def evaluate_before_training(trainer: Any) -> dict[str, float]:
+    """``trainer.evaluate()`` before ``trainer.train()``, safe under DeepSpeed.
+
+    A Trainer that evaluates first wraps its model in a DeepSpeed *inference* engine, and ``train()``
+    then finds the model already wrapped, prepares only the optimizer and fails at the first backward
+    (accelerate has no training engine). The inference wrapping is undone here, so ``train()`` builds
+    the training engine around the same module (under ZeRO-3 its parameters stay partitioned)."""
+    metrics = trainer.evaluate()
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        trainer.model_wrapped = trainer.model
+        trainer.deepspeed = None
+        trainer.accelerator._models.clear()
+    return metrics
+
+
+def sharded(accelerator: Any) -> bool:
+    """Whether trained parameters are sharded over the ranks (ZeRO-3 or FSDP): saving must gather."""
+    return is_deepspeed_zero3(accelerator) or fsdp_version(accelerator) is not None
+
+
+def full_model_for_saving(trainer: Any) -> nn.Module | None:
+    """Under ZeRO-3 or FSDP: a plain copy of a Trainer's model holding the full trained weights, on rank 0
+    (None on the other ranks); None without sharding (save ``trainer.model`` itself). Every rank must call
+    it: the weights are gathered with ``accelerator.get_state_dict`` (a collective; DeepSpeed needs
+    ``zero3_save_16bit_model: true``). Saving the sharded model from rank 0 alone would write empty
+    placeholders (ZeRO-3) or hang in a collective (FSDP)."""
+    accelerator = trainer.accelerator
+    if not sharded(accelerator):
+        return None
+    model = trainer.model
+    if hasattr(model, "peft_config"):
+        raise ValueError(
+            "--use_peft under DeepSpeed ZeRO-3 or FSDP is not supported by the rlhf commands (merging the adapter "
+            "needs the full weights on one rank); use DDP or ZeRO-2, where a LoRA model fits anyway"
+        )
+    wrapped = getattr(trainer, "model_wrapped", None) if is_deepspeed_zero3(accelerator) else model
+    state_dict = accelerator.get_state_dict(wrapped if wrapped is not None else model)
+    if not accelerator.is_main_process:
+        return None
+    plain = type(model)(model.config)  # a direct construction is never partitioned by deepspeed.zero.Init
+    missing, unexpected = plain.load_state_dict(state_dict, strict=False)
+    plain.tie_weights()
+    tied = {name for name, _ in plain.named_parameters(remove_duplicate=False)} - {n for n, _ in plain.named_parameters()}
+    if unexpected or set(missing) - tied:
+        raise RuntimeError(f"gathered weights do not fit {type(model).__name__}: missing {missing}, unexpected {unexpected}")
+    return plain.eval()
 
 
 def configure_deepspeed_batch(accelerator: Any, micro_batch_size: int, gradient_accumulation_steps: int) -> None:

@@ -43,6 +43,7 @@ from rlhf.data import (
     reward_text,
     validate_dataset,
 )
+from rlhf.distributed import evaluate_before_training, prepare_trainer_arguments, shard_trainer_on_cpu
 from rlhf.evaluate import mean, reward_model_scores, sample_completions
 from rlhf.models import (
     get_score_bias,
@@ -295,6 +296,7 @@ def run_reward(
         attn_implementation=model_args.attn_implementation,
     )
 
+    prepare_trainer_arguments(training_args)  # DeepSpeed / FSDP launch configs without a GPU
     with run_directory(training_args) as out:
         trainer = RankingRewardTrainer(
             model=model,
@@ -307,7 +309,8 @@ def run_reward(
             callbacks=[out.metrics_callback],
             margin=reward_args.margin,
         )
-        before = trainer.evaluate() if held_out is not None else {}
+        shard_trainer_on_cpu(trainer)
+        before = evaluate_before_training(trainer) if held_out is not None else {}
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         after = trainer.evaluate() if held_out is not None else {}
         summary: dict[str, Any] = {

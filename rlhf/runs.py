@@ -12,6 +12,7 @@ from typing import Any
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
 from trl import ModelConfig, get_peft_config
 
+from rlhf.distributed import describe_distribution, full_model_for_saving, models_loaded_whole
 from rlhf.models import load_causal_lm, load_tokenizer
 from rlhf.utils import JsonlMetricsCallback, atomic_output_dir, write_config, write_json
 
@@ -77,15 +78,18 @@ def finish_run(
     """Save model (merged when LoRA-trained; the adapter in OUT/adapter), tokenizer, config and summary, on
     rank 0 only. `before_save(model)` may still change the final (merged) model, e.g. calibrate it."""
     summary["world_size"] = trainer.args.world_size
+    summary.update(describe_distribution(trainer.accelerator))  # distributed_type, zero_stage, world_size
     summary["output_dir"] = str(out.final)
+    full = full_model_for_saving(trainer)  # every rank: gathers the shards under ZeRO-3 / FSDP
     if not trainer.is_world_process_zero():
         return
-    model = trainer.model
+    model = trainer.model if full is None else full
     if hasattr(model, "merge_and_unload"):  # a peft model
         model.save_pretrained(out.path / "adapter")
         model = model.merge_and_unload()
     if before_save is not None:
-        before_save(model)
+        with models_loaded_whole(trainer.accelerator):  # rank 0 alone may load models here
+            before_save(model)
     model.save_pretrained(out.path)
     trainer.processing_class.save_pretrained(out.path)
     trainer.args.output_dir = str(out.final)  # record the final path, not the temporary one

@@ -20,6 +20,7 @@ from typing import Any
 from trl import ModelConfig, SFTConfig, SFTTrainer
 
 from rlhf.data import DataArguments, load_train_eval, validate_dataset
+from rlhf.distributed import evaluate_before_training, prepare_trainer_arguments, shard_trainer_on_cpu
 from rlhf.runs import finish_run, load_policy_and_tokenizer, peft_config_for, run_directory
 from rlhf.utils import hardware_defaults, parse_args, precision_name
 
@@ -42,6 +43,7 @@ def run_sft(data_args: DataArguments, training_args: SFTConfig, model_args: Mode
     if training_args.assistant_only_loss is None:  # loss on the assistant's turns whenever the template allows
         training_args.assistant_only_loss = fmt == "messages" and _has_generation_markers(tokenizer)
 
+    prepare_trainer_arguments(training_args)  # DeepSpeed / FSDP launch configs without a GPU
     with run_directory(training_args) as out:
         trainer = SFTTrainer(
             model=model,
@@ -52,7 +54,8 @@ def run_sft(data_args: DataArguments, training_args: SFTConfig, model_args: Mode
             peft_config=peft_config_for(model_args),
             callbacks=[out.metrics_callback],
         )
-        before = trainer.evaluate() if held_out is not None else {}
+        shard_trainer_on_cpu(trainer)
+        before = evaluate_before_training(trainer) if held_out is not None else {}
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         after = trainer.evaluate() if held_out is not None else {}
         summary = {
