@@ -426,31 +426,32 @@ def describe_distribution(accelerator: Any) -> dict[str, Any]:
 
 
 @contextmanager
-def models_loaded_whole(accelerator: Any) -> Iterator[None]:
-    """Load models with full parameters on every rank even under ZeRO-3, unless the DeepSpeed config
-    sets ``zero3_init_flag: true``.
+def models_loaded_whole(accelerator: Any = None) -> Iterator[None]:
+    """Load models with full parameters in this block even under ZeRO-3.
 
-    accelerate registers its DeepSpeed config with transformers whatever ``zero3_init_flag`` says, and
-    under stage 3 ``from_pretrained`` then partitions every model while loading (``deepspeed.zero.Init``):
-    parameters are empty placeholders, so initialising a score head or a value head from the loaded
-    weights fails. ``accelerator.prepare`` / :func:`prepare_frozen_model` shard the models afterwards.
-    With ``zero3_init_flag: true`` the caller must cope with partitioned parameters, so it is refused.
+    accelerate (and TrainingArguments) register the DeepSpeed config with transformers whatever
+    ``zero3_init_flag`` says, and under stage 3 ``from_pretrained`` then partitions every model while
+    loading (``deepspeed.zero.Init``, a collective): parameters become empty placeholders, so
+    initialising a score or value head from the loaded weights fails, and a load on rank 0 alone hangs.
+    ``accelerator.prepare`` / :func:`prepare_frozen_model` / the Trainer shard the models afterwards.
+    With ``zero3_init_flag: true`` in ``accelerator``'s DeepSpeed config the caller is refused (it would
+    have to cope with partitioned parameters). No-op without ZeRO-3.
     """
-    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-    if plugin is None or int(plugin.zero_stage) != 3:
-        yield
-        return
-    if plugin.zero3_init_flag:
+    import transformers.integrations.deepspeed as hf_deepspeed
+
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None) if accelerator is not None else None
+    if plugin is not None and int(plugin.zero_stage) == 3 and plugin.zero3_init_flag:
         raise ValueError(
             "zero3_init_flag: true in the accelerate config's deepspeed_config is not supported: the rlhf "
             "commands initialise score and value heads from loaded weights; set zero3_init_flag: false "
             "(ZeRO-3 still shards every model when it is prepared)"
         )
-    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
-    unset_hf_deepspeed_config()
+    if not hf_deepspeed.is_deepspeed_zero3_enabled():
+        yield
+        return
+    registered = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed._hf_deepspeed_config_weak_ref = None
     try:
         yield
     finally:
-        plugin.dschf = None
-        plugin.set_deepspeed_weakref()
+        hf_deepspeed._hf_deepspeed_config_weak_ref = registered

@@ -43,7 +43,12 @@ from rlhf.data import (
     reward_text,
     validate_dataset,
 )
-from rlhf.distributed import evaluate_before_training, prepare_trainer_arguments, shard_trainer_on_cpu
+from rlhf.distributed import (
+    evaluate_before_training,
+    models_loaded_whole,
+    prepare_trainer_arguments,
+    shard_trainer_on_cpu,
+)
 from rlhf.evaluate import mean, reward_model_scores, sample_completions
 from rlhf.models import (
     get_score_bias,
@@ -287,14 +292,15 @@ def run_reward(
     if held_out is not None:
         validate_dataset(held_out, "reward", "held-out dataset")
     torch.manual_seed(training_args.seed)  # the new score head's init
-    model = load_reward_model(
-        model_args.model_name_or_path,
-        tokenizer=tokenizer,
-        revision=model_args.model_revision,
-        dtype=model_args.dtype,
-        trust_remote_code=trust,
-        attn_implementation=model_args.attn_implementation,
-    )
+    with models_loaded_whole():  # under ZeRO-3 the new score head is initialised from full weights
+        model = load_reward_model(
+            model_args.model_name_or_path,
+            tokenizer=tokenizer,
+            revision=model_args.model_revision,
+            dtype=model_args.dtype,
+            trust_remote_code=trust,
+            attn_implementation=model_args.attn_implementation,
+        )
 
     prepare_trainer_arguments(training_args)  # DeepSpeed / FSDP launch configs without a GPU
     with run_directory(training_args) as out:

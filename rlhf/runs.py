@@ -88,7 +88,7 @@ def finish_run(
         model.save_pretrained(out.path / "adapter")
         model = model.merge_and_unload()
     if before_save is not None:
-        with models_loaded_whole(trainer.accelerator):  # rank 0 alone may load models here
+        with models_loaded_whole():  # rank 0 alone may load models here (no ZeRO-3 partitioning)
             before_save(model)
     model.save_pretrained(out.path)
     trainer.processing_class.save_pretrained(out.path)

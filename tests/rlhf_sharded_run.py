@@ -81,7 +81,7 @@ def run_step(args, report: dict) -> None:
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
 
-    from rlhf.distributed import describe_distribution, needs_synchronised_generation
+    from rlhf.distributed import describe_distribution, models_loaded_whole, needs_synchronised_generation
     from rlhf.ppo import PPOTrainer
     from rlhf.ppo_config import PPOConfig
 
@@ -101,6 +101,7 @@ def run_step(args, report: dict) -> None:
     acc = trainer.accelerator
     report["distribution"] = describe_distribution(acc)
     report["sync_generation"] = needs_synchronised_generation(acc, config.ds3_gather_for_generation)
+    report["sync_generation_without_gather"] = needs_synchronised_generation(acc, False)
     report["holding"] = holding(trainer)
 
     full = global_batch(trainer, global_size, RESPONSE_LENGTHS["equal"])
@@ -122,7 +123,8 @@ def run_step(args, report: dict) -> None:
         moved = max((weights[k] - before[k].float()).abs().max().item() for k in weights)
         save_file(weights, str(Path(args.out_dir) / "step.safetensors"))
         report["step"] = {"metrics": metrics, "max_change": moved}
-        plain = AutoModelForCausalLM.from_pretrained(shared).state_dict()
+        with models_loaded_whole(acc):  # rank 0 alone: no deepspeed.zero.Init partitioning (a collective)
+            plain = AutoModelForCausalLM.from_pretrained(shared).state_dict()
         policy = {k.removeprefix("policy."): v for k, v in weights.items() if k.startswith("policy.")}
         diffs = [(plain[k].float() - v).abs().max().item() for k, v in policy.items() if k in plain]
         report["saved_policy"] = {"compared": len(diffs), "keys": len(policy), "max_diff": max(diffs)}
@@ -136,50 +138,47 @@ def run_commands(args, report: dict) -> None:
     accumulation = os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1")
     common = ["--seed", "0", "--gradient_accumulation_steps", accumulation, *QUIET]
     results = report["commands"] = {}
-    sft.main([
+    results["sft"] = sft.main([
         "--model_name_or_path", str(args.tiny), "--dataset_name", str(DATA / "sft.jsonl"),
         "--eval_dataset_name", str(DATA / "sft_eval.jsonl"), "--output_dir", str(out / "sft"),
         "--max_steps", "30", "--per_device_train_batch_size", "8", "--learning_rate", "3e-3",
         "--logging_steps", "10", *common,
     ])
-    results["sft"] = json.loads((out / "sft" / "summary.json").read_text())
-    reward.main([
+    torch.distributed.barrier()  # rank 0 has renamed the run directory into place
+    results["reward"] = reward.main([
         "--model_name_or_path", str(out / "sft"), "--dataset_name", str(DATA / "rankings.jsonl"),
         "--eval_dataset_name", str(DATA / "pairs_eval.jsonl"), "--calibration_dataset", str(DATA / "prompts.jsonl"),
         "--calibration_num_samples", "16", "--output_dir", str(out / "reward"), "--max_steps", "20",
         "--per_device_train_batch_size", "4", "--learning_rate", "1e-3", "--logging_steps", "10", *common,
     ])
-    results["reward"] = json.loads((out / "reward" / "summary.json").read_text())
+    torch.distributed.barrier()
     ppo_common = [
         "--dataset_name", str(DATA / "prompts.jsonl"), "--eval_dataset_name", str(DATA / "prompts_eval.jsonl"),
         "--response_length", "8", "--num_eval_prompts", "16", "--num_sample_generations", "0", "--disable_tqdm",
         "--gradient_accumulation_steps", accumulation, "--seed", "0",
     ]
     # The reward model and a separate reference policy: both frozen models placed by prepare_frozen_model.
-    ppo.main([
+    results["ppo_rm"] = ppo.main([
         "--model_name_or_path", str(out / "sft"), "--reward_model_path", str(out / "reward"),
         "--output_dir", str(out / "ppo_rm"), "--total_episodes", "32", "--per_device_train_batch_size", "4",
         "--ds3_gather_for_generation", "false", *ppo_common,
     ])
-    results["ppo_rm"] = json.loads((out / "ppo_rm" / "summary.json").read_text())
     reward_file = out / "sharded_rewards.py"
     if int(os.environ.get("RANK", "0")) == 0:
         reward_file.write_text(VOWELS)
     torch.distributed.barrier()
-    ppo.main([
+    results["ppo_learn"] = ppo.main([
         "--model_name_or_path", str(args.tiny), "--reward_fn", f"{reward_file}:vowels",
         "--output_dir", str(out / "ppo_learn"), "--total_episodes", "384", "--per_device_train_batch_size", "4",
         "--num_mini_batches", "2", "--learning_rate", "3e-3", "--kl_coef", "0.01", "--missing_eos_penalty", "0",
         "--temperature", "1.0", *ppo_common,
     ])
-    results["ppo_learn"] = json.loads((out / "ppo_learn" / "summary.json").read_text())
     try:
-        ppo.main([
+        results["ppo_lora"] = ppo.main([
             "--model_name_or_path", str(args.tiny), "--reward_fn", f"{reward_file}:vowels", "--use_peft",
             "--lora_r", "4", "--lora_alpha", "8", "--output_dir", str(out / "ppo_lora"), "--total_episodes", "16",
             "--per_device_train_batch_size", "4", *ppo_common,
         ])
-        results["ppo_lora"] = json.loads((out / "ppo_lora" / "summary.json").read_text())
     except ValueError as err:
         results["ppo_lora"] = {"refused": str(err)}
 
