@@ -50,7 +50,7 @@ __all__ = [
     "prepare_trainer_arguments",
     "sharded",
     "evaluate_before_training",
-    "shard_trainer_on_cpu",
+    "check_trainer_sharding",
     "requested_sharding",
     "is_deepspeed_zero3",
     "fsdp_version",
@@ -325,7 +325,7 @@ def prepare_trainer_arguments(training_args: Any) -> None:
     """Before a Trainer-based command (``rlhf sft``, ``rlhf reward``) builds its Trainer: on a machine
     without a GPU launched with a DeepSpeed config, keep DeepSpeed (``use_cpu=False``: a forced CPU
     silently drops it), on DeepSpeed's CPU accelerator over gloo. No-op otherwise (FSDP is switched on
-    after the Trainer exists, :func:`shard_trainer_on_cpu`; on GPUs accelerate handles both)."""
+    after the Trainer exists, :func:`check_trainer_sharding`; on GPUs accelerate handles both)."""
     if requested_sharding() != "deepspeed" or not _cpu_only():
         return
     if torch.cuda.is_available():
@@ -335,14 +335,23 @@ def prepare_trainer_arguments(training_args: Any) -> None:
     training_args.ddp_backend = "gloo"  # without a GPU accelerate finds no backend and counts one process
 
 
-def shard_trainer_on_cpu(trainer: Any) -> None:
-    """After a Trainer-based command built its Trainer: on a machine without a GPU launched with an FSDP
-    config, switch the Trainer's Accelerator to FSDP (accelerate 1.15 ignores FSDP without a GPU), so that
-    ``trainer.train()`` shards the model with accelerate's FSDP2 code. No-op otherwise."""
-    if requested_sharding() != "fsdp" or not _cpu_only():
-        return
-    _switch_to_fsdp(trainer.accelerator)
-    trainer.is_fsdp_enabled = trainer.accelerator.num_processes > 1
+def check_trainer_sharding(trainer: Any) -> None:
+    """After a Trainer-based command built its Trainer, before training: on a machine without a GPU
+    launched with an FSDP config, switch the Trainer's Accelerator to FSDP (accelerate 1.15 ignores FSDP
+    without a GPU), so that ``trainer.train()`` shards the model with accelerate's FSDP2 code; and refuse
+    LoRA under ZeRO-3 / FSDP now rather than after training (saving merges the adapter on one rank)."""
+    if requested_sharding() == "fsdp" and _cpu_only():
+        _switch_to_fsdp(trainer.accelerator)
+        trainer.is_fsdp_enabled = trainer.accelerator.num_processes > 1
+    if sharded(trainer.accelerator) and hasattr(trainer.model, "peft_config"):
+        raise ValueError(_PEFT_SHARDED)
+
+
+_PEFT_SHARDED = (
+    "--use_peft under DeepSpeed ZeRO-3 or FSDP is not supported by the rlhf commands (merging the LoRA adapter "
+    "into the saved model needs the full weights on one rank); use DDP or ZeRO-2 "
+    "(configs/accelerate/multi_gpu.yaml, deepspeed_zero2.yaml), where a LoRA model fits anyway"
+)
 
 
 def evaluate_before_training(trainer: Any) -> dict[str, float]:
@@ -376,15 +385,13 @@ def full_model_for_saving(trainer: Any) -> nn.Module | None:
         return None
     model = trainer.model
     if hasattr(model, "peft_config"):
-        raise ValueError(
-            "--use_peft under DeepSpeed ZeRO-3 or FSDP is not supported by the rlhf commands (merging the adapter "
-            "needs the full weights on one rank); use DDP or ZeRO-2, where a LoRA model fits anyway"
-        )
+        raise ValueError(_PEFT_SHARDED)
     wrapped = getattr(trainer, "model_wrapped", None) if is_deepspeed_zero3(accelerator) else model
     state_dict = accelerator.get_state_dict(wrapped if wrapped is not None else model)
     if not accelerator.is_main_process:
         return None
-    plain = type(model)(model.config)  # a direct construction is never partitioned by deepspeed.zero.Init
+    with models_loaded_whole():  # rank 0 alone: no deepspeed.zero.Init (some classes build submodels from config)
+        plain = type(model)(model.config)
     missing, unexpected = plain.load_state_dict(state_dict, strict=False)
     plain.tie_weights()
     tied = {name for name, _ in plain.named_parameters(remove_duplicate=False)} - {n for n, _ in plain.named_parameters()}

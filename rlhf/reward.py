@@ -44,10 +44,10 @@ from rlhf.data import (
     validate_dataset,
 )
 from rlhf.distributed import (
+    check_trainer_sharding,
     evaluate_before_training,
     models_loaded_whole,
     prepare_trainer_arguments,
-    shard_trainer_on_cpu,
 )
 from rlhf.evaluate import mean, reward_model_scores, sample_completions
 from rlhf.models import (
@@ -315,7 +315,7 @@ def run_reward(
             callbacks=[out.metrics_callback],
             margin=reward_args.margin,
         )
-        shard_trainer_on_cpu(trainer)
+        check_trainer_sharding(trainer)
         before = evaluate_before_training(trainer) if held_out is not None else {}
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         after = trainer.evaluate() if held_out is not None else {}

@@ -20,7 +20,7 @@ from typing import Any
 from trl import ModelConfig, SFTConfig, SFTTrainer
 
 from rlhf.data import DataArguments, load_train_eval, validate_dataset
-from rlhf.distributed import evaluate_before_training, prepare_trainer_arguments, shard_trainer_on_cpu
+from rlhf.distributed import check_trainer_sharding, evaluate_before_training, prepare_trainer_arguments
 from rlhf.runs import finish_run, load_policy_and_tokenizer, peft_config_for, run_directory
 from rlhf.utils import hardware_defaults, parse_args, precision_name
 
@@ -54,7 +54,7 @@ def run_sft(data_args: DataArguments, training_args: SFTConfig, model_args: Mode
             peft_config=peft_config_for(model_args),
             callbacks=[out.metrics_callback],
         )
-        shard_trainer_on_cpu(trainer)
+        check_trainer_sharding(trainer)
         before = evaluate_before_training(trainer) if held_out is not None else {}
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         after = trainer.evaluate() if held_out is not None else {}

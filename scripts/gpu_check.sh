@@ -9,7 +9,8 @@
 # script carries on -- it never aborts half-way. Stages:
 #   env      GPU, driver, Python, torch / CUDA, deepspeed
 #   setup    a Python with torch (an existing one if it imports, else a fresh venv with
-#            `pip install torch==2.13.0`, the CUDA build from PyPI) and the project (pip install -e .)
+#            `pip install torch==2.13.0`, the CUDA build from PyPI) and the missing third-party packages
+#            (from ./wheelhouse when it exists: see below); only when something is missing
 #   pytest   tests/test_rlhf_cuda.py: bf16 autocast, gradient checkpointing, rlhf ppo / sft on CUDA
 #   ppo      `rlhf ppo` in bf16 on a ~150M-parameter random-init Llama: episodes/s, response tokens/s,
 #            torch.cuda.max_memory_allocated
@@ -59,25 +60,37 @@ skip() { log ""; log "=== [$1] skipped: $2"; VERDICT="$VERDICT $1=skipped"; }
 log "gpu_check $(date -u +%Y-%m-%dT%H:%M:%SZ) in $REPO (git $(git rev-parse --short HEAD 2>/dev/null || echo '?'))"
 
 # ------------------------------------------------------------------------------------------ python
+# The rlhf package is imported from this checkout (PYTHONPATH); only third-party packages are installed.
+# Without internet, put wheels in ./wheelhouse (e.g. `pip download -d wheelhouse trl datasets` and
+# `pip wheel --no-deps -w wheelhouse "deepspeed>=0.19.8,<0.20"` on a connected machine) and they are
+# installed from there with --no-index.
 PY=""
 for candidate in "${PYTHON:-}" "$REPO/.venv/bin/python" python3 python; do
   [ -n "$candidate" ] || continue
-  if "$candidate" -c "import torch" > /dev/null 2>&1; then PY=$candidate; break; fi
+  if "$candidate" -c "import torch" > /dev/null 2>&1; then PY=$(command -v "$candidate"); break; fi
 done
-setup_python() {
-  python3 -m venv "$REPO/.venv-gpu" || return 1
-  "$REPO/.venv-gpu/bin/pip" install --quiet --upgrade pip || true
-  "$REPO/.venv-gpu/bin/pip" install --quiet torch==2.13.0 || return 1
+pip_install() {
+  if [ -d "$REPO/wheelhouse" ]; then
+    "$PY" -m pip install --quiet --no-index --find-links "$REPO/wheelhouse" "$@"
+  else
+    "$PY" -m pip install --quiet "$@"
+  fi
 }
 if [ -z "$PY" ]; then
-  stage setup-torch 300 bash -c "$(declare -f setup_python); setup_python"
+  setup_venv() { python3 -m venv "$REPO/.venv-gpu" && "$REPO/.venv-gpu/bin/pip" install --quiet torch==2.13.0; }
+  stage setup-torch 300 bash -c "$(declare -f setup_venv); setup_venv"
   PY=$REPO/.venv-gpu/bin/python
 fi
-if ! "$PY" -c "import transformers, trl, accelerate, peft, datasets" > /dev/null 2>&1; then
-  stage setup-project 180 "$PY" -m pip install --quiet -e "$REPO[dev]"
+MISSING=$("$PY" -c "
+import importlib.util as u
+print(' '.join(p for m, p in [('transformers', 'transformers>=4.56'), ('trl', 'trl>=0.20'), ('accelerate', 'accelerate>=1.0'),
+      ('peft', 'peft>=0.13'), ('datasets', 'datasets>=3.0'), ('safetensors', 'safetensors'), ('yaml', 'pyyaml'),
+      ('tqdm', 'tqdm'), ('pytest', 'pytest')] if u.find_spec(m) is None))" 2>/dev/null)
+if [ -n "$MISSING" ]; then
+  stage setup-packages 180 bash -c "$(declare -f pip_install); PY='$PY' REPO='$REPO' pip_install $MISSING"
 fi
 if ! "$PY" -c "import deepspeed" > /dev/null 2>&1; then
-  stage setup-deepspeed 150 "$PY" -m pip install --quiet "deepspeed>=0.19.8,<0.20"
+  stage setup-deepspeed 150 bash -c "$(declare -f pip_install); PY='$PY' REPO='$REPO' pip_install 'deepspeed>=0.19.8,<0.20'"
 fi
 log "python: $PY"
 

@@ -169,8 +169,8 @@ def run_commands(args, report: dict) -> None:
     torch.distributed.barrier()
     results["ppo_learn"] = ppo.main([
         "--model_name_or_path", str(args.tiny), "--reward_fn", f"{reward_file}:vowels",
-        "--output_dir", str(out / "ppo_learn"), "--total_episodes", "384", "--per_device_train_batch_size", "4",
-        "--num_mini_batches", "2", "--learning_rate", "3e-3", "--kl_coef", "0.01", "--missing_eos_penalty", "0",
+        "--output_dir", str(out / "ppo_learn"), "--total_episodes", "320", "--per_device_train_batch_size", "8",
+        "--learning_rate", "3e-3", "--kl_coef", "0.01", "--missing_eos_penalty", "0",
         "--temperature", "1.0", *ppo_common,
     ])
     try:

@@ -22,7 +22,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-pytest_plugins = ["rlhf_fixtures"]
 pytest.importorskip("deepspeed", reason="the sharded tests need `pip install -e '.[deepspeed]'` (make test does it)")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +37,18 @@ LAUNCHES = {  # name: (config file, extra launch flags, run the commands too)
 
 
 @pytest.fixture(scope="module")
-def runs(rlhf_tiny_model, tmp_path_factory) -> dict[str, Path]:
+def small_model(tmp_path_factory) -> Path:
+    """A ~30k-parameter Llama with the project's BPE tokenizer (300 tokens), as `rlhf tiny-model` writes it."""
+    from rlhf.tiny_model import main
+
+    path = tmp_path_factory.mktemp("sharded_model") / "tiny"
+    main(["--output_dir", str(path), "--vocab_size", "300", "--hidden_size", "32", "--intermediate_size", "64",
+          "--num_hidden_layers", "2", "--num_attention_heads", "2"])
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(small_model, tmp_path_factory) -> dict[str, Path]:
     """Every launch's output directory (report.json, step.safetensors, the commands' runs)."""
     root = tmp_path_factory.mktemp("sharded")
     base = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
@@ -50,7 +60,7 @@ def runs(rlhf_tiny_model, tmp_path_factory) -> dict[str, Path]:
         out.mkdir()
         env = {**base, "ACCELERATE_USE_CPU": "true"} if name == "ddp" else base
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config),
-               "--main_process_port", "0", *flags, str(RUN_SCRIPT), "--tiny", str(rlhf_tiny_model),
+               "--main_process_port", "0", *flags, str(RUN_SCRIPT), "--tiny", str(small_model),
                "--out_dir", str(out), *(["--commands"] if commands else [])]
         procs[name] = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                        text=True)
