@@ -164,6 +164,9 @@ def unwrap_for_generation(model: nn.Module, accelerator: Any, gather_deepspeed3_
         return
     root = _fsdp2_root(model) if version == 2 else None
     if root is not None:
+        # FSDP2 takes the first module to run forward as the root of its tree; the submodules called
+        # below (policy, critic, a reward model's body) must not claim that role before the real root.
+        root._get_fsdp_state()._lazy_init()
         root.unshard()
         try:
             yield unwrapped
