@@ -358,13 +358,23 @@ _PEFT_SHARDED = (
 
 
 def evaluate_before_training(trainer: Any) -> dict[str, float]:
-    """``trainer.evaluate()`` before ``trainer.train()``, safe under DeepSpeed.
+    """``trainer.evaluate()`` before ``trainer.train()``, safe under DeepSpeed (any stage).
 
     A Trainer that evaluates first wraps its model in a DeepSpeed *inference* engine, and ``train()``
     then finds the model already wrapped, prepares only the optimizer and fails at the first backward
     (accelerate has no training engine). The inference wrapping is undone here, so ``train()`` builds
     the training engine around the same module (under ZeRO-3 its parameters stay partitioned)."""
-    metrics = trainer.evaluate()
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    if getattr(trainer, "is_deepspeed_enabled", False) and plugin is not None and int(plugin.zero_stage) < 3:
+        # transformers refuses a DeepSpeed inference engine below stage 3 ("ZeRO inference only makes
+        # sense with ZeRO Stage 3"); the parameters are whole on every rank, so evaluate the plain model.
+        trainer.is_deepspeed_enabled = False
+        try:
+            metrics = trainer.evaluate()
+        finally:
+            trainer.is_deepspeed_enabled = True
+    else:
+        metrics = trainer.evaluate()
     if getattr(trainer, "is_deepspeed_enabled", False):
         trainer.model_wrapped = trainer.model
         trainer.deepspeed = None

@@ -43,13 +43,12 @@ from rlhf.distributed import (
     check_deepspeed_settings,
     configure_deepspeed_batch,
     describe_distribution,
-    fsdp_version,
-    is_deepspeed_zero3,
     make_accelerator,
     masked_whiten_across_processes,
     models_loaded_whole,
     needs_synchronised_generation,
     prepare_frozen_model,
+    sharded,
     unwrap_for_generation,
 )
 from rlhf.models import load_causal_lm, load_reward_model, load_tokenizer
@@ -197,11 +196,6 @@ class _GradientAccumulation:
 
 
 # ----------------------------------------------------------------------------- the trainer
-def _sharded(accelerator: Any) -> bool:
-    """Whether the trained model's parameters are sharded over the ranks (ZeRO-3 or FSDP)."""
-    return is_deepspeed_zero3(accelerator) or fsdp_version(accelerator) is not None
-
-
 class PPOTrainer:
     """PPO for a causal LM on prompts; see the module docstring for one update."""
 
@@ -217,7 +211,7 @@ class PPOTrainer:
         self.accelerator = accelerator or make_accelerator(use_cpu, self.precision)
         acc = self.accelerator
         self.rank, self.world_size, self.device = acc.process_index, acc.num_processes, acc.device
-        if config.use_peft and _sharded(acc):
+        if config.use_peft and sharded(acc):
             raise ValueError(
                 "rlhf ppo: --use_peft under DeepSpeed ZeRO-3 or FSDP is not supported (merging the LoRA adapter "
                 "into the saved policy needs the full weights on one rank); use DDP or ZeRO-2 "
@@ -668,7 +662,7 @@ class PPOTrainer:
         acc.wait_for_everyone()
         # Under ZeRO-3 / FSDP each rank holds a shard: gather the full weights first (a collective that
         # every rank joins; DeepSpeed needs zero3_save_16bit_model, set in the shipped config).
-        state_dict = acc.get_state_dict(self.model) if _sharded(acc) else None
+        state_dict = acc.get_state_dict(self.model) if sharded(acc) else None
         if not acc.is_main_process:
             return
         policy = self.policy

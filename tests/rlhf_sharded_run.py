@@ -176,7 +176,8 @@ def run_commands(args, report: dict) -> None:
     try:
         results["ppo_lora"] = ppo.main([
             "--model_name_or_path", str(args.tiny), "--reward_fn", f"{reward_file}:vowels", "--use_peft",
-            "--lora_r", "4", "--lora_alpha", "8", "--output_dir", str(out / "ppo_lora"), "--total_episodes", "16",
+            "--lora_r", "4", "--lora_alpha", "8", "--learning_rate", "3e-3", "--output_dir", str(out / "ppo_lora"),
+            "--total_episodes", "16",
             "--per_device_train_batch_size", "4", *ppo_common,
         ])
     except ValueError as err:

@@ -173,6 +173,45 @@ def test_commands_run_end_to_end_and_learn(runs, name):
 @pytest.mark.slow
 def test_lora_trains_under_zero2_and_is_refused_clearly_under_zero3_and_fsdp(runs):
     assert _report(runs, "zero2")["commands"]["ppo_lora"]["use_peft"] is True
+    # LoRA's B matrices start at zero: the update moved them (the adapter is saved next to the merged model)
+    adapter = load_file(str(runs["zero2"] / "ppo_lora" / "adapter" / "adapter_model.safetensors"))
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert lora_b and max(v.abs().max().item() for v in lora_b) > 1e-4
     for name in ("zero3", "fsdp"):
         message = _report(runs, name)["commands"]["ppo_lora"]["refused"]
         assert "--use_peft" in message and "ZeRO-2" in message, message
+
+
+@pytest.mark.parametrize(("name", "kind"), [("cpu_zero2", "DEEPSPEED"), ("cpu_zero3", "DEEPSPEED"), ("cpu_fsdp", "FSDP")])
+def test_cpu_sharded_configs_load_and_never_force_the_cpu(name, kind):
+    """Forcing the CPU (use_cpu) would silently drop DeepSpeed / start one process; fp32 on the CPU."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(CONFIGS / f"{name}.yaml"))
+    assert config.distributed_type.value == kind and config.num_processes == 2
+    assert config.use_cpu is False and str(config.mixed_precision) in ("no", "PrecisionType.NO")
+    if kind == "DEEPSPEED":
+        assert config.deepspeed_config["zero_stage"] == int(name[-1])
+        assert config.deepspeed_config["gradient_accumulation_steps"] == 1
+        assert config.deepspeed_config["gradient_clipping"] == 1.0  # rlhf ppo's --max_grad_norm default
+        if name == "cpu_zero3":
+            assert config.deepspeed_config["zero3_save_16bit_model"] is True  # saving gathers the weights
+    else:
+        assert config.fsdp_config["fsdp_version"] == 2
+
+
+def test_one_process_summary_fields_and_no_sharding_requested(monkeypatch):
+    from accelerate import Accelerator
+
+    from rlhf.distributed import describe_distribution, requested_sharding, sharded
+
+    for name in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP"):
+        monkeypatch.delenv(name, raising=False)
+    assert requested_sharding() is None
+    accelerator = Accelerator(cpu=True)
+    assert describe_distribution(accelerator) == {"distributed_type": "NO", "world_size": 1}
+    assert not sharded(accelerator)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert requested_sharding() == "fsdp"
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    assert requested_sharding() == "deepspeed"
