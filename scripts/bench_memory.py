@@ -8,15 +8,17 @@ Each mode is one `accelerate launch` of this script (``_worker``) with the shipp
 ``rlhf.ppo.PPOTrainer`` (policy with a value head, a separate frozen reference, the gold reward
 function), runs ONE PPO update (rollout, 2 epochs, AdamW step) and reports:
 
-- ``params`` / ``grads`` / ``optimizer``: bytes of the trained model's parameters, gradients and Adam
-  states that this rank holds after the update (shards only under ZeRO / FSDP; DeepSpeed's fp32
-  partitions and flat gradient buffers counted where it keeps them);
+- ``params`` / ``Adam states`` / ``fp32 masters``: bytes of the trained model's parameters, Adam
+  states, and the fp32 master partitions DeepSpeed keeps beside the model's parameters, held by this
+  rank after the update (shards only, where ZeRO / FSDP shard them); their sum, and that sum as a
+  fraction of DDP's: near 1 / world size for ZeRO-3 and FSDP2;
+- ``grads after step``: gradients still held after the step (DeepSpeed frees its gradient buffers
+  after stepping, DDP and FSDP keep ``.grad`` until the next ``zero_grad``), for information;
 - ``reference``: bytes of the frozen reference policy on this rank;
-- ``peak RSS``: the process's peak resident memory over the whole run (includes Python, torch, and the
-  full model each rank loads before it is sharded), and ``RSS after``: resident memory after the update.
+- ``RSS before update`` / ``peak RSS in update`` (VmHWM reset just before the update) / ``peak RSS of
+  run`` (including loading, when every rank holds the whole models before they are sharded).
 
-The table ends with each mode's params + grads + optimizer as a fraction of DDP's: ZeRO-3 and FSDP
-should be near 1 / world size. Results also go to WORK_DIR/results.json.
+Results also go to WORK_DIR/results.json.
 """
 
 from __future__ import annotations
@@ -64,35 +66,36 @@ def _tensor_bytes(tensors) -> int:
 
 
 def _held(trainer) -> dict[str, int]:
-    """Bytes of parameters, gradients and optimizer states this rank holds for the trained model."""
+    """Bytes this rank holds for the trained model: parameters, gradients, Adam states and the fp32
+    master partitions DeepSpeed keeps next to the model's own parameters."""
     import torch
     from torch.distributed.tensor import DTensor
 
+    def local(t):
+        return t.to_local() if isinstance(t, DTensor) else t  # numel() of a DTensor is the full size
+
     params, grads = [], []
     for p in trainer.model.parameters():
-        if isinstance(p, DTensor):
-            params.append(p.to_local())
-            grads.append(p.grad.to_local() if p.grad is not None else None)
-        elif hasattr(p, "ds_tensor"):  # ZeRO-3: the placeholder is empty; the shard is ds_tensor
+        if hasattr(p, "ds_tensor"):  # ZeRO-3: the parameter is an empty placeholder, ds_tensor its shard
             params.append(p.ds_tensor)
         else:
-            params.append(p)
-            grads.append(p.grad)
-    optimizer = trainer.optimizer
-    while hasattr(optimizer, "optimizer") and not isinstance(optimizer, torch.optim.Optimizer):
-        optimizer = optimizer.optimizer
-    ds = optimizer  # DeepSpeed's ZeRO optimizer (inside accelerate's wrapper) keeps fp32 partitions + grads
-    inner = getattr(ds, "optimizer", ds)
-    states = [t for s in inner.state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0]
-    extra = []
-    for name in ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat"):
-        extra += list(getattr(ds, name, []) or [])
-    for name in ("averaged_gradients",):
-        value = getattr(ds, name, None)
-        if isinstance(value, dict):
-            extra += [t for group in value.values() for t in (group or [])]
-    return {"params": _tensor_bytes(params), "grads": _tensor_bytes(grads),
-            "optimizer": _tensor_bytes(states) + _tensor_bytes(extra)}
+            params.append(local(p))
+            grads.append(local(p.grad) if p.grad is not None else None)
+    chain = [trainer.optimizer]  # accelerate's wrapper -> DeepSpeed's ZeRO optimizer -> torch AdamW
+    while getattr(chain[-1], "optimizer", None) is not None and chain[-1].optimizer is not chain[-1]:
+        chain.append(chain[-1].optimizer)
+    states = [local(t) for s in chain[-1].state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0]
+    masters = []
+    for obj in chain:
+        for name in ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat"):
+            masters += [t for t in (getattr(obj, name, None) or []) if torch.is_tensor(t)]
+    return {"params": _tensor_bytes(params), "grads": _tensor_bytes(grads), "optimizer": _tensor_bytes(states),
+            "masters": _tensor_bytes(masters)}
+
+
+def _rss_status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field))
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -115,19 +118,25 @@ def worker(args: argparse.Namespace) -> None:
             disable_tqdm=True,
         )
         trainer = PPOTrainer(config)
+    rss_before = _rss_status("VmRSS")
+    try:  # reset the peak (VmHWM) so that it measures the update alone (Linux >= 4.0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        update_peak_known = True
+    except OSError:
+        update_peak_known = False
     start = time.perf_counter()
     trainer.step(*trainer.next_batch())
     seconds = time.perf_counter() - start
+    update_peak = _rss_status("VmHWM") if update_peak_known else None
     held = _held(trainer)
     reference = _tensor_bytes(
         [getattr(p, "ds_tensor", p.to_local() if hasattr(p, "to_local") else p) for p in trainer.ref_policy.parameters()]
     )
-    with open("/proc/self/status") as f:
-        rss_now = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
     result = {
         **describe_distribution(trainer.accelerator), **held, "reference": reference,
-        "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "rss_after": rss_now,
-        "update_seconds": seconds,
+        "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "rss_before": rss_before,
+        "update_peak_rss": update_peak, "update_seconds": seconds,
     }
     Path(args.out).with_suffix(f".rank{trainer.rank}.json").write_text(json.dumps(result))
     trainer.accelerator.wait_for_everyone()
@@ -166,20 +175,23 @@ def main() -> None:
         print(f"[{mode}] done in {time.perf_counter() - started:.0f}s", flush=True)
 
     (work / "results.json").write_text(json.dumps({"parameters": n_params, "results": results}, indent=1))
-    ddp = results.get("ddp")
-    ddp_state = max(r["params"] + r["grads"] + r["optimizer"] for r in ddp) if ddp else None
+    def state(r: dict) -> int:  # what ZeRO / FSDP shard: parameters, Adam states, fp32 master copies
+        return r["params"] + r["optimizer"] + r["masters"]
+
+    ddp_state = max(state(r) for r in results["ddp"]) if "ddp" in results else None
     print(f"\n{n_params / 1e6:.1f}M-parameter Llama, one PPO update, 2 CPU processes; MiB per rank (max over ranks)")
-    print("| mode | type | params | grads | optimizer | params+grads+optim | vs DDP | reference | peak RSS | RSS after | update s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| mode | type | params | Adam states | fp32 masters | sum | vs DDP | grads after step | reference "
+          "| RSS before update | peak RSS in update | peak RSS of run | update s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for mode, ranks in results.items():
-        top = max(ranks, key=lambda r: r["params"] + r["grads"] + r["optimizer"])
-        state = top["params"] + top["grads"] + top["optimizer"]
+        top = max(ranks, key=state)
         label = top["distributed_type"] + (f" stage {top['zero_stage']}" if "zero_stage" in top else "")
-        ratio = f"{state / ddp_state:.2f}" if ddp_state else "-"
-        print(f"| {mode} | {label} | {top['params'] / MiB:.0f} | {top['grads'] / MiB:.0f} | {top['optimizer'] / MiB:.0f} | "
-              f"{state / MiB:.0f} | {ratio} | {max(r['reference'] for r in ranks) / MiB:.0f} | "
-              f"{max(r['peak_rss'] for r in ranks) / MiB:.0f} | {max(r['rss_after'] for r in ranks) / MiB:.0f} | "
-              f"{max(r['update_seconds'] for r in ranks):.1f} |")
+        ratio = f"{state(top) / ddp_state:.2f}" if ddp_state else "-"
+        peak_update = max((r["update_peak_rss"] or 0) for r in ranks)
+        print(f"| {mode} | {label} | {top['params'] / MiB:.0f} | {top['optimizer'] / MiB:.0f} | {top['masters'] / MiB:.0f} | "
+              f"{state(top) / MiB:.0f} | {ratio} | {top['grads'] / MiB:.0f} | {max(r['reference'] for r in ranks) / MiB:.0f} | "
+              f"{max(r['rss_before'] for r in ranks) / MiB:.0f} | {peak_update / MiB:.0f} | "
+              f"{max(r['peak_rss'] for r in ranks) / MiB:.0f} | {max(r['update_seconds'] for r in ranks):.1f} |")
 
 
 if __name__ == "__main__":

@@ -72,7 +72,9 @@ def holding(trainer) -> dict:
             local += p.numel()
             full += p.numel()
     inner = _unwrap_optimizer(trainer.optimizer)
-    state = sum(t.numel() for s in inner.state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0)
+    # FSDP2's Adam states are DTensors like their parameters: numel() would count the full tensor
+    state = sum((t.to_local() if isinstance(t, DTensor) else t).numel()
+                for s in inner.state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0)
     return {"param_local": local, "param_full": full, "dtensor_params": dtensors, "optimizer_state_local": state}
 
 
@@ -107,7 +109,7 @@ def run_step(args, report: dict) -> None:
     full = global_batch(trainer, global_size, RESPONSE_LENGTHS["equal"])
     local = rows(full, trainer.rank * local_size, (trainer.rank + 1) * local_size)
     trainer.rollout = lambda *_, **__: local
-    before = acc.get_state_dict(trainer.model)
+    before = {k: v.detach().clone() for k, v in acc.get_state_dict(trainer.model).items()}  # DDP: live tensors
     metrics, _ = trainer.step(local.prompts, [[0]] * local_size)
     after = acc.get_state_dict(trainer.model)  # a collective under ZeRO-3 / FSDP: every rank calls it
     report["holding_after_step"] = holding(trainer)  # the optimizer states exist now
