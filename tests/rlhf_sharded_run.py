@@ -109,7 +109,8 @@ def run_step(args, report: dict) -> None:
     full = global_batch(trainer, global_size, RESPONSE_LENGTHS["equal"])
     local = rows(full, trainer.rank * local_size, (trainer.rank + 1) * local_size)
     trainer.rollout = lambda *_, **__: local
-    before = {k: v.detach().clone() for k, v in acc.get_state_dict(trainer.model).items()}  # DDP: live tensors
+    # DDP returns the live tensors (cloned here); ZeRO-3 gathers to rank 0 only (None elsewhere)
+    before = {k: v.detach().clone() for k, v in (acc.get_state_dict(trainer.model) or {}).items()}
     metrics, _ = trainer.step(local.prompts, [[0]] * local_size)
     after = acc.get_state_dict(trainer.model)  # a collective under ZeRO-3 / FSDP: every rank calls it
     report["holding_after_step"] = holding(trainer)  # the optimizer states exist now

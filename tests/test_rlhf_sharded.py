@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -67,8 +66,10 @@ def runs(small_model, tmp_path_factory) -> dict[str, Path]:
     failures = []
     for name, proc in procs.items():
         output, _ = proc.communicate(timeout=900)
-        if proc.returncode != 0:
-            failures.append(f"{name}: exit {proc.returncode}\n{textwrap.shorten(output[-4000:], 4000)}")
+        (root / name / "launch.log").write_text(output)
+        if proc.returncode != 0:  # the ranks' own errors, not just the launcher's
+            errors = [line for line in output.splitlines() if "Error" in line or "error" in line][-12:]
+            failures.append(f"{name}: exit {proc.returncode}\n" + "\n".join(errors))
     assert not failures, "\n\n".join(failures)
     return {name: root / name for name in LAUNCHES}
 
