@@ -30,7 +30,8 @@ WORK=$(mktemp -d /tmp/gpu_check.XXXXXX)
 STAGE_LOG=$WORK/stage.log
 VERDICT=""
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} PYTHONUNBUFFERED=1
+trap 'rm -rf "$WORK"' EXIT
 
 log() { echo "$*" | tee -a "$RESULTS"; }
 
@@ -39,13 +40,14 @@ stage() {
   local name=$1 limit=$2
   shift 2
   log ""
-  log "=== [$name] limit ${limit}s: $*"
+  local cmd="$*"
+  log "=== [$name] limit ${limit}s: ${cmd:0:200}"
   local start rc
   start=$(date +%s)
   timeout --kill-after=15 "$limit" "$@" > "$STAGE_LOG" 2>&1
   rc=$?
   local took=$(( $(date +%s) - start ))
-  grep -E "^(RESULT|PASS|FAIL)|passed|failed|error" "$STAGE_LOG" | tail -n 40 | sed 's/^/  /' | tee -a "$RESULTS" > /dev/null
+  grep -E "^(RESULT|PASS|FAIL)|passed|failed|skipped|rror" "$STAGE_LOG" | tail -n 40 | sed 's/^/  /' | tee -a "$RESULTS" > /dev/null
   echo "  --- last lines ---" >> "$RESULTS"
   tail -n 60 "$STAGE_LOG" | sed 's/^/  /' >> "$RESULTS"
   local status=ok
@@ -94,7 +96,7 @@ if ! "$PY" -c "import deepspeed" > /dev/null 2>&1; then
 fi
 log "python: $PY"
 
-stage env 30 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; \"$PY\" -c '
+stage env 60 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; \"$PY\" -c '
 import sys, torch
 print(\"RESULT python\", sys.version.split()[0], \"torch\", torch.__version__, \"cuda\", torch.version.cuda,
       \"available\", torch.cuda.is_available(), \"bf16\", torch.cuda.is_available() and torch.cuda.is_bf16_supported())
@@ -107,7 +109,7 @@ for name in (\"transformers\", \"trl\", \"accelerate\", \"peft\", \"deepspeed\")
 '"
 
 # ------------------------------------------------------------------------------------------ tests
-stage pytest 130 "$PY" -m pytest tests/test_rlhf_cuda.py -x -q -p no:cacheprovider -rs
+stage pytest 120 "$PY" -m pytest tests/test_rlhf_cuda.py -x -q -p no:cacheprovider -rs
 
 # ------------------------------------------------------------------------------------------ models
 MODEL=$WORK/llama-150m
@@ -157,7 +159,7 @@ if rows:
     print(f"RESULT {command} updates {len(rows)}, response tokens/s {sum(tokens) / max(step_time, 1e-9):.0f}, "
           f"last update {json.dumps({k: rows[-1].get(k) for k in ('objective/kl', 'objective/scores', 'time/rollout', 'time/update')})}")
 EOF
-stage build-150m 60 "$PY" "$WORK/measure.py" build "$MODEL"
+stage build-150m 50 "$PY" "$WORK/measure.py" build "$MODEL"
 
 DATA=$REPO/rlhf/data
 PPO_FLAGS=(--model_name_or_path "$MODEL" --reward_fn rlhf.task:gold_reward --dataset_name "$DATA/prompts.jsonl"
@@ -181,11 +183,10 @@ if "$PY" -c "import deepspeed" > /dev/null 2>&1; then
 else
   skip zero3-1gpu "deepspeed does not import"
 fi
-stage fsdp-1gpu 40 "$PY" -m accelerate.commands.launch --config_file configs/accelerate/fsdp.yaml \
+stage fsdp-1gpu 30 "$PY" -m accelerate.commands.launch --config_file configs/accelerate/fsdp.yaml \
   --num_processes 1 "$WORK/measure.py" ppo "${PPO_FLAGS[@]}" --output_dir "$WORK/fsdp" \
   --per_device_train_batch_size 32 --num_ppo_epochs 1 --total_episodes 64
 
 log ""
 log "VERDICT:$VERDICT"
-rm -rf "$WORK"
 exit 0
