@@ -181,6 +181,19 @@ DOC_LINKS = (
     "TRL trainer configs: https://huggingface.co/docs/trl (SFTConfig, RewardConfig, ModelConfig)",
     "transformers TrainingArguments: https://huggingface.co/docs/transformers/main_classes/trainer",
 )
+# This project's meaning of some TRL/transformers flags, shown by --help and --help-all.
+FLAG_HELP = {
+    "output_dir": "Folder for the model, summary.json, metrics.jsonl, config.yaml and checkpoint-<step>/; must be new "
+    "or empty unless --overwrite_output_dir or --resume_from_checkpoint.",
+    "resume_from_checkpoint": "Continue a killed run: a checkpoint folder, or true for the latest "
+    "OUTPUT_DIR/checkpoint-<step>.",
+    "save_steps": "Save OUTPUT_DIR/checkpoint-<step> every N optimizer steps (and at the end); each is complete "
+    "or absent, never half-written.",
+    "save_total_limit": "Keep at most K checkpoints of this run (older ones of this run are deleted; those of "
+    "earlier runs never are). Default: keep all.",
+    "report_to": "Where metrics go besides OUTPUT_DIR/metrics.jsonl: none, tensorboard (logs in OUTPUT_DIR/runs), "
+    "wandb, trackio, or all.",
+}
 REPORT_TO_CHOICES = ("none", "tensorboard", "wandb", "trackio", "all")
 
 # Valid range of numeric flags, checked on every parsed dataclass that has them: (low, high, text).
@@ -311,8 +324,8 @@ def short_help(parser: Any, dataclass_types: Sequence[type], prog: str, descript
         flag = action.option_strings[0]
         default = "" if action.default in (None, dataclasses.MISSING) else f" (default: {action.default})"
         text = " ".join(str(action.help or "").split()).replace("%%", "%")
-        if len(text) > 150:
-            text = text[:147] + "..."
+        if len(text) > 160:
+            text = text[:text.rfind(" ", 0, 157)] + " ..."
         return f"  {flag:<34} {text}{default}"
 
     first = (description or "").strip().splitlines()
@@ -358,6 +371,9 @@ def parse_args(
     if defaults:
         known = {action.dest for action in parser._actions}
         parser.set_defaults(**{k: v for k, v in defaults.items() if k in known})
+    for action in parser._actions:
+        if action.dest in FLAG_HELP:
+            action.help = FLAG_HELP[action.dest]
     if "--help-all" in argv:
         parser.print_help()
         raise SystemExit(0)
