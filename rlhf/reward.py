@@ -369,6 +369,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         [DataArguments, RewardConfig, ModelConfig, RewardArguments],
         argv,
         defaults={**hardware_defaults(), **COMMAND_DEFAULTS},
-        description=__doc__,
+        description=__doc__, command="reward",
     )
     return run_reward(data_args, training_args, model_args, reward_args)

@@ -102,6 +102,6 @@ def run_sft(data_args: DataArguments, training_args: SFTConfig, model_args: Mode
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     data_args, training_args, model_args = parse_args(
         [DataArguments, SFTConfig, ModelConfig], argv, defaults={**hardware_defaults(), **COMMAND_DEFAULTS},
-        description=__doc__,
+        description=__doc__, command="sft",
     )
     return run_sft(data_args, training_args, model_args)

@@ -122,7 +122,7 @@ def build_tiny_model(cfg: TinyModelConfig) -> tuple[LlamaForCausalLM, PreTrained
 
 def main(argv: list[str] | None = None) -> dict:
     """Build the tiny model and tokenizer and save both to --output_dir; return the summary."""
-    (cfg,) = parse_args([TinyModelConfig], argv, description=__doc__)
+    (cfg,) = parse_args([TinyModelConfig], argv, description=__doc__, command="tiny-model")
     model, tokenizer = build_tiny_model(cfg)
     summary = {
         "command": "tiny-model",

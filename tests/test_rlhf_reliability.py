@@ -108,9 +108,11 @@ def test_sft_killed_after_a_checkpoint_then_resumed_equals_the_uninterrupted_run
     assert _max_weight_difference(whole, killed) < 1e-5
     assert resumed["eval_loss"] == pytest.approx(summary["eval_loss"], abs=1e-5)
     assert resumed["train_loss"] == pytest.approx(summary["train_loss"], abs=1e-5)
-    rows = lambda d: [(r["step"], round(r.get("loss", r.get("eval_loss")), 5))  # noqa: E731
-                      for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())]
-    assert rows(killed) == rows(whole)  # no duplicated or missing lines
+    def rows(folder):
+        logged = map(json.loads, (folder / "metrics.jsonl").read_text().splitlines())
+        return [(r["step"], *(round(r[k], 5) if k in r else None for k in ("loss", "eval_loss"))) for r in logged]
+
+    assert rows(killed) == rows(whole)  # the same losses, none duplicated or missing
     assert checkpoints_before <= {p.name for p in killed.glob("checkpoint-*")}  # none deleted
 
 
