@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import os
 
-from classic_rl.safe_io import DEBUG_ENV
+from classic_rl.safe_io import DEBUG_ENV, UserError
+
+
+class ConfigError(UserError, ValueError):
+    """A bad config file or flag value (a `UserError`, exit status 2; a ValueError for library callers)."""
 
 
 class TrainingDiverged(RuntimeError):

@@ -31,8 +31,9 @@ from typing import Any
 
 import yaml
 
-from classic_rl.safe_io import UserError, atomic_write_text
+from classic_rl.safe_io import atomic_write_text
 from rlhf.checkpoints import latest_checkpoint, prepare_output_dir
+from rlhf.errors import ConfigError
 from rlhf.utils import (
     barrier,
     is_main_process,
@@ -74,21 +75,21 @@ class PipelineConfig:
     def from_yaml(cls, path: str | Path) -> PipelineConfig:
         data = load_yaml(path) or {}
         if not isinstance(data, dict):
-            raise UserError(f"pipeline config '{path}' must be a YAML mapping")
+            raise ConfigError(f"pipeline config '{path}' must be a YAML mapping")
         unknown = sorted(set(data) - {f for f in cls.__dataclass_fields__})
         if unknown:
             line = yaml_key_lines(path).get((unknown[0],))
             where = f"{path}:{line}" if line else f"pipeline config '{path}'"
-            raise UserError(f"{where}: unknown keys {unknown}; valid: {sorted(cls.__dataclass_fields__)}")
+            raise ConfigError(f"{where}: unknown keys {unknown}; valid: {sorted(cls.__dataclass_fields__)}")
         for name in ("evaluation", *STEPS):
             if data.get(name) is not None and not isinstance(data[name], dict):
                 line = yaml_key_lines(path).get((name,))
-                raise UserError(f"{path}:{line}: section '{name}' must be a mapping of flags")
+                raise ConfigError(f"{path}:{line}: section '{name}' must be a mapping of flags")
         evaluation_keys = set(EvaluationConfig.__dataclass_fields__)
         bad = sorted(set(data.get("evaluation") or {}) - evaluation_keys)
         if bad:
             line = yaml_key_lines(path).get(("evaluation", bad[0]))
-            raise UserError(f"{path}:{line}: unknown evaluation key '{bad[0]}'; valid: {sorted(evaluation_keys)}")
+            raise ConfigError(f"{path}:{line}: unknown evaluation key '{bad[0]}'; valid: {sorted(evaluation_keys)}")
         evaluation = EvaluationConfig(**(data.pop("evaluation", None) or {}))
         sections = {s: dict(data.pop(s, None) or {}) for s in STEPS}
         return cls(evaluation=evaluation, **sections, **data)
@@ -96,7 +97,7 @@ class PipelineConfig:
     def validate(self) -> PipelineConfig:
         bad = [s for s in self.steps if s not in STEPS]
         if bad:
-            raise ValueError(f"steps {bad} are not valid; choose from {list(STEPS)} (run in that order)")
+            raise ConfigError(f"steps {bad} are not valid; choose from {list(STEPS)} (run in that order)")
         self.steps = [s for s in STEPS if s in self.steps]
         if "sft" in self.steps and "model_name_or_path" not in self.sft and not self.produces("tiny_model"):
             raise ValueError("without the tiny_model step, set sft.model_name_or_path (a hub id or local directory)")
