@@ -22,7 +22,7 @@ from typing import Any
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
 from classic_rl.safe_io import UserError
-from rlhf.utils import read_jsonl_lines
+from rlhf.utils import is_main_process, read_jsonl_lines
 
 # Column sets of each format, and the formats each command accepts (first match wins).
 FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -317,7 +317,7 @@ def check_lengths(dataset: Dataset, name: str, task: str, tokenizer: Any, limit:
         if over == len(dataset):
             raise DataError(f"{name}: every conversation is longer than {limit} tokens; raise --max_length "
                             "(up to the model's context) or shorten them")
-        if over:
+        if over and is_main_process():
             print(f"warning: {over} of {len(dataset)} conversations in {name} are longer than {limit} tokens "
                   "and are truncated", file=sys.stderr, flush=True)
         return dataset
@@ -343,7 +343,7 @@ def check_lengths(dataset: Dataset, name: str, task: str, tokenizer: Any, limit:
         ]
         over = sum(p + r + 1 > limit for p, r in zip(prompt_lengths, longest))
         action = "dropped (a reward model must see a response's end)"
-    if over:
+    if over and is_main_process():
         print(f"warning: {over} of {len(dataset)} examples in {name} are longer than {limit} tokens and are {action}",
               file=sys.stderr, flush=True)
     return dataset

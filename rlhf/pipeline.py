@@ -264,8 +264,9 @@ def run_pipeline(cfg: PipelineConfig, resume: bool = False, overwrite: bool = Fa
                 f"the ppo step needs module {STEP_MODULES['ppo']}, which is not available in this installation; "
                 "drop 'ppo' from steps to run the other steps"
             ) from err
-    prepare_output_dir(cfg.output_dir, overwrite=overwrite, resume=resume)
     PartialState()  # join the process group under a distributed launcher, so steps can wait for rank 0
+    prepare_output_dir(cfg.output_dir, overwrite=overwrite, resume=resume)
+    barrier()  # every rank has checked the folder before rank 0 writes into it
     summaries = {step: run_step(cfg, step, resume=resume, overwrite=overwrite) for step in cfg.steps}
     summary: dict[str, Any] = {"command": "pipeline", "steps": cfg.steps, "seed": cfg.seed, "summaries": summaries}
     if not is_main_process():

@@ -183,6 +183,7 @@ def resolve_resume(training_args: TrainingArguments) -> Path | None:
 def run_directory(training_args: TrainingArguments) -> Iterator[RunDirectory]:
     """Check and create OUTPUT_DIR (refusing a non-empty one, see `prepare_output_dir`), resolve the resume
     checkpoint, and start metrics.jsonl (kept up to the checkpoint's step when resuming)."""
+    _ = training_args.device  # joins the process group under a launcher, so the barriers below are real
     resume_from = resolve_resume(training_args)
     path = prepare_output_dir(
         training_args.output_dir, overwrite=command_options().overwrite_output_dir, resume=resume_from is not None

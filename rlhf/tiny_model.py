@@ -131,6 +131,9 @@ def main(argv: list[str] | None = None) -> dict:
         "world_size": world_size(),  # under a launcher every rank builds the same model; rank 0 saves it
         "seed": cfg.seed,
     }
+    from accelerate import PartialState
+
+    PartialState()  # join the process group under a launcher: every rank checks the folder before rank 0 writes
     out = prepare_output_dir(cfg.output_dir, overwrite=command_options().overwrite_output_dir)
     with staged_output(out) as staging:  # files replace earlier ones only once all are written
         if is_main_process():

@@ -180,6 +180,29 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(rlhf_t
     assert all(torch.isfinite(t).all() for t in _weights(out / "checkpoint-4").values())
 
 
+def test_non_finite_gradient_norm_stops_the_run_before_the_step_is_saved(rlhf_sft_run, tmp_path, monkeypatch,
+                                                                          capsys):
+    from rlhf.reward import RankingRewardTrainer
+
+    original = RankingRewardTrainer.compute_loss
+
+    def exploding(self, model, inputs, *args, **kwargs):
+        loss = original(self, model, inputs, *args, **kwargs)
+        if model.training and self.state.global_step >= 2:  # a finite loss, an infinite gradient at step 3
+            loss.register_hook(lambda g: g * float("inf"))
+        return loss
+
+    monkeypatch.setattr(RankingRewardTrainer, "compute_loss", exploding)
+    out = tmp_path / "rm"
+    rc = cli.main(["reward", *fixtures.reward_flags(rlhf_sft_run[0], out, "--max_steps", "6", "--save_steps", "2",
+                                                    "--calibrate", "false")])
+    assert rc == 1
+    line = _error_line(capsys)
+    assert "diverged at step 3: the gradient norm is" in line and str(out / "checkpoint-2") in line
+    assert not (out / "model.safetensors").exists()
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+
+
 # ----------------------------------------------------------------------------------------------- bad input
 def test_malformed_yaml_names_the_file_and_line(tmp_path, capsys):
     config = tmp_path / "bad.yaml"
