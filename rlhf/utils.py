@@ -239,6 +239,9 @@ def command_options() -> CommandOptions:
     return _state["options"]
 
 
+COMMAND_SECTIONS = ("tiny_model", "sft", "reward", "ppo", "grpo", "rloo")
+
+
 def config_section(config: dict[str, Any], command: str | None, path: str | Path) -> dict[str, Any]:
     """The flags a command takes from a `--config` YAML file.
 
@@ -255,6 +258,12 @@ def config_section(config: dict[str, Any], command: str | None, path: str | Path
         return flags
     if section and section in config and config[section] is not None:
         raise UserError(f"--config {path}: section '{section}' must be a mapping of flags")
+    sections = sorted(k for k, v in config.items() if k in COMMAND_SECTIONS and isinstance(v, dict))
+    if sections:  # a pipeline YAML without a section for this command
+        raise UserError(
+            f"--config {path} has sections for {', '.join(sections)} but none named '{section}'; add a "
+            f"'{section}:' section, or pass a YAML file of flags"
+        )
     return dict(config)
 
 

@@ -222,6 +222,20 @@ def test_unknown_key_in_a_config_section_names_its_line(tmp_path, capsys):
     assert f"{config}:4: unknown flag 'learning_rat'" in line
 
 
+def test_config_section_is_taken_from_a_pipeline_yaml_and_a_missing_one_is_named(tmp_path):
+    from classic_rl.safe_io import UserError
+    from rlhf.utils import config_section, load_yaml
+
+    pipeline_yaml = load_yaml(TINY_YAML)
+    sft = config_section(pipeline_yaml, "sft", TINY_YAML)
+    assert sft["learning_rate"] == pipeline_yaml["sft"]["learning_rate"] and sft["seed"] == pipeline_yaml["seed"]
+    assert "output_dir" not in sft and "steps" not in sft  # the pipeline's own keys are not the command's flags
+    assert config_section(pipeline_yaml, "tiny-model", TINY_YAML)["hidden_size"] == 128
+    with pytest.raises(UserError, match="none named 'grpo'"):
+        config_section(pipeline_yaml, "grpo", TINY_YAML)
+    assert config_section({"max_steps": 3}, "sft", "flat.yaml") == {"max_steps": 3}  # a plain file of flags
+
+
 def test_malformed_jsonl_names_the_file_and_line(rlhf_tiny_model, tmp_path, capsys):
     data = tmp_path / "data.jsonl"
     good = json.dumps({"prompt": "p", "completion": " c"})
