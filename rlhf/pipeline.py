@@ -25,13 +25,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from classic_rl.safe_io import atomic_write_text
+from classic_rl.safe_io import UserError, atomic_write_text
 from rlhf.checkpoints import latest_checkpoint, prepare_output_dir
 from rlhf.errors import ConfigError
 from rlhf.utils import (
@@ -217,7 +218,11 @@ def plot_ppo_curves(metrics_path: Path, png_path: Path) -> bool:
     """Plot reward (scores, RLHF reward) and KL over PPO steps from metrics.jsonl; False if there is no data."""
     if not metrics_path.exists():
         return False
-    rows = [r for r in read_jsonl(metrics_path) if "objective/kl" in r]
+    try:
+        rows = [r for r in read_jsonl(metrics_path) if "objective/kl" in r]
+    except UserError as err:  # a damaged metrics file costs the plot, not the run
+        print(f"warning: no PPO curves: {err}", file=sys.stderr)
+        return False
     if not rows:
         return False
     import matplotlib

@@ -57,7 +57,14 @@ from rlhf.models import (
     load_tokenizer,
     set_score_bias,
 )
-from rlhf.runs import SafeTrainerMixin, finish_run, peft_config_for, run_directory, run_train_loss
+from rlhf.runs import (
+    SafeTrainerMixin,
+    check_output_dir,
+    finish_run,
+    peft_config_for,
+    run_directory,
+    run_train_loss,
+)
 from rlhf.utils import hardware_defaults, parse_args, precision_name
 
 # TensorBoard logs in OUT/runs/ by default (`--report_to none|tensorboard|wandb|trackio`).
@@ -286,6 +293,7 @@ def run_reward(
     """Train the reward model, evaluate held-out pairwise accuracy, calibrate, save; return the summary."""
     if not model_args.model_name_or_path:
         raise ValueError("model_name_or_path is required: the SFT model (hub id or local directory)")
+    check_output_dir(training_args)
     trust = bool(training_args.trust_remote_code)
     tokenizer = load_tokenizer(model_args.model_name_or_path, model_args.model_revision, trust)
     torch.manual_seed(training_args.seed)  # the new score head's init

@@ -179,6 +179,14 @@ def resolve_resume(training_args: TrainingArguments) -> Path | None:
     return resolve_resume_path(training_args.resume_from_checkpoint, training_args.output_dir)
 
 
+def check_output_dir(training_args: TrainingArguments) -> None:
+    """Refuse a non-empty OUTPUT_DIR before minutes of loading (the same rule as `run_directory`, which
+    creates the folder only once the model and data are known to be good)."""
+    if Path(training_args.output_dir).expanduser().exists():
+        resume = training_args.resume_from_checkpoint not in (None, False, "", "false", "False")
+        prepare_output_dir(training_args.output_dir, overwrite=command_options().overwrite_output_dir, resume=resume)
+
+
 @contextlib.contextmanager
 def run_directory(training_args: TrainingArguments) -> Iterator[RunDirectory]:
     """Check and create OUTPUT_DIR (refusing a non-empty one, see `prepare_output_dir`), resolve the resume

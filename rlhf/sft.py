@@ -26,6 +26,7 @@ from trl import ModelConfig, SFTConfig, SFTTrainer
 from rlhf.data import DataArguments, check_lengths, context_limit, detect_format, load_train_eval
 from rlhf.runs import (
     SafeTrainerMixin,
+    check_output_dir,
     finish_run,
     load_policy_and_tokenizer,
     peft_config_for,
@@ -48,6 +49,7 @@ def _has_generation_markers(tokenizer: Any) -> bool:
 
 def run_sft(data_args: DataArguments, training_args: SFTConfig, model_args: ModelConfig) -> dict[str, Any]:
     """Train, evaluate before/after on the held-out split, save; return the summary (also in summary.json)."""
+    check_output_dir(training_args)
     model, tokenizer = load_policy_and_tokenizer(model_args, training_args)
     limit = context_limit(model, training_args.max_length)
     training_args.max_length = limit  # never train past the model's context window

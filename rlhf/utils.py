@@ -467,9 +467,12 @@ class JsonlMetricsCallback(TrainerCallback):
             return
         kept = []
         if resume_step is not None:
-            with contextlib.suppress(UserError):
-                kept = [row for row in read_jsonl(self.path) if int(row.get("step", 0)) <= resume_step]
-        atomic_write_text(self.path, "".join(dumps_strict(to_plain(row)) + "\n" for row in kept))
+            for line in self.path.read_text().splitlines():
+                with contextlib.suppress(json.JSONDecodeError, TypeError, ValueError, AttributeError):
+                    row = json.loads(line)  # a line cut short by the kill is dropped
+                    if int(row.get("step", 0)) <= resume_step:
+                        kept.append(line)
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs or state.global_step <= self.skip_until_step:
@@ -528,12 +531,20 @@ def atomic_output_dir(output_dir: str | Path, overwrite: bool | None = None, res
     """Check `output_dir` with `rlhf.checkpoints.prepare_output_dir`, then :func:`staged_output`.
 
     `overwrite` defaults to the command's `--overwrite_output_dir`. Unlike earlier versions, the folder is
-    never replaced whole: files the command did not write are kept.
+    never replaced whole: files the command did not write are kept. On an error, a folder this call
+    created is removed again if it is still empty.
     """
     from rlhf.checkpoints import prepare_output_dir
 
     if overwrite is None:
         overwrite = command_options().overwrite_output_dir
+    created = not Path(output_dir).expanduser().exists()
     path = prepare_output_dir(output_dir, overwrite=overwrite, resume=resume)
-    with staged_output(path) as staging:
-        yield staging
+    try:
+        with staged_output(path) as staging:
+            yield staging
+    except BaseException:
+        if created and is_main_process():  # the folder this call made, still empty: nothing left behind
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
