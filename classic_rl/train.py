@@ -98,7 +98,7 @@ def train_run(
     logger.close()
     wall_s = logger.wall_s
     agent.save(out)
-    mean, std = (float("nan"), float("nan"))
+    mean, std = None, None  # not evaluated: null in summary.json, never a bare NaN
     if eval_episodes > 0 and not interrupted:
         mean, std = agent.evaluate(episodes=eval_episodes, seed=eval_seed)
     recent = logger.episode_returns[-10:]
@@ -115,6 +115,8 @@ def train_run(
         "train_return_last10": (sum(recent) / len(recent)) if recent else None,
         "interrupted": interrupted,
     }
+    if getattr(agent, "solve_stats", None):  # dynamic programming: sweeps, not steps or episodes
+        summary["solve"] = dict(agent.solve_stats)
     previous = out / "summary.json"
     if resume is not None and previous.is_file():
         summary["wall_s"] = round(wall_s + json.loads(previous.read_text()).get("wall_s", 0.0), 3)
