@@ -86,7 +86,7 @@ def value_iteration_section(out: Path) -> dict[str, Any]:
             cells[r][c] = f"{view.labels[s]} (terminal)"
         else:
             cells[r][c] = f"{arrows[tuple(view.action_deltas[int(agent.policy[s])])]} {agent.v[s]:.3f}"
-    table = {"caption": "V(s) and the greedy action per cell (# is the wall, S the start at the bottom left)",
+    table = {"caption": "V(s) and the greedy action per cell (# is the wall; the start is row 2, col 0)",
              "header": ["row"] + [f"col {c}" for c in range(n_cols)],
              "rows": [[str(r)] + cells[r] for r in range(n_rows)]}
     _print_table(table)
@@ -137,7 +137,7 @@ def cliff_section(out: Path, seeds: int, episodes: int) -> dict[str, Any]:
     print(f"wrote {figure}")
     table = {"caption": f"Cliff Walking, {seeds} seeds per algorithm",
              "header": ["algorithm", "online return (last 100 episodes, mean over seeds)",
-                        "greedy return (seeds)"],
+                        "greedy return x number of seeds"],
              "rows": rows}
     _print_table(table)
     for paragraph in CLIFF_EXPLANATION:

@@ -75,3 +75,16 @@ def test_rlhf_section_with_table_curves_and_samples(tmp_path):
     with pytest.raises(UserError, match="missing.png"):
         report.build_report(tmp_path)
     assert not (tmp_path / "index.html").exists()
+
+
+def test_readme_grid_world_table_is_the_demos(demo_dir):
+    # The README copies the demo's tables; this one is deterministic and cheap, so it is checked.
+    demo = load_script("demo")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    results = (demo_dir / "results.md").read_text()
+    table = results.split("## 1.", 1)[1].split("\n\n")[2]
+    assert table.startswith("| row |") and table in readme
+    manifest = json.loads((demo_dir / "demo.json").read_text())
+    sweeps = manifest["sections"][0]["text"][0].split(" sweeps")[0].rsplit(" ", 1)[1]
+    assert f"converged in {sweeps} sweeps" in readme
+
