@@ -79,7 +79,6 @@ def test_rlhf_section_with_table_curves_and_samples(tmp_path):
 
 def test_readme_grid_world_table_is_the_demos(demo_dir):
     # The README copies the demo's tables; this one is deterministic and cheap, so it is checked.
-    demo = load_script("demo")
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     results = (demo_dir / "results.md").read_text()
     table = results.split("## 1.", 1)[1].split("\n\n")[2]
