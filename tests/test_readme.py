@@ -2,7 +2,7 @@
 
 Code blocks the README wants tested follow a marker line ``<!-- readme-test: NAME -->``; each is
 run from an empty folder, as a newcomer pasting it into a shell (after ``source .venv/bin/activate``)
-or a Python prompt would. ``classic-rl`` is this interpreter's ``python -m classic_rl``.
+or a Python prompt would (``classic-rl`` commands through the console script's ``main``).
 """
 
 import re
@@ -61,14 +61,17 @@ def test_python_quick_start_runs(tmp_path):
         assert line.endswith(value), (line, value)
 
 
-def test_cli_quick_start_runs_and_writes_what_it_says(tmp_path):
+def test_cli_quick_start_runs_and_writes_what_it_says(tmp_path, monkeypatch, capsys):
+    # In this process (the console script calls the same main), so torch is imported once, not per command.
+    from classic_rl.cli import main
+
+    monkeypatch.chdir(tmp_path)
     _, code = marked_blocks()["cli-quickstart"]
-    outputs = []
     for command in shell_commands(code):
         argv = shlex.split(command)
         assert argv[0] == "classic-rl", f"the CLI quick start should hold classic-rl commands only: {command}"
-        outputs.append(run([sys.executable, "-m", "classic_rl", *argv[1:]], tmp_path).stdout)
-    text = "\n".join(outputs)
+        assert main(argv[1:]) == 0, command
+    text = capsys.readouterr().out
     assert "q_learning" in text and "value iteration converged in" in text
     # What the paragraph after the block promises is in a run directory.
     for name in ("config.yaml", "episodes.csv", "summary.json", "model.safetensors"):
