@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reward": ("rlhf.reward", "reward model from pairs or K-wise rankings"),
     "ppo": ("rlhf.ppo", "PPO fine-tuning against a reward model or a reward function"),
     "pipeline": ("rlhf.pipeline", "tiny-model, sft, reward and ppo in a row from one YAML config"),
+    "label": ("rlhf.label", "rank sampled responses by hand in a local web page (rankings for `rlhf reward`)"),
 }
 
 USAGE = "usage: rlhf <command> [--help] [flags]\n\ncommands:\n" + "\n".join(
