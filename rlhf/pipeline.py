@@ -237,11 +237,13 @@ def plot_ppo_curves(metrics_path: Path, png_path: Path) -> bool:
         if all(key in r for r in rows):
             ax_reward.plot(x, [r[key] for r in rows], label=label)
     ax_reward.set_title("reward")
+    ax_reward.set_ylabel("mean reward of the PPO batch")
     ax_reward.legend()
     ax_kl.plot(x, [r["objective/kl"] for r in rows], color="tab:red")
     ax_kl.set_title("KL to the reference policy")
+    ax_kl.set_ylabel("KL(policy || reference), nats per response")
     for ax in (ax_reward, ax_kl):
-        ax.set_xlabel(x_key)
+        ax.set_xlabel("episodes (prompts sampled)" if x_key == "episode" else "PPO step")
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
