@@ -35,6 +35,8 @@ from torch import Tensor, nn
 
 __all__ = [
     "all_processes_finished",
+    "make_accelerator",
+    "is_sharded",
     "all_reduce_sum",
     "check_deepspeed_settings",
     "is_deepspeed_zero3",
@@ -44,6 +46,29 @@ __all__ = [
     "prepare_frozen_model",
     "unwrap_for_generation",
 ]
+
+
+# ----------------------------------------------------------------------------- the accelerator
+def make_accelerator(cpu: bool, precision: str) -> Any:
+    """The one place the rlhf RL trainers create their ``Accelerator``: this run's device and precision
+    ('bf16', 'fp16' or 'fp32'), even if an earlier step in the same process (the pipeline's SFT or
+    reward training) initialised accelerate's process-wide state with another precision."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    mixed_precision = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[precision]
+    try:
+        return Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+    except ValueError as err:
+        if "already been initialized" not in str(err):
+            raise
+        AcceleratorState._reset_state()  # keeps the distributed set-up (PartialState), resets precision
+        return Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+
+
+def is_sharded(accelerator: Any) -> bool:
+    """Whether the trained model's parameters are sharded over the ranks (ZeRO-3 or FSDP)."""
+    return is_deepspeed_zero3(accelerator) or fsdp_version(accelerator) is not None
 
 
 # ----------------------------------------------------------------------------- global statistics
