@@ -705,9 +705,9 @@ class RLTrainer:
                             f"{self.num_updates}; resume with the flags of the saved run")
         model = self.accelerator.unwrap_model(self.model)
         model.load_state_dict(load_file(str(path / WEIGHTS)))
-        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location=self.device))
-        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-        self._set_rng_state(torch.load(path / f"rng_state_{self.rank}.pth", weights_only=True))
+        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True, map_location="cpu"))
+        self._set_rng_state(torch.load(path / f"rng_state_{self.rank}.pth", weights_only=True, map_location="cpu"))
         self.update, self.episode = state["update"], state["episode"]
         self._index_buffer = list(state["index_buffer"])
         self.before, self.elapsed = state["before"], state["elapsed"]

@@ -45,14 +45,15 @@ def setup(tmp_path_factory):
     return root
 
 
-def _flags(command: str, root: Path, out: Path) -> list[str]:
+def _flags(command: str, root: Path, out: Path, processes: int = 1) -> list[str]:
+    """4 updates whatever the number of processes, a checkpoint after the second."""
     common = ["--model_name_or_path", str(root / "tiny"), "--dataset_name", str(DATA / "prompts.jsonl"),
               "--eval_dataset_name", str(DATA / "prompts_eval.jsonl"), "--output_dir", str(out),
               "--reward_fn", f"{root / 'resume_rewards.py'}:vowels", "--num_eval_prompts", "8", "--seed", "0",
               "--learning_rate", "3e-3", "--disable_tqdm", "--num_sample_generations", "0", "--use_cpu",
               "--save_steps", "2"]
     if command == "ppo":
-        return [*common, "--total_episodes", "64", "--per_device_train_batch_size", "8", "--num_mini_batches", "2",
+        return [*common, "--total_episodes", str(64 * processes), "--per_device_train_batch_size", "8", "--num_mini_batches", "2",
                 "--response_length", "6", "--num_ppo_epochs", "2", "--adaptive_kl", "--kl_target", "0.1"]
     return [*common, "--num_generations", "4", "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "2",
             "--max_completion_length", "6", "--max_steps", "4", "--num_iterations", "2", "--beta", "0.05"]
@@ -80,13 +81,13 @@ def _metrics(out: Path) -> list[dict]:
 @pytest.mark.parametrize("command, processes", [("ppo", 1), ("ppo", 2), ("grpo", 1)])
 def test_killed_and_resumed_run_ends_like_the_uninterrupted_run(setup, tmp_path, command, processes):
     full, broken = tmp_path / "full", tmp_path / "broken"
-    done = _run(command, _flags(command, setup, full), processes)
+    done = _run(command, _flags(command, setup, full, processes), processes)
     assert done.returncode == 0, textwrap.shorten(done.stderr[-3000:], 3000)
 
-    killed = _run(command, _flags(command, setup, broken), processes, kill_after=broken / "checkpoint-2")
+    killed = _run(command, _flags(command, setup, broken, processes), processes, kill_after=broken / "checkpoint-2")
     assert killed.returncode != 0 and (broken / "checkpoint-2").is_dir()
     assert not (broken / "model.safetensors").exists() and not (broken / "summary.json").exists()
-    resumed = _run(command, [*_flags(command, setup, broken), "--resume_from_checkpoint", "true"], processes)
+    resumed = _run(command, [*_flags(command, setup, broken, processes), "--resume_from_checkpoint", "true"], processes)
     assert resumed.returncode == 0, textwrap.shorten(resumed.stderr[-3000:], 3000)
 
     summary, again = (json.loads((d / "summary.json").read_text()) for d in (full, broken))
@@ -96,7 +97,7 @@ def test_killed_and_resumed_run_ends_like_the_uninterrupted_run(setup, tmp_path,
     assert a.keys() == b.keys()
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
     rows_a, rows_b = _metrics(full), _metrics(broken)
-    assert len(rows_a) == len(rows_b) == summary["num_updates"]
+    assert len(rows_a) == len(rows_b) == summary["num_updates"] == 4
     for ra, rb in zip(rows_a, rows_b):
         assert ra.keys() == rb.keys()
         for key in ra:
