@@ -11,7 +11,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 
 import rlhf.grpo as grpo_module
 import rlhf.rloo as rloo_module
@@ -21,7 +20,7 @@ from rlhf import verifiable
 from rlhf.cli import main as cli_main
 from rlhf.experience import RewardError, RewardSources
 from rlhf.grpo import GRPOTrainer
-from rlhf.grpo_config import GRPOConfig, parse_grpo_args
+from rlhf.grpo_config import parse_grpo_args
 from rlhf.ppo_config import parse_ppo_args
 from rlhf.rl_config import ConfigError
 from rlhf.rloo_config import parse_rloo_args
