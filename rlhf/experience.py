@@ -8,7 +8,6 @@ Sampling and the forwards live in :class:`rlhf.rl_trainer.RLTrainer.rollout`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -79,7 +78,3 @@ class RewardSources:
         per_source = torch.stack(columns, dim=1)
         weights = torch.tensor(self.weights, dtype=per_source.dtype, device=per_source.device)
         return per_source @ weights, per_source
-
-
-def finite(value: float) -> bool:
-    return value is not None and math.isfinite(value)

@@ -152,6 +152,26 @@ def test_grpo_update_uses_the_core_group_advantages_and_loss(tiny, tmp_path, mon
     assert metrics["episode"] == 16 and metrics["kl"] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_checkpoints_are_pruned_to_the_limit_and_long_prompts_warned(tiny, tmp_path):
+    from rlhf.grpo import main as grpo_main
+
+    prompts = tmp_path / "prompts.jsonl"
+    long_prompt = "reverse " + "1 2 3 " * 60 + "456:"  # longer than the 256-token context of the tiny model
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["reverse 123:"] * 7 + [long_prompt]))
+    out = tmp_path / "o"
+    argv = ["--model_name_or_path", str(tiny), "--dataset_name", str(prompts), "--eval_dataset_name",
+            str(DATA / "reverse_prompts_eval.jsonl"), "--reward_fn", "rlhf.verifiable:reward", "--output_dir", str(out),
+            "--num_generations", "2", "--per_device_train_batch_size", "4", "--max_completion_length", "4",
+            "--max_steps", "3", "--num_eval_prompts", "4", "--save_steps", "1", "--save_total_limit", "1", *QUIET]
+    with pytest.warns(UserWarning, match="1 of 8 training prompts are longer than the 252 tokens"):
+        grpo_main(argv)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]  # 1 pruned; 3 is the final model
+    saved = sorted(p.name for p in (out / "checkpoint-2").iterdir())
+    assert saved == ["metrics.jsonl", "model.safetensors", "optimizer.pt", "rng_state_0.pth", "scheduler.pt",
+                     "trainer_state.json"]
+    assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["update"] == 2
+
+
 # ----------------------------------------------------------------------------- learning
 def _learn(command: str, warm_start: Path, out: Path, *extra: str) -> dict:
     from rlhf.grpo import main as grpo_main
