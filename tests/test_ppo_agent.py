@@ -12,7 +12,7 @@ from classic_rl.agents.ppo import PPO
 
 
 def test_ppo_trains_through_the_shared_core(monkeypatch):
-    calls = {"gae": 0, "ppo_update": 0}
+    calls = {"gae": 0, "clipped_surrogate": 0}
 
     def spy(name, fn):
         def wrapped(*args, **kwargs):
@@ -22,9 +22,10 @@ def test_ppo_trains_through_the_shared_core(monkeypatch):
         return wrapped
 
     monkeypatch.setattr(on_policy, "gae", spy("gae", on_policy.gae))
-    monkeypatch.setattr(ppo_module, "ppo_update", spy("ppo_update", ppo_module.ppo_update))
+    monkeypatch.setattr(ppo_module, "clipped_surrogate", spy("clipped_surrogate", ppo_module.clipped_surrogate))
     PPO("CartPole-v1", seed=0, num_envs=2, n_steps=16, batch_size=16, n_epochs=1).learn(64, progress=False)
-    assert calls == {"gae": 2, "ppo_update": 2}
+    # 2 updates of 32 transitions, each 1 epoch of 2 minibatches of 16
+    assert calls == {"gae": 2, "clipped_surrogate": 4}
 
 
 def test_ppo_beats_random_on_cartpole():

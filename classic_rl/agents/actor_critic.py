@@ -21,7 +21,7 @@ from torch import Tensor
 
 from classic_rl.agents.base import register
 from classic_rl.agents.on_policy import OnPolicyAgent, OnPolicyConfig, Rollout, compute_gae
-from classic_rl.core.ppo import masked_mean, masked_whiten, value_loss
+from classic_rl.core.losses import masked_mean, masked_whiten, value_loss
 from classic_rl.policies import ActorCritic
 
 __all__ = ["A2C", "A2CConfig", "ActorCriticAgent", "ActorCriticConfig", "actor_critic_loss"]

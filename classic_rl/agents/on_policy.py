@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from classic_rl.agents.base import Agent
-from classic_rl.core.ppo import gae
+from classic_rl.core.advantages import gae
 from classic_rl.env_utils import VEC_ENV_KINDS, make_vector_env
 from classic_rl.logger import RunLogger
 from classic_rl.nets import clip_grad_norm_flat, flat_parameters

@@ -1,9 +1,8 @@
-"""PPO on vector environments, on top of the shared PPO core (``classic_rl.core.ppo``).
+"""PPO on vector environments, on the shared core (``classic_rl.core.advantages`` and ``.losses``).
 
 Each update: collect ``n_steps`` steps in each of ``num_envs`` envs, compute GAE(lambda)
-advantages with the core's :func:`~classic_rl.core.ppo.gae` (bootstrapping truncated episodes
-from their final observation), then run the core's :func:`~classic_rl.core.ppo.ppo_update`:
-``n_epochs`` passes of minibatches of ``batch_size`` transitions over the clipped surrogate
+advantages with the core's :func:`~classic_rl.core.advantages.gae` (bootstrapping truncated episodes
+from their final observation), then ``n_epochs`` passes of minibatches of ``batch_size`` transitions over the clipped surrogate
 ``-min(ratio A, clip(ratio, 1 - eps, 1 + eps) A)`` + ``vf_coef`` x value loss - ``ent_coef`` x
 entropy, with gradient clipping and an optional early stop on ``target_kl``. The learning
 rate and the clip range can decay linearly to 0 over the budget; observations and rewards can
@@ -14,9 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+from torch import Tensor
+
 from classic_rl.agents.base import register
 from classic_rl.agents.on_policy import OnPolicyAgent, OnPolicyConfig, Rollout, compute_gae
-from classic_rl.core.ppo import PolicyEvaluation, PPOUpdateConfig, masked_whiten, ppo_update
+from classic_rl.core.losses import clipped_surrogate, masked_mean, masked_whiten, surrogate_stats, value_loss
 
 __all__ = ["PPO", "PPOConfig"]
 
@@ -65,26 +67,14 @@ class PPO(OnPolicyAgent):
     default_steps = 100_000
     use_flat_parameters = True
 
-    def update_config(self) -> PPOUpdateConfig:
-        cfg = self.config
-        return PPOUpdateConfig(
-            num_epochs=cfg.n_epochs,
-            num_minibatches=max(1, (cfg.num_envs * cfg.n_steps) // cfg.batch_size),
-            clip_range=cfg.clip_range,
-            clip_range_value=cfg.clip_range_vf,
-            vf_coef=cfg.vf_coef,
-            ent_coef=cfg.ent_coef,
-            max_grad_norm=cfg.max_grad_norm,
-            target_kl=cfg.target_kl,
-            normalize_advantages=False,  # done batch-wide in update()
-        )
-
     def update(self, rollout: Rollout, progress_remaining: float) -> dict[str, float]:
+        """GAE over the rollout, then ``n_epochs`` x minibatches of the clipped surrogate (the loop is
+        here, in plain sight; the math is the core's ``clipped_surrogate`` and ``value_loss``)."""
         cfg = self.config
         advantages, returns = compute_gae(rollout, cfg.gamma, cfg.gae_lambda)
         if cfg.normalize_advantage:  # once over the whole batch (not per minibatch): fewer ops per step
             advantages = masked_whiten(advantages, rollout.mask if rollout.masked else None)
-        # Each transition is one row: the core's per-step tensors are 1-D here ((batch,), not (batch, 1)).
+        # Each transition is one row: per-step tensors are 1-D here ((batch,), not (batch, 1)).
         batch = {
             "obs": rollout.obs.flatten(0, 1),
             "actions": rollout.actions.flatten(0, 1),
@@ -94,24 +84,89 @@ class PPO(OnPolicyAgent):
             "returns": returns.flatten(),
             "mask": rollout.mask.flatten(),
         }
-        policy = self.policy
-
-        with_entropy = cfg.ent_coef != 0.0  # else skip it: ~10% of a minibatch step for nothing
-
-        def evaluate(mb: dict) -> PolicyEvaluation:
-            dist, value = policy(mb["obs"])
-            return PolicyEvaluation(dist.log_prob(mb["actions"]), value, dist.entropy() if with_entropy else None)
-
         clip = cfg.clip_range * progress_remaining if cfg.anneal_clip else cfg.clip_range
-        stats = ppo_update(
-            batch,
-            evaluate,
-            self._optimizers["optimizer"],
-            [self.flat_params] if self.flat_params is not None else policy.parameters(),
-            self.update_config(),
-            clip_range=clip,
-            zero_grad=self.zero_grad,
-            clip_grad_norm=lambda _params, max_norm: self.clip_grad_norm(max_norm),
-        )
+        stats = self.train_epochs(batch, clip)
         stats["policy/clip_range"] = clip
         return stats
+
+    def train_epochs(self, batch: dict[str, Tensor], clip: float) -> dict[str, float]:
+        """``n_epochs`` passes of shuffled minibatches over ``batch``; statistics averaged over the steps.
+
+        Small networks spend most of a minibatch step on per-op overhead, so the loop keeps the op
+        count down without changing the arithmetic: an all-ones mask is dropped (plain means), each
+        epoch's shuffle is one gather per key (minibatches are then slices of it; a single minibatch
+        is the batch itself, unshuffled: the mean does not depend on the order), and the statistics
+        are kept per minibatch and reduced once at the end (one host sync per update).
+        """
+        cfg = self.config
+        policy, optimizer = self.policy, self._optimizers["optimizer"]
+        n = batch["mask"].shape[0]
+        num_minibatches = max(1, n // cfg.batch_size)
+        mb_size = n // num_minibatches
+        masked = not bool(batch["mask"].all())
+        with_entropy = cfg.ent_coef != 0.0  # else skip it: ~10% of a minibatch step for nothing
+        pieces: dict[str, list[Tensor]] = {k: [] for k in ("log_ratio", "advantages", "mask", "policy", "value", "entropy", "val_clipfrac")}
+        epochs_run = 0
+        for _epoch in range(cfg.n_epochs):
+            epochs_run += 1
+            shuffled = batch
+            if num_minibatches > 1:
+                perm = torch.randperm(n)
+                shuffled = {k: v[perm] for k, v in batch.items()}
+            stop = False
+            for start in range(0, mb_size * num_minibatches, mb_size):
+                mb = {k: v[start : start + mb_size] for k, v in shuffled.items()}
+                mask = mb["mask"] if masked else None
+                dist, new_values = policy(mb["obs"])
+                new_logprobs = dist.log_prob(mb["actions"])
+                per_step, log_ratio = clipped_surrogate(new_logprobs, mb["logprobs"], mb["advantages"], epsilon=clip)
+                pg_loss = masked_mean(per_step, mask)
+                v_loss, v_clipfrac = value_loss(new_values, mb["values"], mb["returns"], mask, cfg.clip_range_vf)
+                loss = pg_loss + cfg.vf_coef * v_loss
+                if with_entropy:
+                    entropy = masked_mean(dist.entropy(), mask)
+                    pieces["entropy"].append(entropy.detach())
+                    loss = loss - cfg.ent_coef * entropy
+
+                self.zero_grad()
+                loss.backward()
+                self.clip_grad_norm(cfg.max_grad_norm)
+                optimizer.step()
+
+                log_ratio = log_ratio.detach()
+                pieces["log_ratio"].append(log_ratio)
+                pieces["advantages"].append(mb["advantages"])
+                pieces["policy"].append(pg_loss.detach())
+                pieces["value"].append(v_loss.detach())
+                if cfg.clip_range_vf is not None:
+                    pieces["val_clipfrac"].append(v_clipfrac)
+                if masked:
+                    pieces["mask"].append(mask)
+                if cfg.target_kl is not None and surrogate_stats(log_ratio, mb["advantages"], mask, clip)["approx_kl"].item() > cfg.target_kl:
+                    stop = True
+                    break
+            if stop:
+                break
+        return _mean_statistics(pieces, clip, epochs_run)
+
+
+@torch.no_grad()
+def _mean_statistics(pieces: dict[str, list[Tensor]], clip: float, epochs_run: int) -> dict[str, float]:
+    """Average each statistic over the minibatch steps that ran, all of them in one stacked pass."""
+    stats = {"epochs_run": float(epochs_run)}
+    if not pieces["policy"]:
+        return stats
+    log_ratio = torch.stack(pieces["log_ratio"])
+    mask = torch.stack(pieces["mask"]).to(log_ratio.dtype) if pieces["mask"] else None
+    surrogate = surrogate_stats(log_ratio, torch.stack(pieces["advantages"]), mask, clip, dim=(1,))
+
+    def mean(name: str) -> Tensor:
+        return torch.stack(pieces[name]).mean() if pieces[name] else torch.zeros(())
+
+    totals = torch.stack([
+        mean("policy"), mean("value"), mean("entropy"), surrogate["approx_kl"].mean(),
+        surrogate["clipfrac"].mean(), surrogate["ratio"].mean(), mean("val_clipfrac"),
+    ]).tolist()
+    names = ("loss/policy", "loss/value", "loss/entropy", "policy/approxkl", "policy/clipfrac", "policy/ratio", "val/clipfrac")
+    stats.update(zip(names, totals))
+    return stats

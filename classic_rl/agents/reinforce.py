@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from classic_rl.agents.actor_critic import gradient_step
 from classic_rl.agents.base import register
 from classic_rl.agents.on_policy import OnPolicyAgent, OnPolicyConfig, Rollout, RolloutCollector, compute_gae
-from classic_rl.core.ppo import masked_mean, masked_whiten, value_loss
+from classic_rl.core.losses import masked_mean, masked_whiten, value_loss
 from classic_rl.logger import RunLogger
 
 __all__ = ["Reinforce", "ReinforceConfig"]

@@ -25,7 +25,7 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from classic_rl.agents.base import register
 from classic_rl.agents.on_policy import OnPolicyAgent, OnPolicyConfig, Rollout, compute_gae, make_optimizer
-from classic_rl.core.ppo import masked_mean, masked_whiten, value_loss
+from classic_rl.core.losses import masked_mean, masked_whiten, value_loss
 
 __all__ = ["TRPO", "TRPOConfig", "conjugate_gradient", "kl_line_search"]
 

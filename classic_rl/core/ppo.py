@@ -1,48 +1,11 @@
-"""The PPO core: the one implementation of PPO's math in this project.
+"""Compatibility names for PPO's math, and the old optimizer-owning update loop of ``rlhf``.
 
-Plain functions over tensors shaped ``(batch, time)`` with a validity ``mask`` (1 = real step,
-0 = padding or a masked step). Nothing here knows about gymnasium or language models, so the
-same code trains a CartPole agent (``classic_rl.agents.ppo``) and a causal LM (``rlhf.ppo``).
+The definitions live in :mod:`classic_rl.core.advantages` (``gae``, group and leave-one-out
+advantages) and :mod:`classic_rl.core.losses` (clipped surrogate, value loss, KL estimators, masked
+statistics); this module re-exports the names it used to define so old imports keep working.
 
-Pieces
-------
-- :func:`gae` -- generalised advantage estimation, GAE(lambda), with terminated vs truncated
-  episodes (bootstrap on truncation, not on termination) and padding.
-- :func:`policy_loss` -- the clipped surrogate
-  ``L = -E[min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A)]`` with approx-KL and clip fraction.
-- :func:`value_loss` -- ``0.5 * E[(V - R)^2]``, optionally clipped around the old values.
-- :func:`masked_mean`, :func:`masked_whiten` -- the statistics everything above relies on.
-- :func:`ppo_update` -- epochs x minibatches of the loss above, gradient clipping, early stop
-  when the approximate KL exceeds a target.
-
-Use from a gymnasium rollout (``num_envs`` environments, ``T`` steps each)::
-
-    adv, ret = gae(rewards, values, next_values=next_values, terminated=terminated,
-                   episode_end=terminated | truncated, mask=valid, gamma=0.99, lam=0.95)
-    batch = {"obs": obs.flatten(0, 1), "actions": actions.flatten(0, 1),
-             "logprobs": logprobs.reshape(-1, 1), "values": values.reshape(-1, 1),
-             "advantages": adv.reshape(-1, 1), "returns": ret.reshape(-1, 1),
-             "mask": valid.reshape(-1, 1)}
-
-    def evaluate(mb):  # -> PolicyEvaluation with (B, 1) tensors
-        dist, value = net(mb["obs"])
-        return PolicyEvaluation(dist.log_prob(mb["actions"])[:, None], value[:, None],
-                                dist.entropy()[:, None])
-
-    stats = ppo_update(batch, evaluate, optimizer, net.parameters(), PPOUpdateConfig())
-
-Use from a batch of LM responses (``B`` sequences of up to ``T`` response tokens; the reward
-sits on the last real token, every step is a token)::
-
-    adv, ret = gae(token_rewards, values, mask=response_mask, gamma=1.0, lam=0.95)
-    adv = masked_whiten(adv, response_mask)       # whiten over the whole batch once
-    batch = {"query_responses": qr, "responses": resp, "logprobs": old_logprobs,
-             "values": values, "advantages": adv, "returns": ret, "mask": response_mask}
-
-    def evaluate(mb):  # forward the policy and critic over the sequences, (B, T) tensors
-        ...
-    stats = ppo_update(batch, evaluate, optimizer, params,
-                       PPOUpdateConfig(normalize_advantages=False), backward=accelerator.backward)
+:func:`ppo_update` is the loop ``rlhf``'s PPO trainer used before each trainer owned its loop;
+it goes once nothing calls it (the gym agents already run their own loop, see ``agents/ppo.py``).
 """
 
 from __future__ import annotations
@@ -53,7 +16,17 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
+
+from classic_rl.core.advantages import gae
+from classic_rl.core.losses import (
+    clipped_surrogate,
+    masked_mean,
+    masked_var,
+    masked_whiten,
+    policy_loss,
+    surrogate_stats,
+    value_loss,
+)
 
 __all__ = [
     "PPOUpdateConfig",
@@ -66,160 +39,6 @@ __all__ = [
     "value_loss",
     "ppo_update",
 ]
-
-
-# ----------------------------------------------------------------------------- masked statistics
-def masked_mean(x: Tensor, mask: Tensor | None = None, dim: int | None = None) -> Tensor:
-    """Mean of ``x`` over the positions where ``mask`` is 1 (all positions if ``mask`` is None)."""
-    if mask is None:
-        return x.mean() if dim is None else x.mean(dim)
-    mask = mask.to(x.dtype)
-    if dim is None:
-        return (x * mask).sum() / mask.sum().clamp(min=1.0)
-    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1.0)
-
-
-def masked_var(x: Tensor, mask: Tensor | None = None, unbiased: bool = True) -> Tensor:
-    """Variance of ``x`` over the valid positions (Bessel-corrected by default)."""
-    mean = masked_mean(x, mask)
-    sq = masked_mean((x - mean) ** 2, mask)
-    if unbiased:
-        n = x.numel() if mask is None else mask.sum()
-        n = torch.as_tensor(n, dtype=x.dtype)
-        sq = sq * n / (n - 1).clamp(min=1.0)
-    return sq
-
-
-def masked_whiten(x: Tensor, mask: Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
-    """``(x - mean) / std`` over valid positions; padding stays 0.
-
-    ``shift_mean=False`` only rescales (used for rewards, whose sign carries meaning).
-    """
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
-    out = (x - mean) * torch.rsqrt(var + eps)
-    if not shift_mean:
-        out = out + mean
-    return out if mask is None else out * mask.to(x.dtype)
-
-
-# ----------------------------------------------------------------------------- advantages
-@torch.no_grad()
-def gae(
-    rewards: Tensor,
-    values: Tensor,
-    *,
-    mask: Tensor | None = None,
-    next_values: Tensor | None = None,
-    terminated: Tensor | None = None,
-    episode_end: Tensor | None = None,
-    last_values: Tensor | None = None,
-    gamma: float = 0.99,
-    lam: float = 0.95,
-) -> tuple[Tensor, Tensor]:
-    """GAE(lambda) advantages and lambda-returns over ``(batch, time)`` tensors.
-
-    ``delta_t = r_t + gamma * V(s_{t+1}) * (1 - terminated_t) - V(s_t)``
-    ``A_t = delta_t + gamma * lam * (1 - episode_end_t) * A_{t+1}``, ``returns = A + V``.
-
-    Args:
-        rewards, values: ``(B, T)``.
-        mask: ``(B, T)``, 1 for real steps. Masked steps get advantage 0 and do not pass
-            advantage back to earlier steps, so a padded batch equals the unpadded one.
-        next_values: ``(B, T)`` value of the state after step t. For a truncated episode this
-            must be the value of the *final* observation (the time limit is not the end of the
-            task, so we bootstrap). Default: ``values`` shifted left by one (padding counts as 0),
-            with ``last_values`` (or 0) after the last column -- the LM case.
-        terminated: ``(B, T)`` 1 where the episode really ended at step t: no bootstrap.
-        episode_end: ``(B, T)`` 1 where the episode ended for any reason (terminated or
-            truncated): the advantage recursion stops there. Defaults to ``terminated``.
-        last_values: ``(B,)`` bootstrap value after the final column when ``next_values`` is None.
-    """
-    B, T = rewards.shape
-    dtype = values.dtype
-    valid = torch.ones_like(values) if mask is None else mask.to(dtype)
-    if next_values is None:
-        tail = torch.zeros(B, 1, dtype=dtype, device=values.device)
-        if last_values is not None:
-            tail = last_values.reshape(B, 1).to(dtype)
-        next_values = torch.cat([(values * valid)[:, 1:], tail], dim=1)
-    not_terminal = torch.ones_like(values) if terminated is None else 1.0 - terminated.to(dtype)
-    ends = terminated if episode_end is None else episode_end
-    carry_on = torch.ones_like(values) if ends is None else 1.0 - ends.to(dtype)
-
-    deltas = (rewards + gamma * next_values * not_terminal - values) * valid
-    advantages = torch.zeros_like(values)
-    running = torch.zeros(B, dtype=dtype, device=values.device)
-    for t in reversed(range(T)):
-        running = deltas[:, t] + gamma * lam * carry_on[:, t] * running
-        running = running * valid[:, t]
-        advantages[:, t] = running
-    returns = (advantages + values) * valid
-    return advantages, returns
-
-
-# ----------------------------------------------------------------------------- losses
-def policy_loss(
-    new_logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor | None, clip_range: float
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """PPO's clipped surrogate (to minimise) and its statistics.
-
-    ``ratio = exp(log pi_new - log pi_old)``;
-    ``loss = mean(max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)))``.
-    Stats: ``approx_kl`` (the unbiased k3 estimator ``(ratio - 1) - log ratio``), ``clipfrac``
-    (share of steps where the clipped branch is the active one), ``ratio`` (mean).
-    """
-    loss, log_ratio = _clipped_surrogate(new_logprobs, old_logprobs, advantages, mask, clip_range)
-    return loss, _surrogate_stats(log_ratio.detach(), advantages, mask, clip_range)
-
-
-def _clipped_surrogate(
-    new_logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor | None, clip_range: float
-) -> tuple[Tensor, Tensor]:
-    """The loss of :func:`policy_loss` and ``log ratio`` (its statistics follow from that)."""
-    log_ratio = new_logprobs - old_logprobs
-    ratio = torch.exp(log_ratio)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    return masked_mean(torch.maximum(unclipped, clipped), mask), log_ratio
-
-
-@torch.no_grad()
-def _surrogate_stats(
-    log_ratio: Tensor, advantages: Tensor, mask: Tensor | None, clip_range: float, dim: tuple[int, ...] | None = None
-) -> dict[str, Tensor]:
-    """approx_kl, clipfrac and mean ratio of :func:`policy_loss` (per leading index with ``dim``:
-    :func:`ppo_update` computes them for all its minibatches at once, stacked)."""
-    ratio = torch.exp(log_ratio)
-    clipped_active = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range) > -advantages * ratio
-
-    def mean(x: Tensor) -> Tensor:
-        if dim is None:
-            return masked_mean(x, mask)
-        return x.mean(dim) if mask is None else (x * mask).sum(dim) / mask.sum(dim).clamp(min=1.0)
-
-    return {
-        "approx_kl": mean((ratio - 1.0) - log_ratio),
-        "clipfrac": mean(clipped_active.to(ratio.dtype)),
-        "ratio": mean(ratio),
-    }
-
-
-def value_loss(
-    new_values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor | None, clip_range_value: float | None
-) -> tuple[Tensor, Tensor]:
-    """``0.5 * mean((V - R)^2)``; with ``clip_range_value`` the pessimistic max of the plain and
-    the clipped error, where ``V_clipped = V_old + clip(V - V_old, -c, c)``. Returns (loss, clipfrac)."""
-    if clip_range_value is None:
-        if mask is None:  # one fused op (and one backward node) instead of three
-            return 0.5 * F.mse_loss(new_values, returns), torch.zeros((), device=new_values.device)
-        return 0.5 * masked_mean((new_values - returns) ** 2, mask), torch.zeros((), device=new_values.device)
-    unclipped = (new_values - returns) ** 2
-    v_clipped = old_values + torch.clamp(new_values - old_values, -clip_range_value, clip_range_value)
-    clipped = (v_clipped - returns) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask)
-    with torch.no_grad():
-        clipfrac = masked_mean((clipped > unclipped).to(new_values.dtype), mask)
-    return loss, clipfrac
 
 
 # ----------------------------------------------------------------------------- the update loop
@@ -323,7 +142,8 @@ def ppo_update(
             if config.normalize_advantages and (mask.sum() if masked else adv.numel()) > 1:
                 adv = masked_whiten(adv, mask)
             out = evaluate(mb)
-            pg_loss, log_ratio = _clipped_surrogate(out.logprobs, mb["logprobs"], adv, mask, eps)
+            per_token, log_ratio = clipped_surrogate(out.logprobs, mb["logprobs"], adv, epsilon=eps)
+            pg_loss = masked_mean(per_token, mask)
             v_loss, v_clipfrac = value_loss(out.values, mb["values"], mb["returns"], mask, config.clip_range_value)
             loss = pg_loss + config.vf_coef * v_loss
             if out.entropy is not None:
@@ -349,7 +169,7 @@ def ppo_update(
                 pieces["mask"].append(mask)
             if config.target_kl is not None:
                 # Every process must take the same decision, or a rank waits forever in backward.
-                kl = _surrogate_stats(log_ratio, adv, mask, eps)["approx_kl"]
+                kl = surrogate_stats(log_ratio, adv, mask, eps)["approx_kl"]
                 kl = reduce_mean(kl) if reduce_mean is not None else kl
                 if kl.item() > config.target_kl:
                     stop = True
@@ -368,7 +188,7 @@ def _update_stats(pieces: dict[str, list[Tensor]], clip_range: float, epochs_run
     log_ratio = torch.stack(pieces["log_ratio"])
     dims = tuple(range(1, log_ratio.dim()))
     mask = torch.stack(pieces["mask"]).to(log_ratio.dtype) if pieces["mask"] else None
-    surrogate = _surrogate_stats(log_ratio, torch.stack(pieces["advantages"]), mask, clip_range, dims)
+    surrogate = surrogate_stats(log_ratio, torch.stack(pieces["advantages"]), mask, clip_range, dim=dims)
 
     def mean(name: str) -> Tensor:
         values = pieces[name]
