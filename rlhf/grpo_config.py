@@ -43,6 +43,8 @@ class GroupRLConfig(RLConfig):
     """Sampling temperature; logprobs for the loss use logits / temperature too."""
     learning_rate: float = 1e-6
     """AdamW learning rate (TRL's default; tiny models take ~1e-3)."""
+    adam_epsilon: float = 1e-8
+    """AdamW epsilon (transformers' default, as in TRL's GRPO/RLOO trainers)."""
     epsilon: float = 0.2
     """Lower clip epsilon of the policy ratio."""
     epsilon_high: float | None = None

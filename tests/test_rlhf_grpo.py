@@ -45,18 +45,22 @@ def tiny(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def warm_start(tmp_path_factory) -> Path:
-    """The recipe of configs/rlhf/grpo_tiny.yaml, smaller: a tiny model SFT'd on the noisy reversal demos."""
-    from rlhf.sft import main as sft_main
-
+    """The recipe of configs/rlhf/grpo_tiny.yaml, smaller, through the command line as a user runs it: a tiny
+    model SFT'd on the noisy reversal demonstrations."""
     root = tmp_path_factory.mktemp("reverse")
-    model, tokenizer = build_tiny_model(TinyModelConfig(output_dir=str(root / "tiny"), vocab_size=300, hidden_size=64,
-                                                        intermediate_size=128, num_hidden_layers=2, num_attention_heads=4))
-    model.save_pretrained(root / "tiny")
-    tokenizer.save_pretrained(root / "tiny")
-    sft_main(["--model_name_or_path", str(root / "tiny"), "--dataset_name", str(DATA / "reverse_sft.jsonl"),
-              "--output_dir", str(root / "sft"), "--max_steps", "200", "--per_device_train_batch_size", "32",
-              "--learning_rate", "3e-3", "--lr_scheduler_type", "cosine", "--warmup_steps", "10", "--seed", "0",
-              "--logging_steps", "50", "--disable_tqdm", "true", "--report_to", "none"])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    steps = [
+        ["tiny-model", "--output_dir", str(root / "tiny"), "--vocab_size", "300", "--hidden_size", "64",
+         "--intermediate_size", "128", "--num_hidden_layers", "2", "--num_attention_heads", "4"],
+        ["sft", "--model_name_or_path", str(root / "tiny"), "--dataset_name", str(DATA / "reverse_sft.jsonl"),
+         "--output_dir", str(root / "sft"), "--max_steps", "200", "--per_device_train_batch_size", "32",
+         "--learning_rate", "3e-3", "--lr_scheduler_type", "cosine", "--warmup_steps", "10", "--seed", "0",
+         "--logging_steps", "50", "--disable_tqdm", "true", "--report_to", "none"],
+    ]
+    for argv in steps:
+        result = subprocess.run([sys.executable, "-m", "rlhf", *argv], env=env, cwd=REPO, capture_output=True,
+                                text=True, timeout=600)
+        assert result.returncode == 0, textwrap.shorten(result.stderr[-3000:], 3000)
     return root / "sft"
 
 
@@ -179,16 +183,16 @@ def _learn(command: str, warm_start: Path, out: Path, *extra: str) -> dict:
 
     main = {"grpo": grpo_main, "rloo": rloo_main}[command]
     return main(["--model_name_or_path", str(warm_start), *TASK, "--output_dir", str(out), "--num_generations", "8",
-                 "--per_device_train_batch_size", "64", "--max_completion_length", "4", "--max_steps", "60",
-                 "--learning_rate", "2e-3", "--num_eval_prompts", "200", "--seed", "0", *QUIET, *extra])
+                 "--per_device_train_batch_size", "64", "--max_completion_length", "4", "--max_steps", "100",
+                 "--learning_rate", "1e-3", "--num_eval_prompts", "200", "--seed", "0", *QUIET, *extra])
 
 
 def test_grpo_learns_the_verifiable_task(warm_start, tmp_path):
     summary = _learn("grpo", warm_start, tmp_path / "grpo")
-    assert summary["world_size"] == 1 and summary["episodes"] == 60 * 64
-    assert summary["reward_mean_after"] > summary["reward_mean_before"] + 0.08, summary
+    assert summary["world_size"] == 1 and summary["episodes"] == 100 * 64
+    assert summary["reward_mean_after"] > summary["reward_mean_before"] + 0.1, summary
     rows = [json.loads(line) for line in (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 60 and rows[-1]["reward"] > rows[0]["reward"]
+    assert len(rows) == 100 and rows[-1]["reward"] > rows[0]["reward"]
     saved = json.loads((tmp_path / "grpo" / "summary.json").read_text())
     assert saved["command"] == "grpo" and saved["kl_mean"] > 0 and saved["train_runtime"] > 0
     assert (tmp_path / "grpo" / "model.safetensors").exists() and (tmp_path / "grpo" / "config.yaml").exists()
@@ -197,7 +201,7 @@ def test_grpo_learns_the_verifiable_task(warm_start, tmp_path):
 
 def test_rloo_learns_the_verifiable_task(warm_start, tmp_path):
     summary = _learn("rloo", warm_start, tmp_path / "rloo", "--report_to", "tensorboard")
-    assert summary["reward_mean_after"] > summary["reward_mean_before"] + 0.08, summary
+    assert summary["reward_mean_after"] > summary["reward_mean_before"] + 0.1, summary
     assert list((tmp_path / "rloo" / "runs").glob("events.*"))  # tensorboard logs beside metrics.jsonl
 
 
