@@ -4,15 +4,33 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+
+from classic_rl.safe_io import DEBUG_ENV, UserError, debug_enabled
 
 EPILOG = """examples:
   classic-rl list
   classic-rl train q_learning CliffWalking-v1 --episodes 500 --set epsilon=0.1 alpha=0.5
   classic-rl train ppo CartPole-v1 --steps 50000 --seed 1 --out runs/ppo-cp
+  classic-rl train ppo CartPole-v1 --steps 50000 --resume runs/ppo-cp   # after a kill or Ctrl-C
   classic-rl eval runs/ppo-cp --episodes 20
   classic-rl plot runs/ppo-cp runs/dqn-cp --out curves.png
+
+errors in your input exit with status 2 and one line; --debug (or RL_TOOLKIT_DEBUG=1) shows tracebacks.
+"""
+
+TRAIN_EPILOG = """checkpoints and resuming:
+  The whole training state (weights, optimizers, replay buffer, normaliser statistics, random
+  generators, environments' current episodes, episode-log position) is saved atomically every
+  --save-freq environment steps (default: a tenth of --steps; 10000 with --episodes), at the end,
+  and on Ctrl-C/SIGTERM, which stop at the next whole step and exit with status 130/143. A run
+  killed at any moment continues from its last checkpoint with
+      classic-rl train ALGO ENV --steps TOTAL --resume RUN_DIR
+  and, for every synchronous algorithm, ends with the numbers of an uninterrupted run (a3c, d4pg
+  with actors and maddpg lose no progress but may differ: see docs/reliability.md).
+  A loss or weight that becomes NaN/inf stops the run (exit 3); the last good checkpoint stays.
 """
 
 
@@ -21,30 +39,42 @@ def build_parser() -> argparse.ArgumentParser:
         prog="classic-rl", description="Train and evaluate the course's RL algorithms on gymnasium environments.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show full tracebacks (sets RL_TOOLKIT_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("list", help="list algorithms (with family and action spaces)")
 
-    train = sub.add_parser("train", help="train ALGO on ENV and write a run directory")
+    train = sub.add_parser("train", help="train ALGO on ENV and write a run directory", epilog=TRAIN_EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("algo")
     train.add_argument("env")
     budget = train.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, help="environment steps (total when resuming)")
     budget.add_argument("--episodes", type=int, help="training episodes")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int, default=None, help="random seed (default 0; a resumed run keeps its own)")
     train.add_argument("--config", help="YAML file of settings (layered over the tuned defaults)")
     train.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                        help="override settings, e.g. --set learning_rate=1e-3 gamma=0.99")
     train.add_argument("--env-kwargs", default=None, help='JSON passed to gym.make, e.g. \'{"is_slippery": false}\'')
     train.add_argument("--out", help="run directory (default runs/ALGO-ENV-sSEED-TIME)")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue a saved run up to --steps in total")
+    train.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue RUN_DIR from its last checkpoint up to --steps in total (default: its own budget); "
+                            "ALGO and ENV must be the run's")
+    train.add_argument("--save-freq", type=int, default=None, metavar="N",
+                       help="checkpoint every N environment steps (default: a tenth of --steps; 0: only at the end "
+                            "and on Ctrl-C/SIGTERM)")
     train.add_argument("--eval-episodes", type=int, default=10)
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show full tracebacks (sets RL_TOOLKIT_DEBUG=1)")
 
     ev = sub.add_parser("eval", help="evaluate a saved run greedily")
     ev.add_argument("run_dir")
     ev.add_argument("--episodes", type=int, default=10)
     ev.add_argument("--seed", type=int, default=123)
+    ev.add_argument("--allow-partial", action="store_true",
+                    help="evaluate a run whose training did not finish (its last checkpoint)")
 
     plot = sub.add_parser("plot", help="learning curves (and grid-world values) to PNG")
     plot.add_argument("run_dirs", nargs="+")
@@ -73,33 +103,75 @@ def _cmd_train(args: argparse.Namespace) -> int:
         try:
             env_kwargs = json.loads(args.env_kwargs)
         except json.JSONDecodeError as err:
-            raise ValueError(f"--env-kwargs is not valid JSON ({err}); example: '{{\"is_slippery\": false}}'") from None
+            raise UserError(f"--env-kwargs is not valid JSON ({err}); example: '{{\"is_slippery\": false}}'") from None
         if not isinstance(env_kwargs, dict):
-            raise ValueError("--env-kwargs must be a JSON object, e.g. '{\"is_slippery\": false}'")
+            raise UserError("--env-kwargs must be a JSON object, e.g. '{\"is_slippery\": false}'")
     agent, summary = train_run(
         args.algo, args.env, steps=args.steps, episodes=args.episodes, seed=args.seed,
         config_file=args.config, overrides=parse_set_args(args.set), env_kwargs=env_kwargs, out=args.out,
-        quiet=args.quiet, resume=args.resume, eval_episodes=args.eval_episodes,
+        quiet=args.quiet, resume=args.resume, eval_episodes=args.eval_episodes, save_freq=args.save_freq,
     )
     agent.close()  # environments and worker processes (vec_env async, A3C/D4PG actors) end here, not at exit
     out = Path(args.resume or args.out or "")
-    print(
-        f"{summary['algo']} on {summary['env']} (seed {summary['seed']}): {summary['steps']} steps, "
-        f"{summary['episodes']} episodes in {summary['wall_s']:.1f}s; "
-        f"eval return {summary['eval_return_mean']:.2f} +- {summary['eval_return_std']:.2f}"
-    )
+    if summary["interrupted"]:
+        print(f"classic-rl train: stopped by {summary['stopped_by']} at step {summary['steps']}; checkpoint saved. "
+              f"Resume with: {summary['resume_command']}", file=sys.stderr)
+        return 143 if summary["stopped_by"] == "SIGTERM" else 130
+    print(f"{summary['algo']} on {summary['env']} (seed {summary['seed']}): {_work_done(summary)}; {_eval_text(summary)}")
     if args.out or args.resume:
         print(f"run directory: {out}")
     return 0
 
 
+def _work_done(summary: dict) -> str:
+    """'N steps, M episodes', or for dynamic programming what the solver did (it takes no steps)."""
+    solve = summary.get("solve")
+    if solve:
+        name = summary["algo"].replace("_", " ")
+        improvements = f", {solve['improvements']} policy improvements" if "improvements" in solve else ""
+        return f"{name} converged in {solve['sweeps']} sweeps{improvements} ({summary['wall_s']:.1f}s)"
+    return f"{summary['steps']} steps, {summary['episodes']} episodes in {summary['wall_s']:.1f}s"
+
+
+def _eval_text(summary: dict) -> str:
+    mean = summary.get("eval_return_mean")
+    if not summary.get("eval_episodes") or mean is None:
+        return "not evaluated (--eval-episodes 0)"
+    return f"eval return {mean:.2f} +- {summary['eval_return_std']:.2f}"
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     import classic_rl
+    from classic_rl.agents.base import Agent
+    from classic_rl.safe_io import dumps_strict
 
-    agent = classic_rl.load(args.run_dir)
+    if args.episodes < 1:
+        raise UserError(f"--episodes must be a positive integer, got {args.episodes}")
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory")
+    run = Agent.read_state(run_dir).get("run")
+    partial = isinstance(run, dict) and run.get("status") != "complete"
+    if partial:
+        step = Agent.read_state(run_dir).get("num_timesteps", 0)
+        meta = Agent.read_meta(run_dir)
+        target = run.get("target_steps") or run.get("target_episodes")
+        unit = "steps" if run.get("target_steps") else "episodes"
+        if not args.allow_partial:
+            raise UserError(
+                f"{run_dir} holds a partial checkpoint at step {step} (training to {target} {unit} did not finish); "
+                f"resume it with `classic-rl train {meta['algo']} {meta['env']} --resume {run_dir}`, "
+                "or pass --allow-partial to evaluate it anyway"
+            )
+        print(f"classic-rl eval: warning: {run_dir} is a partial checkpoint at step {step}, not a finished run",
+              file=sys.stderr)
+    agent = classic_rl.load(run_dir)
     mean, std = agent.evaluate(episodes=args.episodes, seed=args.seed)  # agents own their env (mpe2:...)
-    print(json.dumps({"algo": agent.algo, "env": agent.env_id, "episodes": args.episodes,
-                      "eval_return_mean": mean, "eval_return_std": std}))
+    result = {"algo": agent.algo, "env": agent.env_id, "episodes": args.episodes,
+              "eval_return_mean": mean, "eval_return_std": std}
+    if partial:
+        result.update(partial=True, checkpoint_step=agent.num_timesteps)
+    print(dumps_strict(result))
     return 0
 
 
@@ -145,21 +217,45 @@ def _load_tabular(run_dir: str):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "debug", False):
+        os.environ[DEBUG_ENV] = "1"
     try:
-        if args.command == "list":
-            return _cmd_list()
-        if args.command == "train":
-            return _cmd_train(args)
-        if args.command == "eval":
-            return _cmd_eval(args)
-        if args.command == "plot":
-            return _cmd_plot(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"classic-rl {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return _run(args)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        if debug_enabled():
+            raise
+        print(f"classic-rl {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        if debug_enabled():
+            raise
+        from classic_rl.checkpoint import TrainingDiverged
+        from classic_rl.train import CheckpointWriteError
+
+        message = " ".join(str(err).split()) or type(err).__name__
+        if isinstance(err, (UserError, ValueError, FileNotFoundError, FileExistsError)):
+            print(f"classic-rl {args.command}: error: {message}", file=sys.stderr)
+            return 2
+        if isinstance(err, TrainingDiverged):
+            print(f"classic-rl {args.command}: error: {message}", file=sys.stderr)
+            return 3
+        if isinstance(err, CheckpointWriteError):
+            print(f"classic-rl {args.command}: error: {message}", file=sys.stderr)
+            return 1
+        print(f"classic-rl {args.command}: error: {type(err).__name__}: {message} "
+              f"(run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "list":
+        return _cmd_list()
+    if args.command == "train":
+        return _cmd_train(args)
+    if args.command == "eval":
+        return _cmd_eval(args)
+    if args.command == "plot":
+        return _cmd_plot(args)
     return 1
 
 

@@ -27,11 +27,13 @@ from typing import Any
 
 import yaml
 
+from classic_rl.safe_io import UserError
+
 CONFIG_ROOT = Path(os.environ.get("CLASSIC_RL_CONFIGS", Path(__file__).resolve().parents[1] / "configs" / "classic"))
 
 
-class ConfigError(ValueError):
-    """A setting that does not exist or has a value of the wrong type."""
+class ConfigError(UserError, ValueError):
+    """A setting that does not exist or has a value of the wrong type (a user error: exit 2)."""
 
 
 def field_names(config_cls: type) -> list[str]:
@@ -119,8 +121,18 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Config file {str(path)!r} does not exist")
-    with open(path) as fh:
-        data = yaml.safe_load(fh) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        context, start = getattr(err, "context", None), getattr(err, "context_mark", None)
+        if context and start is not None and mark is not None and start.line != mark.line:
+            problem += f" ({context} at line {start.line + 1})"
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text (YAML) file") from None
     if not isinstance(data, dict):
         raise ConfigError(f"Config file {str(path)!r} must hold a mapping of settings, got {type(data).__name__}")
     return data
@@ -178,7 +190,11 @@ def resolve_config(
         data = load_yaml(config_file)
         # A saved run's config.yaml nests the settings under "config"; accept both shapes.
         data = data.get("config", data) if isinstance(data.get("config"), dict) else data
-        config = apply_overrides(config, data, str(config_file))
+        try:
+            config = apply_overrides(config, data, str(config_file))
+        except ValueError as err:  # name the file for range errors too
+            message = str(err)
+            raise ConfigError(message if str(config_file) in message else f"{config_file}: {message}") from None
     if overrides:
         config = apply_overrides(config, overrides, "--set / keyword overrides")
     return config

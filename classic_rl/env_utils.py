@@ -11,7 +11,10 @@ in which case that one is used and the wrapper does not repeat again. Rewards ar
 
 :func:`make_vector_env` runs ``n`` copies as a gymnasium vector env (``sync``: one process;
 ``async``: a process per copy); :class:`EpisodeReplay` lets such copies rebuild an episode from
-its reset seed and actions inside their own process (exact resume of the off-policy agents).
+its reset seed and actions inside their own process (exact resume of the off-policy agents);
+:class:`EpisodeRecorder` does the same for copies that reset themselves (the on-policy collector's
+autoreset), recording each episode's start -- its reset seed, or the env's generator state just
+before an unseeded reset -- and its actions, without pickling the environment.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 
 ATARI_FRAME_SKIP = 4
 ATARI_FRAME_STACK = 4
@@ -86,13 +90,42 @@ def check_env_id(env_id: str) -> None:
 
 
 def make_env(env_id: str | gym.Env, env_kwargs: dict[str, Any] | None = None, **make_kwargs: Any) -> gym.Env:
-    """``gym.make`` with id validation; an Env instance passes through unchanged."""
+    """``gym.make`` with id validation; an Env instance passes through unchanged.
+
+    Keyword arguments the environment does not take are a :class:`~classic_rl.safe_io.UserError`
+    naming them and the ones it does take.
+    """
     if isinstance(env_id, gym.Env):
         return env_id
     check_env_id(env_id)
-    if is_atari_id(env_id):
-        return make_atari_env(env_id, env_kwargs, **make_kwargs)
-    return gym.make(env_id, **(env_kwargs or {}), **make_kwargs)
+    try:
+        if is_atari_id(env_id):
+            return make_atari_env(env_id, env_kwargs, **make_kwargs)
+        return gym.make(env_id, **(env_kwargs or {}), **make_kwargs)
+    except TypeError as err:
+        if not env_kwargs or "argument" not in str(err):
+            raise
+        raise _env_kwargs_error(env_id, env_kwargs, err) from None
+
+
+def _env_kwargs_error(env_id: str, env_kwargs: dict[str, Any], err: TypeError) -> Exception:
+    """A one-line UserError for ``--env-kwargs`` the environment does not accept."""
+    import inspect
+
+    from classic_rl.safe_io import UserError
+
+    valid: list[str] = []
+    try:
+        entry = gym.envs.registry[env_id].entry_point
+        cls = gym.envs.registration.load_env_creator(entry) if isinstance(entry, str) else entry
+        params = inspect.signature(cls).parameters.values()
+        valid = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    except Exception:  # the list is a hint only
+        valid = []
+    unknown = [k for k in env_kwargs if valid and k not in valid]
+    what = f"unknown key(s) {', '.join(map(repr, unknown))}" if unknown else str(err).strip().splitlines()[0]
+    hint = f"; {env_id} accepts: {', '.join(valid)}" if valid else ""
+    return UserError(f"--env-kwargs: {what} for {env_id}{hint}")
 
 
 def env_label(env: str | gym.Env) -> str:
@@ -175,3 +208,57 @@ class EpisodeReplay(gym.Wrapper):
         seed, actions = self.replay_plan
         self.replay_plan = None
         return replay_episode(self, seed, actions)
+
+
+class EpisodeRecorder(gym.Wrapper):
+    """Records how the current episode began and its actions, so it can be rebuilt elsewhere.
+
+    The record is ``(seed, rng_state, actions)``: the seed of a seeded reset, or else the state of
+    the env's ``np_random`` just before the (unseeded) reset, and the actions taken since. Setting
+    that generator state and resetting, or resetting with the seed, then taking the actions gives
+    the same environment state and generator state again for every environment whose randomness
+    comes from its ``np_random`` (all of gymnasium's). Like :class:`EpisodeReplay`, it talks through
+    ``set_attr``/``call`` so it also reaches async worker processes: ``call("episode_record")``,
+    then ``set_attr("restore_plan", [...])`` and ``call("restore_planned")`` (answering the last
+    observation per copy).
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self._record: tuple[int | None, dict | None, list[Any]] = (None, None, [])
+        self.restore_plan: tuple[int | None, dict | None, Sequence[Any]] | None = None
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        rng_state = None
+        if seed is None:
+            rng_state = self.env.unwrapped.np_random.bit_generator.state  # before the reset draws
+        self._record = (None if seed is None else int(seed), rng_state, [])
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, action: Any):
+        # a copy: vector envs hand each copy a view into the batch's action array
+        self._record[2].append(np.array(action) if isinstance(action, np.ndarray) else action)
+        return self.env.step(action)
+
+    def episode_record(self) -> tuple[int | None, dict | None, list[Any]]:
+        seed, rng_state, actions = self._record
+        return seed, rng_state, list(actions)
+
+    def restore_planned(self) -> Any:
+        if self.restore_plan is None:
+            raise RuntimeError("set restore_plan (seed, rng_state, actions) before calling restore_planned")
+        seed, rng_state, actions = self.restore_plan
+        self.restore_plan = None
+        if seed is None and rng_state is not None:
+            self.env.unwrapped.np_random.bit_generator.state = rng_state
+        obs, _ = self.reset(seed=seed)
+        if seed is None:
+            self._record = (None, rng_state, [])
+        for action in actions:
+            obs, _, terminated, truncated, _ = self.step(action)
+            if terminated or truncated:
+                raise RuntimeError(
+                    "Cannot restore the environment: replaying the saved episode ended early; "
+                    "the environment is not deterministic given its random generator."
+                )
+        return obs

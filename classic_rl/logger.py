@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import time
 from collections import deque
 from pathlib import Path
@@ -36,12 +37,15 @@ class RunLogger:
         unit: str = "step",
         progress: bool = True,
         tensorboard: bool = True,
+        resume: dict | None = None,
     ) -> None:
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.start = time.perf_counter()
-        self.episodes = 0
+        resume = resume or {}
+        self.start = time.perf_counter() - float(resume.get("wall_s") or 0.0)
+        self.episodes = int(resume.get("episodes", 0))
         self.recent_returns: deque[float] = deque(maxlen=20)
-        self.episode_returns: list[float] = []
+        self.episode_returns: list[float] = [float(r) for r in resume.get("recent_returns", [])]
+        self.recent_returns.extend(self.episode_returns)
         self.episode_steps: list[int] = []
         self._csv_file = None
         self._csv = None
@@ -49,6 +53,8 @@ class RunLogger:
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             path = self.out_dir / "episodes.csv"
+            if resume:
+                truncate_episode_log(path, self.episodes)
             append = path.exists() and path.stat().st_size > 0
             self._csv_file = open(path, "a", newline="")
             self._csv = csv.writer(self._csv_file)
@@ -92,6 +98,19 @@ class RunLogger:
         for tag, value in values.items():
             self.scalar(tag, value, step)
 
+    def position(self, keep_returns: int = 100) -> dict:
+        """Where the log stands (for a checkpoint): rows written, the last returns, wall time."""
+        return {"episodes": self.episodes, "recent_returns": self.episode_returns[-keep_returns:],
+                "wall_s": round(self.wall_s, 3)}
+
+    def flush(self) -> None:
+        """Put every row written so far on disk (before a checkpoint records the log position)."""
+        if self._csv_file is not None:
+            self._csv_file.flush()
+            os.fsync(self._csv_file.fileno())
+        if self._tb is not None:
+            self._tb.flush()
+
     def advance(self, n: int = 1) -> None:
         """Move the progress bar by ``n`` units of the budget."""
         self._bar.update(n)
@@ -99,6 +118,7 @@ class RunLogger:
     def close(self) -> None:
         self._bar.close()
         if self._csv_file is not None:
+            self.flush()
             self._csv_file.close()
             self._csv_file = None
         if self._tb is not None:
@@ -110,3 +130,26 @@ class RunLogger:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def truncate_episode_log(path: Path, episodes: int) -> None:
+    """Keep the header and the first ``episodes`` rows of ``episodes.csv`` (atomically).
+
+    Raises ValueError when the file holds fewer rows than the checkpoint recorded (it was edited
+    or lost): resuming would then log a run that does not match the saved agent.
+    """
+    from classic_rl.safe_io import atomic_write_text
+
+    if not path.exists():
+        if episodes:
+            raise ValueError(f"{path} is missing but the checkpoint recorded {episodes} episodes in it")
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    complete = [line for line in lines if line.endswith("\n")]  # a kill may cut the last row short
+    if episodes and len(complete) - 1 < episodes:
+        raise ValueError(
+            f"{path} holds {max(len(complete) - 1, 0)} complete rows but the checkpoint recorded {episodes}"
+        )
+    keep = complete[: episodes + 1]
+    if keep != lines:
+        atomic_write_text(path, "".join(keep))

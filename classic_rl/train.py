@@ -2,26 +2,47 @@
 
 A run directory (INTERFACE.md) holds ``config.yaml`` (every resolved setting), ``episodes.csv``,
 ``summary.json``, the saved agent (``model.safetensors`` ...) and TensorBoard files in ``tb/``.
-Everything is validated before the directory is created; a run that fails with an error leaves
-no directory behind, and Ctrl-C saves what was learned and marks the summary ``interrupted``.
+
+Everything is validated before the directory is created. During training the whole training
+state is checkpointed atomically every ``save_freq`` environment steps (``classic_rl.checkpoint``);
+``state.json``'s ``run`` record says how far the last complete checkpoint got (``num_timesteps``)
+and whether training finished (``status``: ``running``, ``interrupted`` or ``complete``). A run
+killed at any instant continues with ``resume=RUN_DIR`` from its last checkpoint, and for every
+synchronous algorithm ends with the numbers of the uninterrupted run (see docs/reliability.md).
+Ctrl-C and SIGTERM stop at the next whole step or update, write a checkpoint and mark the
+summary ``interrupted``. A diverging run (non-finite loss or weights) stops without saving the
+bad state, leaving the last good checkpoint.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from classic_rl.agents.base import Agent
+from classic_rl.checkpoint import StopRequested, TrainingDiverged
 from classic_rl.logger import RunLogger
 from classic_rl.registry import get_algorithm
+from classic_rl.safe_io import UserError, atomic_write_json
+
+CHECKPOINTS_PER_RUN = 10
+"""Default ``save_freq``: a tenth of a step budget (so a kill loses at most ~10% of the run)."""
+EPISODE_BUDGET_SAVE_FREQ = 10_000
+"""Default ``save_freq`` (steps) when the budget is counted in episodes."""
 
 
 def default_run_dir(algo: str, env_id: str, seed: int) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{algo}-{env_id.replace('/', '_')}-s{seed}-{stamp}"
+
+
+def default_save_freq(steps: int | None) -> int:
+    """Steps between checkpoints when ``--save-freq`` is not given."""
+    if steps is None:
+        return EPISODE_BUDGET_SAVE_FREQ
+    return max(1, -(-int(steps) // CHECKPOINTS_PER_RUN))
 
 
 def _budget(agent: Agent, steps: int | None, episodes: int | None) -> tuple[int | None, int | None]:
@@ -33,13 +54,122 @@ def _budget(agent: Agent, steps: int | None, episodes: int | None) -> tuple[int 
     return steps, episodes
 
 
+class CheckpointWriteError(RuntimeError):
+    """Writing a checkpoint failed (disk full, permissions); the previous one is intact."""
+
+
+class RunCheckpointer:
+    """Writes the run's checkpoints: every ``save_freq`` steps at a safe point, and on demand."""
+
+    def __init__(self, out: Path, save_freq: int, logger: RunLogger, budget: dict[str, Any],
+                 last_step: int | None = None) -> None:
+        self.out, self.save_freq, self.logger, self.budget = out, int(save_freq), logger, budget
+        self.last_step = last_step
+        self.next_step = 0
+
+    def _schedule_after(self, step: int) -> None:
+        self.next_step = (step // self.save_freq + 1) * self.save_freq if self.save_freq else None
+
+    def steps_to_next(self, agent: Agent) -> int:
+        """Steps until the next checkpoint is due (agents that train in pieces size them by it)."""
+        if not self.save_freq:
+            return EPISODE_BUDGET_SAVE_FREQ  # still stop now and then, for Ctrl-C
+        return max(1, self.next_step - agent.num_timesteps)
+
+    def at_safe_point(self, agent: Agent) -> None:
+        if self.save_freq and agent.num_timesteps >= self.next_step:
+            self.save(agent, "running")
+
+    def save(self, agent: Agent, status: str) -> None:
+        bad = agent.non_finite_weight()
+        if bad is not None:  # never save a NaN model over a good checkpoint
+            raise TrainingDiverged(
+                f"training diverged by step {agent.num_timesteps}: weight {bad[0]} is {bad[1]}"
+            )
+        self.logger.flush()
+        run_state = {"status": status, **self.budget, "save_freq": self.save_freq, "log": self.logger.position()}
+        try:
+            agent.save(self.out, run_state=run_state)
+        except OSError as err:
+            kept = (f"the checkpoint at step {self.last_step} is intact" if self.last_step is not None
+                    else "no checkpoint was written")
+            raise CheckpointWriteError(
+                f"could not write the checkpoint at step {agent.num_timesteps} to {self.out} "
+                f"({err.strerror or err}); {kept}"
+            ) from err
+        self.last_step = agent.num_timesteps
+        self._schedule_after(agent.num_timesteps)
+
+
+def resume_command(algo: str, env: str, out: Path, steps: int | None, episodes: int | None) -> str:
+    budget = f"--steps {steps}" if steps is not None else f"--episodes {episodes}"
+    return f"classic-rl train {algo} {env} {budget} --resume {out}"
+
+
+def _check_new_out(out: Path, algo: str, env_id: str) -> None:
+    """Refuse an --out that is a file or a non-empty folder (nothing in it is touched)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory; pick another --out")
+    if out.is_dir() and any(out.iterdir()):
+        try:
+            meta = Agent.read_meta(out)
+        except (FileNotFoundError, UserError):
+            meta = None
+        if meta is not None and meta.get("algo") == algo and meta.get("env") == env_id:
+            raise UserError(
+                f"--out {out} is not empty: it holds a {algo} run on {env_id}; continue it with "
+                f"`classic-rl train {algo} {env_id} --resume {out}` or pick another --out"
+            )
+        raise UserError(f"--out {out} exists and is not empty; pick another --out (nothing in it was changed)")
+
+
+def _make_out(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot create the run directory ({err.strerror or err})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: the directory is not writable; pick another --out")
+
+
+def _open_resume(
+    resume: Path, algo: str, env: str, seed: int | None, out: str | Path | None,
+    overrides: dict[str, Any] | None, config_file: str | Path | None, env_kwargs: dict[str, Any] | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Check that ``--resume`` names a run of this algo/env and no flag contradicts it; returns
+    (config.yaml, state.json's run record)."""
+    if not resume.is_dir():
+        raise UserError(f"--resume {resume}: no such run directory")
+    meta = Agent.read_meta(resume)
+    run = Agent.read_state(resume).get("run")
+    if not isinstance(run, dict):
+        raise UserError(f"--resume {resume}: not a run directory of `classic-rl train` (state.json has no run record)")
+    if meta["algo"] != algo or meta["env"] != env:
+        raise UserError(
+            f"--resume {resume} holds a {meta['algo']} run on {meta['env']}, not {algo} on {env}; "
+            f"resume it with `classic-rl train {meta['algo']} {meta['env']} --resume {resume}`"
+        )
+    if seed is not None and int(seed) != int(meta.get("seed", 0)):
+        raise UserError(
+            f"--seed {seed} differs from the resumed run's seed {meta.get('seed', 0)}; a resumed run keeps "
+            f"its seed: drop --seed, or start a new run with another --out"
+        )
+    if out is not None and Path(out).resolve() != resume.resolve():
+        raise UserError(f"--out {out} differs from --resume {resume}; a resumed run writes into its own directory: drop --out")
+    for flag, value in (("--set", overrides), ("--config", config_file), ("--env-kwargs", env_kwargs)):
+        if value:
+            raise UserError(f"{flag} cannot change a resumed run (its settings are in {resume}/config.yaml); "
+                            "start a new run instead")
+    return meta, run
+
+
 def train_run(
     algo: str,
     env: str,
     *,
     steps: int | None = None,
     episodes: int | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     config_file: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
     env_kwargs: dict[str, Any] | None = None,
@@ -48,58 +178,84 @@ def train_run(
     resume: str | Path | None = None,
     eval_episodes: int = 10,
     eval_seed: int = 10_000,
+    save_freq: int | None = None,
 ) -> tuple[Agent, dict[str, Any]]:
     """Train ``algo`` on ``env`` and write a run directory; returns (agent, summary).
 
-    With ``resume=RUN_DIR`` the saved agent (weights, optimizer, replay and RNG state) continues
-    until the *total* budget ``steps`` is reached, writing into the same directory.
+    ``save_freq``: environment steps between checkpoints (None: a tenth of the budget; 0: only at
+    the end and on Ctrl-C/SIGTERM). With ``resume=RUN_DIR`` the run continues from its last
+    checkpoint until the *total* budget ``steps`` (default: the run's own) is reached, in the same
+    directory. A stop by Ctrl-C/SIGTERM returns with ``summary["interrupted"]`` set.
     """
     for name, value in (("steps", steps), ("episodes", episodes), ("eval_episodes", eval_episodes)):
         if value is not None and int(value) < (0 if name == "eval_episodes" else 1):
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    if save_freq is not None and int(save_freq) < 0:
+        raise UserError(f"--save-freq must be 0 (only at the end) or a positive number of steps, got {save_freq}")
+
+    run: dict[str, Any] | None = None
     if resume is not None:
-        agent = Agent.load(resume)
-        if agent.algo != algo:
-            raise ValueError(f"--resume {resume} holds a {agent.algo} run, not {algo}")
+        _, run = _open_resume(Path(resume), algo, env, seed, out, overrides, config_file, env_kwargs)
         out = Path(resume)
-        if overrides:
-            raise ValueError("--set cannot change settings of a resumed run; start a new run instead")
+        agent = Agent.load(out)
+        if steps is None and episodes is None:
+            steps, episodes = run.get("target_steps"), run.get("target_episodes")
+        reached = (steps is not None and steps <= agent.num_timesteps
+                   or episodes is not None and episodes <= agent.num_episodes)
+        # A run that reached its budget (rollouts may overshoot it) but missed its final save is
+        # only finished; a finished one needs a larger budget to go on.
+        if reached and run.get("status") == "complete":
+            done = f"{agent.num_timesteps} steps" if steps is not None else f"{agent.num_episodes} episodes"
+            raise UserError(f"--resume {out}: the run already reached {done}; ask for more with --steps/--episodes")
+        if save_freq is None:
+            save_freq = run.get("save_freq")
     else:
         agent_cls = get_algorithm(algo)
+        seed = 0 if seed is None else int(seed)
         agent = agent_cls(env, seed=seed, env_kwargs=env_kwargs, config_file=config_file, **(overrides or {}))
         out = Path(out) if out is not None else default_run_dir(algo, agent.env_id, seed)
-        if out.exists() and any(out.iterdir()):
-            raise FileExistsError(f"Output directory {str(out)!r} exists and is not empty; pick another --out")
-    steps, episodes = _budget(agent, steps, episodes)
-    if resume is not None:
-        if steps is not None:
-            steps = steps - agent.num_timesteps
-        if episodes is not None:
-            episodes = episodes - agent.num_episodes
-        if (steps or 0) <= 0 and (episodes or 0) <= 0:
-            raise ValueError(f"The run in {resume} already reached the requested budget; ask for more --steps")
+        _check_new_out(out, algo, agent.env_id)
+        steps, episodes = _budget(agent, steps, episodes)
+    target = {"target_steps": steps, "target_episodes": episodes}
+    if save_freq is None:
+        save_freq = default_save_freq(steps)
+    # learn() takes the budget left; the targets above are totals.
+    left_steps = None if steps is None else steps - agent.num_timesteps
+    left_episodes = None if episodes is None else episodes - agent.num_episodes
 
-    created = not out.exists()
-    interrupted = False
+    if resume is None:
+        _make_out(out)
     logger = RunLogger(
-        out, total=steps if steps is not None else episodes, unit="step" if steps is not None else "episode",
-        progress=not quiet,
+        out, total=left_steps if left_steps is not None else left_episodes,
+        unit="step" if left_steps is not None else "episode", progress=not quiet,
+        resume=run.get("log") if run else None,
     )
-    agent.save(out)  # config.yaml first, so a crashed run still says what it was
+    checkpointer = RunCheckpointer(out, save_freq, logger, target,
+                                   last_step=agent.num_timesteps if run else None)
+    checkpointer._schedule_after(agent.num_timesteps)
+    stop: StopRequested | None = None
     try:
-        agent.learn(total_steps=steps, episodes=episodes, logger=logger)
-    except KeyboardInterrupt:
-        interrupted = True
-    except BaseException:
-        logger.close()
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    logger.close()
-    wall_s = logger.wall_s
-    agent.save(out)
-    mean, std = (float("nan"), float("nan"))
-    if eval_episodes > 0 and not interrupted:
+        try:
+            if run is None:
+                checkpointer.save(agent, "running")  # step 0: the folder says what it is and can be resumed
+            agent.run_hooks = checkpointer
+            if (left_steps or 0) > 0 or (left_episodes or 0) > 0:  # else only the final save was missing
+                agent.learn(total_steps=left_steps, episodes=left_episodes, logger=logger,
+                            continue_run=run is not None)
+        except StopRequested as request:  # raised at a safe point: the agent's state is whole
+            stop = request
+        finally:
+            agent.run_hooks = None
+            logger.close()
+        checkpointer.save(agent, "interrupted" if stop is not None else "complete")
+    except TrainingDiverged as err:
+        raise TrainingDiverged(
+            f"{err}; nothing after it was saved: the last good checkpoint (step {checkpointer.last_step}) is in "
+            f"{out}. Lower the learning rate or change the settings and start a new run"
+        ) from None
+
+    mean, std = None, None  # not evaluated: null in summary.json, never a bare NaN
+    if eval_episodes > 0 and stop is None:
         mean, std = agent.evaluate(episodes=eval_episodes, seed=eval_seed)
     recent = logger.episode_returns[-10:]
     summary = {
@@ -108,15 +264,17 @@ def train_run(
         "seed": agent.seed,
         "steps": agent.num_timesteps,
         "episodes": agent.num_episodes,
-        "wall_s": round(wall_s, 3),
+        "wall_s": round(logger.wall_s, 3),
         "eval_episodes": eval_episodes,
         "eval_return_mean": mean,
         "eval_return_std": std,
         "train_return_last10": (sum(recent) / len(recent)) if recent else None,
-        "interrupted": interrupted,
+        "interrupted": stop is not None,
     }
-    previous = out / "summary.json"
-    if resume is not None and previous.is_file():
-        summary["wall_s"] = round(wall_s + json.loads(previous.read_text()).get("wall_s", 0.0), 3)
-    previous.write_text(json.dumps(summary, indent=2))
+    if getattr(agent, "solve_stats", None):  # dynamic programming: sweeps, not steps or episodes
+        summary["solve"] = dict(agent.solve_stats)
+    atomic_write_json(out / "summary.json", summary)
+    if stop is not None:
+        summary["stopped_by"] = stop.signal_name
+        summary["resume_command"] = resume_command(algo, agent.env_id, out, steps, episodes)
     return agent, summary

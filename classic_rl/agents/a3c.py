@@ -246,6 +246,7 @@ class A3C(OnPolicyAgent):
             last_steps = steps
             if errors:
                 return
+            self._safe_point()  # checkpoints copy the shared weights while workers train
 
     def _drain(self, messages, counters, logger: RunLogger, errors: list[str], timeout: float) -> None:
         try:

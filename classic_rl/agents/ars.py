@@ -292,6 +292,7 @@ class ARS(Agent):
                      "ars/sigma_r": sigma_r, "ars/iteration": self.iterations},
                     self.num_timesteps,
                 )
+                self._safe_point()
         finally:
             if pool is not None:
                 pool.close()

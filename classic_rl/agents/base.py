@@ -7,7 +7,10 @@
     config.yaml            algo, env, seed, env_kwargs and every resolved setting
     model.safetensors      weights (networks, or tables for tabular agents)
     training_state.pt      optimizer states, RNG states (loaded with weights_only=True)
-    state.json             counters (steps, episodes) and other small JSON state
+    state.json             counters (steps, episodes) and other small JSON state (strict JSON)
+
+The four files are written as one atomic checkpoint (``classic_rl.checkpoint``): a kill at any
+instant leaves the previous set or the new one, never a mix.
 """
 
 from __future__ import annotations
@@ -23,9 +26,18 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from classic_rl.checkpoint import (
+    STOP,
+    TrainingDiverged,
+    checkpoint_file,
+    first_non_finite,
+    stop_signals,
+    write_checkpoint,
+)
 from classic_rl.config import resolve_config, to_dict
 from classic_rl.env_utils import env_label, make_env
 from classic_rl.logger import RunLogger
+from classic_rl.safe_io import UserError, dumps_strict
 
 REGISTRY: dict[str, type[Agent]] = {}
 
@@ -42,6 +54,30 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def global_rng_states() -> dict[str, Any]:
+    """The states of python's ``random``, numpy's global generator and torch's CPU generator."""
+    np_state = np.random.get_state(legacy=False)
+    np_state["state"]["key"] = torch.from_numpy(np_state["state"]["key"].astype(np.int64))
+    return {"python": random.getstate(), "numpy": np_state, "torch": torch.get_rng_state()}
+
+
+def set_global_rng_states(state: dict[str, Any]) -> None:
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in state:
+        np_state = dict(state["numpy"])
+        np_state["state"] = dict(np_state["state"], key=np_state["state"]["key"].numpy().astype(np.uint32))
+        np.random.set_state(np_state)
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+
+
+LOSS_WORDS = ("loss", "grad_norm")
+"""Training statistics whose non-finite value means the run diverged (others, such as an
+explained variance of a constant batch, may legitimately be NaN)."""
 
 
 def space_kind(space: gym.Space) -> str:
@@ -92,6 +128,10 @@ class Agent:
         self.rng = np.random.default_rng(self.seed)
         self.num_timesteps = 0
         self.num_episodes = 0
+        self.learn_origin = (0, 0)
+        """(steps, episodes) when the current ``learn`` budget began (schedules measure progress from it)."""
+        self.run_hooks: Any = None
+        """Set by ``classic-rl train``: called at every safe point (periodic checkpoints)."""
         self.setup()
 
     # ------------------------------------------------------------------ for subclasses
@@ -141,25 +181,52 @@ class Agent:
 
     def extra_state(self) -> dict[str, Any]:
         """Small JSON state saved beside the weights (counters; subclasses add theirs)."""
-        return {"num_timesteps": self.num_timesteps, "num_episodes": self.num_episodes}
+        return {"num_timesteps": self.num_timesteps, "num_episodes": self.num_episodes,
+                "learn_origin": list(self.learn_origin)}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.num_timesteps = int(state.get("num_timesteps", 0))
         self.num_episodes = int(state.get("num_episodes", 0))
+        self.learn_origin = tuple(state.get("learn_origin", (0, 0)))
 
     def training_state(self) -> dict[str, Any]:
         """Optimizer and RNG state for resuming; only tensors and plain containers."""
         return {
             "optimizers": {k: opt.state_dict() for k, opt in self.optimizers().items()},
             "torch_rng": torch.get_rng_state(),
+            "global_rng": global_rng_states(),
         }
 
     def load_training_state(self, state: dict[str, Any]) -> None:
         for name, opt in self.optimizers().items():
             if name in state.get("optimizers", {}):
                 opt.load_state_dict(state["optimizers"][name])
+        if "global_rng" in state:
+            set_global_rng_states(state["global_rng"])
         if "torch_rng" in state:
             torch.set_rng_state(state["torch_rng"])
+
+    # ------------------------------------------------------------------ safe points
+    def check_stats(self, stats: dict[str, Any], update: int | None = None) -> None:
+        """Raise :class:`~classic_rl.checkpoint.TrainingDiverged` when a loss or gradient norm in
+        ``stats`` (floats or tensors) is NaN or infinite."""
+        bad = first_non_finite({k: v for k, v in stats.items() if any(w in k for w in LOSS_WORDS)})
+        if bad is not None:
+            where = f"update {update}" if update is not None else "an update"
+            raise TrainingDiverged(f"training diverged at {where} (step {self.num_timesteps}): {bad[0]} is {bad[1]}")
+
+    def _safe_point(self, stats: dict[str, Any] | None = None, update: int | None = None) -> None:
+        """Called by training loops between whole steps/updates, where the state is consistent.
+
+        Stops the run when a loss or gradient norm in ``stats`` is not finite (before anything is
+        saved), lets ``classic-rl train`` write its periodic checkpoint, and turns a pending
+        Ctrl-C/SIGTERM into :class:`~classic_rl.checkpoint.StopRequested`.
+        """
+        if stats:
+            self.check_stats(stats, update)
+        STOP.check()
+        if self.run_hooks is not None:
+            self.run_hooks.at_safe_point(self)
 
     # ------------------------------------------------------------------ public surface
     def learn(
@@ -168,8 +235,17 @@ class Agent:
         episodes: int | None = None,
         progress: bool = True,
         logger: RunLogger | None = None,
+        *,
+        continue_run: bool = False,
     ) -> Agent:
-        """Train for ``total_steps`` environment steps or ``episodes`` episodes; returns self."""
+        """Train for ``total_steps`` environment steps or ``episodes`` episodes; returns self.
+
+        Ctrl-C (and SIGTERM) stop training at the next whole step or update, raising
+        ``KeyboardInterrupt`` (:class:`~classic_rl.checkpoint.StopRequested`) with the agent in a
+        state that can be saved and resumed. ``continue_run=True`` (used by ``--resume``) keeps the
+        budget origin of the interrupted call, so learning-rate and exploration schedules continue
+        where they were instead of starting over.
+        """
         if total_steps is None and episodes is None:
             raise ValueError("learn() needs total_steps or episodes")
         for name, value in (("total_steps", total_steps), ("episodes", episodes)):
@@ -179,8 +255,11 @@ class Agent:
         if logger is None:
             unit = "episode" if total_steps is None else "step"
             logger = RunLogger(None, total=total_steps if unit == "step" else episodes, unit=unit, progress=progress)
+        if not continue_run:
+            self.learn_origin = (self.num_timesteps, self.num_episodes)
         try:
-            self._learn(total_steps, episodes, logger)
+            with stop_signals():
+                self._learn(total_steps, episodes, logger)
         finally:
             if own_logger:
                 logger.close()
@@ -208,25 +287,60 @@ class Agent:
         """Release what the agent holds open (its environments, worker processes); it cannot train
         after this. Agents that hold nothing beyond Python objects have nothing to release."""
 
-    def save(self, path: str | Path) -> Path:
-        """Write the agent to directory ``path`` (created if needed); returns it."""
+    def non_finite_weight(self) -> tuple[str, float] | None:
+        """(name, value) of the first saved tensor that is NaN or infinite, else None."""
+        return first_non_finite(self.state_tensors())
+
+    def save(self, path: str | Path, run_state: dict[str, Any] | None = None) -> Path:
+        """Write the agent to directory ``path`` (created if needed) as one atomic checkpoint; returns it.
+
+        ``run_state`` (``classic-rl train``'s bookkeeping: status, budget, episode-log position)
+        goes into ``state.json`` under ``"run"``.
+        """
+        extra = self.extra_state()
+        if run_state is not None:
+            extra["run"] = run_state
+        tensors = self.state_tensors()
+        training = self.training_state()
+        write_checkpoint(path, {
+            "config.yaml": lambda p: p.write_text(yaml.safe_dump(self.describe(), sort_keys=False)),
+            "model.safetensors": lambda p: save_file(tensors, str(p)),
+            "training_state.pt": lambda p: torch.save(training, p),
+            "state.json": lambda p: p.write_text(dumps_strict(extra, indent=2) + "\n"),
+        })
+        return Path(path)
+
+    @staticmethod
+    def read_meta(path: str | Path) -> dict[str, Any]:
+        """``config.yaml`` of a saved agent (algo, env, seed, env_kwargs, config), checked."""
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        with open(path / "config.yaml", "w") as fh:
-            yaml.safe_dump(self.describe(), fh, sort_keys=False)
-        save_file(self.state_tensors(), str(path / "model.safetensors"))
-        torch.save(self.training_state(), path / "training_state.pt")
-        (path / "state.json").write_text(json.dumps(self.extra_state(), indent=2))
-        return path
+        file = checkpoint_file(path, "config.yaml")
+        if not file.is_file():
+            raise FileNotFoundError(f"{str(path)!r} is not a saved agent: it has no config.yaml")
+        try:
+            meta = yaml.safe_load(file.read_text())
+        except yaml.YAMLError as err:
+            raise UserError(f"{file}: not valid YAML ({_one_line(err)}); the run directory is damaged") from None
+        if not isinstance(meta, dict) or "algo" not in meta or "env" not in meta:
+            raise UserError(f"{file}: not a classic-rl agent description (no algo/env)")
+        return meta
+
+    @staticmethod
+    def read_state(path: str | Path) -> dict[str, Any]:
+        """``state.json`` of a saved agent (empty when there is none)."""
+        file = checkpoint_file(path, "state.json")
+        if not file.is_file():
+            return {}
+        try:
+            return json.loads(file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise UserError(f"{file}: damaged or truncated ({_one_line(err)})") from None
 
     @classmethod
     def load(cls, path: str | Path, env: str | gym.Env | None = None) -> Agent:
         """Rebuild a saved agent (any algorithm when called as ``classic_rl.load``)."""
         path = Path(path)
-        if not (path / "config.yaml").is_file():
-            raise FileNotFoundError(f"{str(path)!r} is not a saved agent: it has no config.yaml")
-        with open(path / "config.yaml") as fh:
-            meta = yaml.safe_load(fh)
+        meta = cls.read_meta(path)
         from classic_rl.registry import get_algorithm
 
         agent_cls = get_algorithm(meta["algo"])
@@ -236,9 +350,25 @@ class Agent:
 
         config = apply_overrides(agent_cls.Config(), meta.get("config") or {}, f"{path}/config.yaml")
         agent = agent_cls(env or meta["env"], config=config, seed=meta.get("seed", 0), env_kwargs=meta.get("env_kwargs"))
-        agent.load_state_tensors(load_file(str(path / "model.safetensors")))
-        if (path / "training_state.pt").is_file():
-            agent.load_training_state(torch.load(path / "training_state.pt", weights_only=True))
-        if (path / "state.json").is_file():
-            agent.load_extra_state(json.loads((path / "state.json").read_text()))
+        weights = checkpoint_file(path, "model.safetensors")
+        try:
+            tensors = load_file(str(weights))
+        except FileNotFoundError:
+            raise UserError(f"{weights}: missing; the run directory holds no saved weights") from None
+        except Exception as err:  # safetensors raises its own error type for damaged headers
+            raise UserError(f"{weights}: damaged or truncated, cannot load the weights ({_one_line(err)})") from None
+        agent.load_state_tensors(tensors)
+        training = checkpoint_file(path, "training_state.pt")
+        if training.is_file():
+            try:
+                state = torch.load(training, weights_only=True)
+            except Exception as err:  # EOFError, RuntimeError, UnpicklingError for truncated files
+                raise UserError(f"{training}: damaged or truncated, cannot load it ({_one_line(err)})") from None
+            agent.load_training_state(state)
+        agent.load_extra_state(cls.read_state(path))
         return agent
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__

@@ -271,6 +271,7 @@ class D4PG(ContinuousAgent):
                 self._ingest(pool.collect(), round_steps, logger)
                 if cfg.eval_freq and self.num_timesteps // cfg.eval_freq > before // cfg.eval_freq:
                     self.evaluate_during_training(logger)
+                self._safe_point()
         finally:
             pool.close()
 

@@ -377,6 +377,8 @@ class MADDPG(Agent):
                 for _ in range(cfg.gradient_steps):
                     stats = self.update(self.buffer.sample(cfg.batch_size))
                 logger.scalars({f"maddpg/{k}": v for k, v in stats.items()}, self.num_timesteps)
+                self.check_stats(stats)
+            self._safe_point()
 
     def evaluate(self, episodes: int = 10, seed: int = 123, env: Any = None) -> tuple[float, float]:
         """Mean and std of the team return (sum over agents) of greedy play on fresh seeded episodes."""

@@ -38,10 +38,8 @@ the same weights and resume exactly.
 
 from __future__ import annotations
 
-import signal
-import threading
+import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,33 +146,6 @@ def observation_encoder(space: gym.Space) -> tuple[Callable[[Any], np.ndarray], 
         dtype = np.uint8 if space.dtype == np.uint8 else np.float32
         return (lambda o: np.array(o, dtype=dtype)), tuple(space.shape), dtype  # a copy: envs may reuse arrays
     raise ValueError(f"Unsupported observation space {space}; use a Box or Discrete space (or a wrapper)")
-
-
-@contextmanager
-def stop_at_step_boundary() -> Iterator[Callable[[], bool]]:
-    """Defer Ctrl-C (SIGINT) to the end of the current environment step.
-
-    Yields a function that says whether Ctrl-C was pressed. The loop finishes the step (its
-    updates included) and then raises KeyboardInterrupt, so the state a caller saves is the
-    state after a whole step, and resuming from it continues exactly. A second Ctrl-C
-    interrupts at once. Outside the main thread (where handlers cannot be set) nothing changes.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
-        return
-    pressed = [False]
-    previous = signal.getsignal(signal.SIGINT)
-
-    def handler(signum, frame):
-        if pressed[0]:
-            raise KeyboardInterrupt
-        pressed[0] = True
-
-    signal.signal(signal.SIGINT, handler)
-    try:
-        yield lambda: pressed[0]
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 class EnvRunner:
@@ -480,6 +451,8 @@ class OffPolicyAgent(Agent):
                 self.buffer.update_priorities(batch.indices, td_error.detach().numpy())
         self.n_updates += gradient_steps
         self.targets_stale = True
+        # A NaN loss makes the weights NaN, and they stay so: the round's last loss tells.
+        self.check_stats(stats, self.n_updates)
         if logger is not None and self.num_timesteps - self.last_log_step >= cfg.log_interval:
             self.last_log_step = self.num_timesteps
             values = {f"train/{k}": float(v) for k, v in stats.items()}
@@ -497,19 +470,20 @@ class OffPolicyAgent(Agent):
         n = self.n_envs
         stop_steps = None if total_steps is None else self.num_timesteps + int(total_steps)
         stop_episodes = None if episodes is None else self.num_episodes + int(episodes)
-        self.horizon = stop_steps if stop_steps is not None else self.num_timesteps + self.default_steps
+        # From the budget's origin, so a resumed episode budget keeps the uninterrupted schedules.
+        self.horizon = stop_steps if stop_steps is not None else self.learn_origin[0] + self.default_steps
         train_every = cfg.train_freq * n
         gradient_steps = cfg.gradient_steps if cfg.gradient_steps > 0 else cfg.train_freq * n
         target_every = max(cfg.target_update_interval // n, 1) * n
         if self.runner.obs is None:
             self.runner.reset()
-        with stop_at_step_boundary() as interrupted:
-            while (stop_steps is None or self.num_timesteps < stop_steps) and (
-                stop_episodes is None or self.num_episodes < stop_episodes
-            ):
-                self._step(n, train_every, gradient_steps, target_every, logger)
-                if interrupted():
-                    raise KeyboardInterrupt
+        # Ctrl-C finishes the current step (its updates included) and stops at _safe_point, so the
+        # state a caller saves is the state after a whole step and resuming continues exactly.
+        while (stop_steps is None or self.num_timesteps < stop_steps) and (
+            stop_episodes is None or self.num_episodes < stop_episodes
+        ):
+            self._step(n, train_every, gradient_steps, target_every, logger)
+            self._safe_point()
 
     def _step(self, n: int, train_every: int, gradient_steps: int, target_every: int, logger: RunLogger) -> None:
         """One step of every environment, then whatever updates are due after it."""
@@ -565,7 +539,12 @@ class OffPolicyAgent(Agent):
         if "numpy_rng" in state:
             self.rng.bit_generator.state = state["numpy_rng"]
         if "runner" in state:
-            self.runner.load_state_dict(state["runner"])
+            try:
+                self.runner.load_state_dict(state["runner"])
+            except RuntimeError as err:  # keep the learning; only the unfinished episodes are lost
+                warnings.warn(f"{err} Training continues on fresh episodes, so its numbers will differ from "
+                              "an uninterrupted run.", RuntimeWarning, stacklevel=2)
+                self.runner.obs = None
 
     def extra_state(self) -> dict[str, Any]:
         state = super().extra_state()

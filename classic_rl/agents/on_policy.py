@@ -12,6 +12,12 @@ finished episode arrives in ``info["final_obs"]``. The collector therefore recor
 bootstrapped (``terminated`` zeroes the term in GAE) and ``episode_end`` stops the advantage
 recursion at both kinds of ends. Every recorded step is a real transition (no reset steps to mask).
 
+Resuming. A checkpoint holds everything the collector carries between rollouts: each env's
+current episode (how it began and its actions, recorded by
+:class:`~classic_rl.env_utils.EpisodeRecorder` and replayed on load), the last observations,
+episode returns and lengths, the action generator and the reward normaliser's running returns.
+Training resumed from it takes the same steps as the uninterrupted run.
+
 Normalisation. Optional running-mean/std normalisation of observations and of rewards
 (rewards are divided by the std of the discounted return, as SB3's ``VecNormalize``). Their
 statistics are part of the agent's saved state, so a loaded agent acts exactly as it did.
@@ -19,6 +25,7 @@ statistics are part of the agent's saved state, so a loaded agent acts exactly a
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -29,7 +36,7 @@ from torch import Tensor
 
 from classic_rl.agents.base import Agent
 from classic_rl.core.advantages import gae
-from classic_rl.env_utils import VEC_ENV_KINDS, make_vector_env
+from classic_rl.env_utils import VEC_ENV_KINDS, EpisodeRecorder, make_vector_env
 from classic_rl.logger import RunLogger
 from classic_rl.nets import clip_grad_norm_flat, flat_parameters
 from classic_rl.optim import FlatAdam
@@ -219,6 +226,7 @@ class RolloutCollector:
         obs_rms: RunningMeanStd | None = None,
         reward_scaler: RewardScaler | None = None,
         clip_obs: float = 10.0,
+        state: dict[str, Any] | None = None,
     ) -> None:
         self.envs, self.policy = envs, policy
         self.num_envs = envs.num_envs
@@ -226,12 +234,65 @@ class RolloutCollector:
         self.obs_rms, self.reward_scaler, self.clip_obs = obs_rms, reward_scaler, clip_obs
         self.rng = np.random.default_rng(seed)
         self.total_steps = 0
-        obs, _ = envs.reset(seed=seed)
-        self._obs = np.array(obs)
         self._ep_return = np.zeros(self.num_envs, dtype=np.float64)
         self._ep_len = np.zeros(self.num_envs, dtype=np.int64)
+        if state is not None:  # a checkpoint's collector: no reset, no normaliser update
+            self.load_state_dict(state)
+            return
+        obs, _ = envs.reset(seed=seed)
+        self._obs = np.array(obs)
         if self.obs_rms is not None:
             self.obs_rms.update(self._obs)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the collector carries between rollouts (tensors and plain containers only).
+
+        The envs must be wrapped in :class:`~classic_rl.env_utils.EpisodeRecorder`.
+        """
+        episodes = []
+        for seed, rng_state, actions in self.envs.call("episode_record"):
+            episodes.append({
+                "seed": seed, "rng_state": rng_state,
+                "actions": torch.from_numpy(np.stack([np.asarray(a) for a in actions])) if actions else None,
+            })
+        return {
+            "episodes": episodes,
+            "obs": torch.from_numpy(np.array(self._obs)),
+            "ep_return": torch.from_numpy(self._ep_return.copy()),
+            "ep_len": torch.from_numpy(self._ep_len.copy()),
+            "total_steps": int(self.total_steps),
+            "rng": self.rng.bit_generator.state,
+            "reward_returns": (torch.from_numpy(self.reward_scaler.returns.copy())
+                               if self.reward_scaler is not None else None),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Rebuild every env's current episode by replaying it, and take over the counters."""
+        plans = [(e["seed"], e["rng_state"], [] if e["actions"] is None else list(e["actions"].numpy()))
+                 for e in state["episodes"]]
+        self._obs = state["obs"].numpy().copy()
+        self._ep_return = state["ep_return"].numpy().copy()
+        self._ep_len = state["ep_len"].numpy().copy()
+        self.total_steps = int(state["total_steps"])
+        self.envs.set_attr("restore_plan", plans)
+        try:
+            replayed = np.array(list(self.envs.call("restore_planned")))
+            exact = replayed.shape == self._obs.shape and np.array_equal(replayed, self._obs)
+        except RuntimeError:  # an episode ended early while replaying
+            exact = False
+        if not exact:  # keep the learning; only the unfinished episodes are cut short
+            warnings.warn(
+                "The environments' current episodes could not be rebuilt exactly (the environment is not "
+                "deterministic given its random generator); training continues on fresh episodes, so its "
+                "numbers will differ from an uninterrupted run.", RuntimeWarning, stacklevel=2,
+            )
+            obs, _ = self.envs.reset(seed=int(state["total_steps"]) + 7919)
+            self._obs = np.array(obs)
+            self._ep_return[:] = 0.0
+            self._ep_len[:] = 0
+        self.rng.bit_generator.state = state["rng"]
+        if self.reward_scaler is not None and state.get("reward_returns") is not None:
+            self.reward_scaler.returns = state["reward_returns"].numpy().copy()
 
     def policy_input(self, obs: np.ndarray, update: bool = False) -> np.ndarray:
         """Observations -> the policy's float32 input (normalised with the running stats if enabled)."""
@@ -395,6 +456,8 @@ class OnPolicyAgent(Agent):
             RewardScaler(cfg.num_envs, cfg.gamma, cfg.clip_reward) if cfg.normalize_reward else None
         )
         self.collector: RolloutCollector | None = None
+        self._collector_state: dict[str, Any] | None = None  # from a checkpoint, used by the next learn
+        self.n_updates = 0
         self.eval_history: list[tuple[int, float, float]] = []
         self.flat_params = flat_parameters(self.policy) if self.use_flat_parameters else None
         self._optimizers = self.build_optimizers()
@@ -433,21 +496,28 @@ class OnPolicyAgent(Agent):
     # ------------------------------------------------------------------ training loop
     def make_collector(self) -> RolloutCollector:
         cfg = self.config
-        envs = make_vector_env(self._env_arg, cfg.num_envs, self.env_kwargs, cfg.vec_env)
-        return RolloutCollector(envs, self.policy, self.seed, self.obs_rms, self.reward_scaler, cfg.clip_obs)
+        envs = make_vector_env(self._env_arg, cfg.num_envs, self.env_kwargs, cfg.vec_env, wrapper=EpisodeRecorder)
+        state, self._collector_state = self._collector_state, None
+        return RolloutCollector(envs, self.policy, self.seed, self.obs_rms, self.reward_scaler, cfg.clip_obs,
+                                state=state)
 
     def _learn(self, total_steps: int | None, episodes: int | None, logger: RunLogger) -> None:
         if self.collector is None:
             self.collector = self.make_collector()
-        start_steps, start_episodes = self.num_timesteps, self.num_episodes
+        # Progress (for annealing) is measured from the budget's origin, which a resumed run keeps.
+        origin_steps, origin_episodes = self.learn_origin
+        stop_steps = None if total_steps is None else self.num_timesteps + total_steps
+        stop_episodes = None if episodes is None else self.num_episodes + episodes
         next_log = self.num_timesteps
         while True:
-            if total_steps is not None:
-                done = (self.num_timesteps - start_steps) / total_steps
+            if stop_steps is not None:
+                if self.num_timesteps >= stop_steps:
+                    break
+                done = (self.num_timesteps - origin_steps) / max(stop_steps - origin_steps, 1)
             else:
-                done = (self.num_episodes - start_episodes) / episodes
-            if done >= 1.0:
-                break
+                if self.num_episodes >= stop_episodes:
+                    break
+                done = (self.num_episodes - origin_episodes) / max(stop_episodes - origin_episodes, 1)
             remaining = 1.0 - done
             self.set_learning_rate(remaining)
             rollout = self.collect(self.collector, logger)
@@ -456,10 +526,12 @@ class OnPolicyAgent(Agent):
             if logger.unit == "step":
                 logger.advance(rollout.num_steps)
             stats = self.update(rollout, remaining)
+            self.n_updates += 1
             if self.num_timesteps >= next_log:  # TensorBoard writes cost more than an A2C update
                 logger.scalars(stats, self.num_timesteps)
                 next_log = self.num_timesteps + self.log_every_steps
             self.maybe_evaluate(self.num_timesteps - rollout.num_steps, logger)
+            self._safe_point(stats, self.n_updates)
 
     def maybe_evaluate(self, previous_steps: int, logger: RunLogger | None) -> None:
         """Evaluate when the step count has crossed a multiple of ``eval_freq`` since ``previous_steps``."""
@@ -510,11 +582,26 @@ class OnPolicyAgent(Agent):
         return dict(self._optimizers)
 
     def extra_state(self) -> dict[str, Any]:
-        return {**super().extra_state(), "eval_history": [list(e) for e in self.eval_history]}
+        return {**super().extra_state(), "eval_history": [list(e) for e in self.eval_history],
+                "n_updates": self.n_updates}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         super().load_extra_state(state)
         self.eval_history = [tuple(e) for e in state.get("eval_history", [])]
+        self.n_updates = int(state.get("n_updates", 0))
+
+    def training_state(self) -> dict[str, Any]:
+        state = super().training_state()
+        if self.collector is not None:
+            state["collector"] = self.collector.state_dict()
+        elif self._collector_state is not None:
+            state["collector"] = self._collector_state
+        return state
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        super().load_training_state(state)
+        # Rebuilt when training continues (not for evaluation): replaying episodes costs env steps.
+        self._collector_state = state.get("collector")
 
     def state_tensors(self) -> dict[str, Tensor]:
         tensors = super().state_tensors()

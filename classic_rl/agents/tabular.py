@@ -15,6 +15,10 @@ from classic_rl.config import ConfigError
 from classic_rl.logger import RunLogger
 from classic_rl.tabular import policy_iteration, td_control, value_iteration
 from classic_rl.tabular.schedules import ConstantSchedule, ExponentialSchedule, LinearSchedule
+from classic_rl.tabular.stepper import UniformStream
+
+CHUNK_STEPS_GUESS = 100
+"""Assumed episode length before any episode has finished (sizes the first piece of a run)."""
 
 
 def _check_discrete_states(agent: Agent, env: gym.Env) -> None:
@@ -75,24 +79,46 @@ class TDControlAgent(Agent):
 
     def setup(self) -> None:
         self.q = np.zeros((self.env.observation_space.n, self.env.action_space.n))
+        # One random stream for the agent's whole life: a run cut into pieces (checkpoints, a
+        # second learn call, a resume) draws the numbers one uncut run would.
+        self.uniform = UniformStream(np.random.default_rng(self.seed))
+        self.env_seeded = False
 
     def _learn(self, total_steps: int | None, episodes: int | None, logger: RunLogger) -> None:
-        offset = self.num_episodes
+        stop_steps = None if total_steps is None else self.num_timesteps + total_steps
+        stop_episodes = None if episodes is None else self.num_episodes + episodes
         schedule = self.config.epsilon_at()
-        result = td_control(
-            self.env, episodes, self.config.alpha, lambda t: schedule(t + offset), self.config.gamma,
-            # a continued run draws fresh randomness instead of replaying the first episodes
-            seed=self.seed + 7919 * offset, method=self.method, max_steps=self.config.max_steps,
-            total_steps=total_steps, q_init=self.q,
-        )
-        self.q = result.q
-        for ret, length in zip(result.episode_returns, result.episode_lengths):
-            self.num_timesteps += int(length)
-            self.num_episodes += 1
-            logger.episode(self.num_timesteps, float(ret), int(length))
-        self.num_timesteps += result.unfinished_steps
-        if total_steps is not None:
-            logger.advance(result.total_steps)
+        while (stop_steps is None or self.num_timesteps < stop_steps) and (
+            stop_episodes is None or self.num_episodes < stop_episodes
+        ):
+            chunk = self._chunk_episodes(stop_episodes)
+            result = td_control(
+                self.env, chunk, self.config.alpha, schedule, self.config.gamma, seed=self.seed,
+                method=self.method, max_steps=self.config.max_steps,
+                total_steps=None if stop_steps is None else stop_steps - self.num_timesteps, q_init=self.q,
+                uniform=self.uniform, seed_env=not self.env_seeded, first_episode=self.num_episodes,
+            )
+            self.env_seeded = True
+            self.q = result.q
+            for ret, length in zip(result.episode_returns, result.episode_lengths):
+                self.num_timesteps += int(length)
+                self.num_episodes += 1
+                logger.episode(self.num_timesteps, float(ret), int(length))
+            self.num_timesteps += result.unfinished_steps
+            if logger.unit == "step":
+                logger.advance(result.total_steps)
+            self._safe_point()
+
+    def _chunk_episodes(self, stop_episodes: int | None) -> int | None:
+        """Episodes until the next safe point: the rest of the budget, or about ``run_hooks``'s
+        next checkpoint. Where the run is cut does not change its numbers (one stream)."""
+        left = None if stop_episodes is None else stop_episodes - self.num_episodes
+        steps_to_next = getattr(self.run_hooks, "steps_to_next", None)
+        if steps_to_next is None:
+            return left
+        mean_len = self.num_timesteps / self.num_episodes if self.num_episodes else CHUNK_STEPS_GUESS
+        chunk = max(1, int(steps_to_next(self) / max(mean_len, 1.0)))
+        return chunk if left is None else min(chunk, left)
 
     def act(self, obs: Any, deterministic: bool = True) -> int:
         row = self.q[int(obs)]
@@ -113,6 +139,21 @@ class TDControlAgent(Agent):
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.q = tensors["q"].numpy().astype(np.float64)
+
+    def training_state(self) -> dict[str, Any]:
+        stream = self.uniform.state_dict()
+        stream["buffer"] = torch.tensor(stream["buffer"], dtype=torch.float64)
+        env_rng = self.env.unwrapped._np_random  # None until the env was reset (model stepping never does)
+        return {**super().training_state(), "uniform": stream, "env_seeded": self.env_seeded,
+                "env_rng": None if env_rng is None else env_rng.bit_generator.state}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        super().load_training_state(state)
+        if "uniform" in state:
+            self.uniform.load_state_dict(dict(state["uniform"], buffer=state["uniform"]["buffer"].tolist()))
+            self.env_seeded = bool(state["env_seeded"])
+        if state.get("env_rng") is not None:
+            self.env.unwrapped.np_random.bit_generator.state = state["env_rng"]
 
 
 @register
@@ -174,12 +215,18 @@ class DynamicProgrammingAgent(Agent):
         self.v = np.zeros(n)
         self.policy = np.zeros(n, dtype=np.int64)
 
-    def solve(self) -> tuple[np.ndarray, np.ndarray]:
+    solve_stats: dict[str, int] | None = None
+    """What the last solve did (``sweeps``, and ``improvements`` for policy iteration): DP takes no
+    environment steps or episodes, so run summaries report these instead."""
+
+    def solve(self, stats: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
     def _learn(self, total_steps: int | None, episodes: int | None, logger: RunLogger) -> None:
-        self.v, self.policy = self.solve()
+        self.solve_stats = {}
+        self.v, self.policy = self.solve(self.solve_stats)
         logger.advance(episodes or total_steps or 1)
+        self._safe_point()
 
     def act(self, obs: Any, deterministic: bool = True) -> int:
         return int(self.policy[int(obs)])
@@ -197,13 +244,13 @@ class DynamicProgrammingAgent(Agent):
 class ValueIteration(DynamicProgrammingAgent):
     algo = "value_iteration"
 
-    def solve(self) -> tuple[np.ndarray, np.ndarray]:
-        return value_iteration(self.env.unwrapped.P, self.config.gamma, theta=self.config.theta)
+    def solve(self, stats: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+        return value_iteration(self.env.unwrapped.P, self.config.gamma, theta=self.config.theta, stats=stats)
 
 
 @register
 class PolicyIteration(DynamicProgrammingAgent):
     algo = "policy_iteration"
 
-    def solve(self) -> tuple[np.ndarray, np.ndarray]:
-        return policy_iteration(self.env.unwrapped.P, self.config.gamma, theta=self.config.theta)
+    def solve(self, stats: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+        return policy_iteration(self.env.unwrapped.P, self.config.gamma, theta=self.config.theta, stats=stats)

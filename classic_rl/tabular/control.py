@@ -105,6 +105,9 @@ def td_control(
     q_init: float | np.ndarray = 0.0,
     use_model: bool | None = None,
     callback: Callable[[int, np.ndarray], object] | None = None,
+    uniform: UniformStream | None = None,
+    seed_env: bool = True,
+    first_episode: int = 0,
 ) -> TDControlResult:
     """Train a tabular action-value function with SARSA, Q-learning or expected SARSA.
 
@@ -121,6 +124,11 @@ def td_control(
         q_init: initial Q, a number or an (n_states, n_actions) array (e.g. to continue training).
         use_model: step the env's model ``P`` directly (None: whenever that is exact, see stepper.py).
         callback: called as ``callback(episode_index, q)`` after each finished episode.
+        uniform: the random stream to draw from (default: a new one from ``seed``); passing the
+            same stream to consecutive calls makes them one run cut in pieces (checkpoints).
+        seed_env: seed the env's first reset with ``seed`` (env stepping only; False continues
+            the env's own generator).
+        first_episode: index of the first episode, for the ``alpha``/``epsilon`` schedules.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
@@ -135,9 +143,9 @@ def td_control(
     epsilon_at = as_schedule(epsilon, "epsilon")
     n_states, n_actions = int(env.observation_space.n), int(env.action_space.n)
     q = _initial_q(q_init, n_states, n_actions)
-    rng = np.random.default_rng(seed)
-    uniform = UniformStream(rng)
-    stepper = make_stepper(env, uniform, seed, max_steps, use_model)
+    if uniform is None:
+        uniform = UniformStream(np.random.default_rng(seed))
+    stepper = make_stepper(env, uniform, seed if seed_env else None, max_steps, use_model)
     sarsa, expected = method == "sarsa", method == "expected_sarsa"
 
     returns: list[float] = []
@@ -147,7 +155,7 @@ def td_control(
     steps_left = total_steps if total_steps is not None else -1
     episode, unfinished = 0, 0
     while (episodes is None or episode < episodes) and steps_left != 0:
-        a_rate, eps = float(alpha_at(episode)), float(epsilon_at(episode))
+        a_rate, eps = float(alpha_at(first_episode + episode)), float(epsilon_at(first_episode + episode))
         s = stepper.reset()
         a = epsilon_greedy(q[s], eps, uniform)
         ret, length, done = 0.0, 0, False
@@ -179,7 +187,7 @@ def td_control(
         lengths.append(length)
         wall.append(time.perf_counter() - start_time)
         if callback is not None:
-            callback(episode, np.array(q))
+            callback(first_episode + episode, np.array(q))
         episode += 1
 
     return TDControlResult(

@@ -23,7 +23,11 @@ _TRANSPARENT_WRAPPERS = (TimeLimit, OrderEnforcing, PassiveEnvChecker)
 
 
 class UniformStream:
-    """Uniform [0, 1) floats drawn from a numpy Generator in blocks (one Python float per call)."""
+    """Uniform [0, 1) floats drawn from a numpy Generator in blocks (one Python float per call).
+
+    :meth:`state_dict` / :meth:`load_state_dict` capture the generator and the unread part of the
+    block, so a restored stream continues with exactly the numbers the original would have given.
+    """
 
     def __init__(self, rng: np.random.Generator, block: int = 4096):
         self.rng = rng
@@ -38,6 +42,14 @@ class UniformStream:
         u = self._buffer[self._i]
         self._i += 1
         return u
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.bit_generator.state, "buffer": list(self._buffer), "i": self._i}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self._buffer = [float(u) for u in state["buffer"]]
+        self._i = int(state["i"])
 
 
 def resolve_env(env: gym.Env | str) -> gym.Env:
@@ -136,7 +148,7 @@ class ModelStepper:
 class EnvStepper:
     """Calls ``env.step``; the first reset is seeded so runs repeat exactly."""
 
-    def __init__(self, env: gym.Env, seed: int, max_steps: int | None):
+    def __init__(self, env: gym.Env, seed: int | None, max_steps: int | None):
         self.env = env
         self.seed: int | None = seed
         self.max_steps = max_steps
@@ -159,7 +171,7 @@ class EnvStepper:
 def make_stepper(
     env: gym.Env,
     uniform: UniformStream,
-    seed: int,
+    seed: int | None,
     max_steps: int | None = None,
     use_model: bool | None = None,
 ) -> ModelStepper | EnvStepper:

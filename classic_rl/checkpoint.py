@@ -1,0 +1,177 @@
+"""Checkpoints that survive a kill at any instant, stop requests, and the divergence guard.
+
+A saved agent is four files in a directory (``config.yaml``, ``model.safetensors``,
+``training_state.pt``, ``state.json``). Replacing them one by one is not atomic: a kill between
+two replacements would leave the weights of one step beside the counters of another. So a
+checkpoint is written in two phases, as a journal:
+
+1. every file goes into a fresh staging folder ``.checkpoint-tmp-*`` (flushed to disk), which is
+   then renamed to ``.checkpoint-next``: that rename is the commit point;
+2. the files are moved from ``.checkpoint-next`` over the top-level ones (``state.json`` last) and
+   the folder is removed.
+
+A kill during phase 1 leaves the previous checkpoint untouched (the staging folder is swept on the
+next save); a kill during phase 2 leaves a complete ``.checkpoint-next`` that readers prefer file
+by file (:func:`checkpoint_file`) and the next save rolls forward. Either way the run directory
+always holds one whole checkpoint.
+
+Training loops call ``Agent._safe_point`` between whole steps/updates; there a
+:class:`Checkpointer` saves every ``save_freq`` steps, a pending Ctrl-C/SIGTERM becomes
+:class:`StopRequested` (after which the caller saves and stops), and non-finite losses stop the
+run with :class:`TrainingDiverged` before anything is saved.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT_FILES = ("config.yaml", "model.safetensors", "training_state.pt", "state.json")
+"""The files of a saved agent, in the order they are moved into place (``state.json`` last)."""
+PENDING_DIR = ".checkpoint-next"
+STAGING_PREFIX = ".checkpoint-tmp-"
+
+
+# ----------------------------------------------------------------------------- journaled files
+def checkpoint_file(run_dir: str | os.PathLike, name: str) -> Path:
+    """Where to read ``name`` of the newest complete checkpoint in ``run_dir`` (see module docstring)."""
+    pending = Path(run_dir) / PENDING_DIR / name
+    return pending if pending.exists() else Path(run_dir) / name
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # not supported everywhere (Windows); the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def finish_pending_checkpoint(run_dir: str | os.PathLike) -> None:
+    """Roll forward a checkpoint whose phase 2 was cut short, and sweep abandoned staging folders."""
+    run_dir = Path(run_dir)
+    pending = run_dir / PENDING_DIR
+    if pending.is_dir():
+        for name in CHECKPOINT_FILES:
+            if (pending / name).exists():
+                os.replace(pending / name, run_dir / name)
+        _fsync_dir(run_dir)
+        pending.rmdir()
+    for stale in run_dir.glob(f"{STAGING_PREFIX}*"):
+        if stale.is_dir():  # our own unfinished phase 1 (the name is ours alone)
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def write_checkpoint(run_dir: str | os.PathLike, writers: Mapping[str, Callable[[Path], None]]) -> Path:
+    """Write a checkpoint atomically: ``writers[name](path)`` writes file ``name`` at ``path``."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    finish_pending_checkpoint(run_dir)
+    staging = Path(tempfile.mkdtemp(dir=run_dir, prefix=STAGING_PREFIX))
+    try:
+        for name, write in writers.items():
+            target = staging / name
+            write(target)
+            with open(target, "rb+") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(staging)
+        os.rename(staging, run_dir / PENDING_DIR)  # the commit point
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _fsync_dir(run_dir)
+    finish_pending_checkpoint(run_dir)
+    return run_dir
+
+
+# ----------------------------------------------------------------------------- stop requests
+class StopRequested(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM arrived; raised at a safe point, so the agent's state is whole."""
+
+    def __init__(self, signal_name: str = "SIGINT") -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+    @property
+    def exit_code(self) -> int:
+        return 143 if self.signal_name == "SIGTERM" else 130
+
+
+class _StopFlag:
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+
+    def check(self) -> None:
+        if self.signal_name is not None:
+            name, self.signal_name = self.signal_name, None
+            raise StopRequested(name)
+
+
+STOP = _StopFlag()
+"""Set by the handlers of :func:`stop_signals`; checked at every safe point."""
+
+
+@contextmanager
+def stop_signals() -> Iterator[None]:
+    """Turn SIGINT/SIGTERM into a request honoured at the next safe point (a second one stops at once).
+
+    Outside the main thread (where handlers cannot be set) nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    names = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
+    owner = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != owner:  # a forked worker inherited this handler: behave as by default
+            if signum == signal.SIGTERM:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGTERM)
+            raise KeyboardInterrupt
+        if STOP.signal_name is not None:  # asked twice: stop now
+            raise KeyboardInterrupt
+        STOP.signal_name = names.get(signum, "SIGINT")
+
+    previous = {sig: signal.getsignal(sig) for sig in names}
+    STOP.signal_name = None
+    for sig in names:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        STOP.signal_name = None
+
+
+# ----------------------------------------------------------------------------- divergence
+class TrainingDiverged(RuntimeError):
+    """A loss, gradient norm or weight became NaN or infinite."""
+
+
+def first_non_finite(values: Mapping[str, Any]) -> tuple[str, float] | None:
+    """The first (name, value) of ``values`` (floats or tensors) that is not finite, else None."""
+    for name, value in values.items():
+        if isinstance(value, torch.Tensor):
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                bad = value[~torch.isfinite(value)].flatten()[0]
+                return name, float(bad)
+        elif isinstance(value, float) and not math.isfinite(value):
+            return name, value
+    return None
