@@ -18,16 +18,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
-from classic_rl.safe_io import UserError
+from rlhf.errors import ConfigError
 
 __all__ = ["ConfigError", "RLConfig", "docstrings_as_help", "merge_repeated_flag"]
-
-
-class ConfigError(UserError, ValueError):
-    """A flag with a value that cannot run: the message names the flag and the valid range.
-
-    A ``UserError`` (one line, exit status 2 at the command line) and a ``ValueError`` (what the
-    rlhf commands have always raised for bad settings)."""
 
 
 @dataclass
@@ -37,8 +30,6 @@ class RLConfig:
     # ------------------------------------------------------------------ models, data, output
     output_dir: str | None = None
     """Where the trained policy, tokenizer, metrics.jsonl, summary.json and checkpoints go (required)."""
-    overwrite_output_dir: bool = False
-    """Write into an existing non-empty --output_dir (only this command's files are replaced)."""
     model_name_or_path: str | None = field(default=None, metadata={"aliases": ["--sft_model_path"]})
     """The SFT policy (hub id or local path); also the frozen reference policy (required).
     `--sft_model_path` (TRL's former name) works too."""
@@ -102,7 +93,7 @@ class RLConfig:
     adam_epsilon: float = 1e-5
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
-    """Clip the global gradient norm of each optimizer step (None: no clipping)."""
+    """Clip the global gradient norm of each optimizer step (None or 0: no clipping)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, more time; on by default on a GPU)."""
 
@@ -131,8 +122,8 @@ class RLConfig:
     """Write a metrics.jsonl line every this many updates."""
     report_to: Literal["none", "tensorboard", "wandb", "trackio"] = "tensorboard"
     """Also send the metrics.jsonl numbers to this tracker (tensorboard: OUTPUT_DIR/runs)."""
-    save_steps: int = 0
-    """Write OUTPUT_DIR/checkpoint-<update> every this many updates (0: no checkpoints)."""
+    save_steps: int | None = None
+    """Write OUTPUT_DIR/checkpoint-<update> every this many updates (None: no checkpoints)."""
     save_total_limit: int | None = None
     """Keep only the newest this many checkpoints of this run (None: all)."""
     resume_from_checkpoint: str | None = None
@@ -145,7 +136,7 @@ class RLConfig:
     command = "rl"  # the CLI command name, for messages (a class attribute, not a flag)
 
     def _fail(self, message: str) -> None:
-        raise ConfigError(f"rlhf {self.command}: {message}")
+        raise ConfigError(message)
 
     def _require_at_least(self, names: tuple[str, ...], low: int = 1) -> None:
         for name in names:
@@ -175,10 +166,12 @@ class RLConfig:
                        "--reward_fn module:function (a Python scorer)")
         self._require_at_least(("per_device_train_batch_size", "gradient_accumulation_steps",
                                 "local_rollout_forward_batch_size", "logging_steps", "num_eval_prompts"))
-        self._require_non_negative(("save_steps", "num_sample_generations", "weight_decay"))
+        self._require_non_negative(("num_sample_generations", "weight_decay", "max_grad_norm"))
+        if self.save_steps is not None and self.save_steps < 1:
+            self._fail(f"--save_steps must be >= 1 (or unset for no checkpoints), got {self.save_steps}")
         if self.temperature <= 0:
             self._fail(f"--temperature must be > 0 (sampling), got {self.temperature}")
-        self._require_positive(("learning_rate", "adam_epsilon", "max_grad_norm", "lora_r", "max_prompt_length"))
+        self._require_positive(("learning_rate", "adam_epsilon", "lora_r", "max_prompt_length"))
         if not 0.0 <= self.eval_holdout_fraction < 1.0:
             self._fail(f"--eval_holdout_fraction must lie in [0, 1), got {self.eval_holdout_fraction}")
         if self.save_total_limit is not None and self.save_total_limit < 1:

@@ -45,10 +45,11 @@ from rlhf.distributed import (
     prepare_frozen_model,
     unwrap_for_generation,
 )
+from rlhf.errors import ConfigError, TrainingDiverged
 from rlhf.experience import RewardSources, Rollout
 from rlhf.models import load_causal_lm, load_reward_model, load_tokenizer
 from rlhf.ppo_models import RewardFunction, RewardModelScorer, disable_dropout, load_reward_function
-from rlhf.rl_config import ConfigError, RLConfig
+from rlhf.rl_config import RLConfig
 from rlhf.rollout import (
     apply_missing_stop_penalty,
     kl_per_token,
@@ -60,15 +61,10 @@ from rlhf.rollout import (
 )
 from rlhf.utils import METRICS_FILE, SUMMARY_FILE, seed_everything, to_plain, write_config, write_json
 
-__all__ = ["DivergenceError", "PolicyOnly", "RLTrainer", "run_trainer"]
+__all__ = ["PolicyOnly", "RLTrainer", "run_trainer"]
 
 TRAINER_STATE = "trainer_state.json"
 WEIGHTS = "model.safetensors"
-
-
-class DivergenceError(UserError, ArithmeticError):
-    """Training produced a non-finite number (loss, gradient norm, reward or weight); the run stops
-    before saving anything from that update. The message names the update and the quantity."""
 
 
 class PolicyOnly(nn.Module):
@@ -104,17 +100,17 @@ class RLTrainer:
         self.rank, self.world_size, self.device = acc.process_index, acc.num_processes, acc.device
         if config.use_peft and is_sharded(acc):
             raise ValueError(
-                f"rlhf {self.command}: --use_peft under DeepSpeed ZeRO-3 or FSDP is not supported (merging the LoRA "
+                "--use_peft under DeepSpeed ZeRO-3 or FSDP is not supported (merging the LoRA "
                 "adapter into the saved policy needs the full weights on one rank); use DDP or ZeRO-2 "
                 "(configs/accelerate/multi_gpu.yaml, deepspeed_zero2.yaml), where a LoRA policy fits anyway"
             )
         if (config.save_steps or config.resume_from_checkpoint) and is_sharded(acc):
-            raise ConfigError(f"rlhf {self.command}: --save_steps / --resume_from_checkpoint are not supported under "
+            raise ConfigError("--save_steps / --resume_from_checkpoint are not supported under "
                               "DeepSpeed ZeRO-3 or FSDP yet; use DDP or ZeRO-2, or drop the flags")
         self.repeats = getattr(config, "num_generations", 1)  # completions per prompt
         if (config.local_batch_size * self.world_size) % self.repeats:
             raise ConfigError(
-                f"rlhf {self.command}: the generation batch (per_device_train_batch_size x gradient_accumulation_steps x "
+                "the generation batch (per_device_train_batch_size x gradient_accumulation_steps x "
                 f"{self.world_size} processes = {config.local_batch_size * self.world_size} completions) must be a "
                 f"multiple of --num_generations {self.repeats}"
             )
@@ -250,7 +246,7 @@ class RLTrainer:
         limit = int(context) - self.config.max_new_tokens
         if limit < 1:
             raise ConfigError(
-                f"rlhf {self.command}: the model's context is {context} tokens, which leaves no room for a prompt "
+                f"the model's context is {context} tokens, which leaves no room for a prompt "
                 f"before {self.config.max_new_tokens} new tokens; lower the completion length"
             )
         return limit
@@ -453,13 +449,13 @@ class RLTrainer:
         acc = self.accelerator
         norm = None
         if acc.sync_gradients:
-            limit = self.config.max_grad_norm if self.config.max_grad_norm is not None else float("inf")
+            limit = self.config.max_grad_norm or float("inf")  # None or 0: no clipping, the norm still checked
             total = acc.clip_grad_norm_(self.model.parameters(), limit)
             if total is not None:
                 norm = float(total)
                 if not math.isfinite(norm):
-                    raise DivergenceError(
-                        f"rlhf {self.command}: the gradient norm is {norm} at update {self.update + 1}; the run stops before "
+                    raise TrainingDiverged(
+                        f"the gradient norm is {norm} at update {self.update + 1}; the run stops before "
                         "this step (weights not updated, nothing saved). Lower --learning_rate, check the reward scale, "
                         f"or resume from the last checkpoint in {self.config.output_dir}"
                     )
@@ -515,8 +511,8 @@ class RLTrainer:
             if not bool(torch.isfinite(total)):
                 bad = ["weights"]
         if bad:
-            raise DivergenceError(
-                f"rlhf {self.command}: non-finite {', '.join(bad[:4])} at update {self.update}; the run stops "
+            raise TrainingDiverged(
+                f"non-finite {', '.join(bad[:4])} at update {self.update}; the run stops "
                 "without saving this update's model. Lower --learning_rate, check the reward scale, or resume from "
                 f"the last checkpoint in {self.config.output_dir}"
             )
@@ -772,16 +768,6 @@ class Tracker:
             self.module.finish()
 
 
-def check_tracker(report_to: str) -> None:
-    """Refuse --report_to for a tracker that is not installed, before any training."""
-    import importlib.util
-
-    module = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}.get(report_to)
-    if module is not None and importlib.util.find_spec(module) is None:
-        raise ConfigError(f"--report_to {report_to}: the {module} package is not installed (pip install {module}); "
-                          "or pass --report_to none")
-
-
 # ----------------------------------------------------------------------------- the command
 def run_trainer(trainer_class: type[RLTrainer], config: RLConfig) -> dict[str, Any]:
     """Train with ``config``; OUT gets checkpoints while training and the final files at the end.
@@ -789,13 +775,14 @@ def run_trainer(trainer_class: type[RLTrainer], config: RLConfig) -> dict[str, A
     An existing non-empty --output_dir is refused unless --overwrite_output_dir or
     --resume_from_checkpoint. A run that fails before writing anything leaves no folder behind; a run
     that fails later keeps its checkpoints and metrics.jsonl, never a model of a failed update."""
-    from rlhf.utils import is_main_process
+    from rlhf.utils import check_ranges, command_options, is_main_process
 
     config.validate()
-    check_tracker(config.report_to)
+    check_ranges(config)  # also: --report_to a tracker that is not installed
     resume = resolve_resume_path(config.resume_from_checkpoint, config.output_dir)
     existed = Path(config.output_dir).expanduser().exists()
-    out = prepare_output_dir(config.output_dir, overwrite=config.overwrite_output_dir, resume=resume is not None)
+    overwrite = command_options().overwrite_output_dir
+    out = prepare_output_dir(config.output_dir, overwrite=overwrite, resume=resume is not None)
     try:
         trainer = trainer_class(config)
         summary = trainer.train(out, resume)
