@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("rlhf.sft", "supervised fine-tuning on demonstrations (TRL SFTTrainer)"),
     "reward": ("rlhf.reward", "reward model from pairs or K-wise rankings"),
     "ppo": ("rlhf.ppo", "PPO fine-tuning against a reward model or a reward function"),
+    "grpo": ("rlhf.grpo", "GRPO fine-tuning: group-relative advantages, no critic (TRL GRPOConfig flags)"),
+    "rloo": ("rlhf.rloo", "RLOO fine-tuning: leave-one-out baseline, no critic (TRL RLOOConfig flags)"),
     "pipeline": ("rlhf.pipeline", "tiny-model, sft, reward and ppo in a row from one YAML config"),
     "label": ("rlhf.label", "rank sampled responses by hand in a local web page (rankings for `rlhf reward`)"),
 }

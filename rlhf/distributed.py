@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "all_processes_finished",
+    "make_accelerator",
     "all_reduce_sum",
     "check_deepspeed_settings",
     "configure_deepspeed_batch",

@@ -45,8 +45,10 @@ from rlhf.utils import (
     yaml_key_lines,
 )
 
-STEPS = ("tiny_model", "sft", "reward", "ppo")
-STEP_MODULES = {"tiny_model": "rlhf.tiny_model", "sft": "rlhf.sft", "reward": "rlhf.reward", "ppo": "rlhf.ppo"}
+STEPS = ("tiny_model", "sft", "reward", "ppo", "grpo", "rloo")
+RL_STEPS = ("ppo", "grpo", "rloo")  # the RL step: any of them (usually one) after sft / reward
+STEP_MODULES = {"tiny_model": "rlhf.tiny_model", "sft": "rlhf.sft", "reward": "rlhf.reward", "ppo": "rlhf.ppo",
+                "grpo": "rlhf.grpo", "rloo": "rlhf.rloo"}
 CURVE_KEYS = ("objective/scores", "objective/rlhf_reward", "objective/kl")
 
 
@@ -71,6 +73,8 @@ class PipelineConfig:
     sft: dict[str, Any] = field(default_factory=dict)
     reward: dict[str, Any] = field(default_factory=dict)
     ppo: dict[str, Any] = field(default_factory=dict)
+    grpo: dict[str, Any] = field(default_factory=dict)
+    rloo: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> PipelineConfig:
@@ -117,9 +121,9 @@ def step_flags(cfg: PipelineConfig, step: str) -> dict[str, Any]:
     policy = str(out / "sft") if cfg.produces("sft") else cfg.sft.get("model_name_or_path", base)
     if step == "sft" and base:
         flags.setdefault("model_name_or_path", base)
-    if step in ("reward", "ppo"):
+    if step in ("reward", *RL_STEPS):
         flags.setdefault("model_name_or_path", policy)
-    if step == "ppo" and not flags.get("reward_fn"):
+    if step in RL_STEPS and not flags.get("reward_fn"):
         flags.setdefault("reward_model_path", str(out / "reward"))
     return flags
 
@@ -173,12 +177,13 @@ def evaluate_policies(cfg: PipelineConfig) -> dict[str, dict[str, float]]:
     rows = data["train"] if "train" in data else next(iter(data.values()))
     tokenizer = load_tokenizer(str(out / "sft"))
     prompts = [render_prompt(p, tokenizer) for p in rows["prompt"][: ev.num_prompts]]
-    max_new_tokens = ev.max_new_tokens or cfg.ppo.get("response_length", 32)
-    temperature = ev.temperature if ev.temperature is not None else cfg.ppo.get("temperature", 1.0)
+    rl = next((getattr(cfg, s) for s in RL_STEPS if s in cfg.steps), cfg.ppo)
+    max_new_tokens = ev.max_new_tokens or rl.get("response_length") or rl.get("max_completion_length", 32)
+    temperature = ev.temperature if ev.temperature is not None else rl.get("temperature", 1.0)
     gold = load_reward_function(ev.reward_fn) if ev.reward_fn else None
     reward_model = load_reward_model(str(out / "reward"), tokenizer) if (out / "reward").exists() else None
     results: dict[str, dict[str, float]] = {}
-    for name in ("sft", "ppo"):
+    for name in ("sft", *RL_STEPS):
         if not (out / name).exists():
             continue
         policy = load_causal_lm(str(out / name), tokenizer)
@@ -198,8 +203,9 @@ def _fmt(value: Any) -> str:
 
 def results_table(summaries: dict[str, dict[str, Any]], evaluation: dict[str, dict[str, float]]) -> str:
     """A short Markdown table of the run's headline numbers."""
-    sft, rm, ppo = summaries.get("sft", {}), summaries.get("reward", {}), summaries.get("ppo", {})
-    before, after = evaluation.get("sft", {}), evaluation.get("ppo", {})
+    rl_step = next((s for s in RL_STEPS if s in evaluation or s in summaries), "ppo")
+    sft, rm, ppo = summaries.get("sft", {}), summaries.get("reward", {}), summaries.get(rl_step, {})
+    before, after = evaluation.get("sft", {}), evaluation.get(rl_step, {})
     rows = [
         ("SFT eval loss (before -> after SFT)", f"{_fmt(sft.get('eval_loss_before'))} -> {_fmt(sft.get('eval_loss'))}"),
         ("RM held-out pairwise accuracy", _fmt(rm.get("eval_accuracy"))),
