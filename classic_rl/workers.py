@@ -25,9 +25,10 @@ A worker that dies (a crash, ``os._exit``, the OOM killer, a lost node) or raise
 as a :class:`WorkerError` naming the worker; a worker that does not answer within
 ``timeout_s`` is reported too, so the learner never waits forever.
 
-A3C's Hogwild workers do not fit this pattern (they update parameters in shared memory on
-their own schedule); :func:`validate_worker_settings` is the one place that says which
-backends each algorithm accepts.
+A3C's Hogwild workers do not fit the request/answer pattern: they update one set of parameters
+in shared memory on their own schedule. They use this module's :func:`start_processes` /
+:func:`stop_processes` and refuse ``worker_backend=ray`` (:data:`A3C_RAY_REFUSAL`): Ray actors
+are separate processes, possibly on other machines, with no memory to share.
 """
 
 from __future__ import annotations
@@ -45,6 +46,13 @@ from typing import Any
 BACKENDS = ("process", "ray")
 DEFAULT_TIMEOUT_S = 600.0
 """How long one round may take before a worker counts as hung (generous: a round is seconds)."""
+
+
+A3C_RAY_REFUSAL = (
+    "a3c's Hogwild workers update one copy of the weights and of Adam's state in shared memory, "
+    "which Ray actors (possibly on other machines) cannot share; use worker_backend=process, "
+    "or ppo/a2c with vec_env=async for synchronous parallel collection"
+)
 
 
 class WorkerError(RuntimeError):
@@ -110,6 +118,30 @@ def make_pool(
 
 
 # ---------------------------------------------------------------------------------- local processes
+def start_processes(ctx: Any, target: Any, args: list[tuple], name: str) -> list[Any]:
+    """Start one daemon process per ``args`` entry with SIGINT ignored (kept across spawn's exec),
+    so Ctrl-C reaches only the learner, which then stops them."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        procs = [ctx.Process(target=target, args=a, daemon=True, name=f"{name}-worker-{rank}") for rank, a in enumerate(args)]
+        for proc in procs:
+            proc.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return procs
+
+
+def stop_processes(procs: list[Any], timeout_s: float = 5.0) -> None:
+    """Join every process, terminating any still running after ``timeout_s`` (shared deadline)."""
+    deadline = time.monotonic() + timeout_s
+    for proc in procs:
+        proc.join(timeout=max(0.0, deadline - time.monotonic()))
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+        proc.join()
+
+
 def _serve(conn: Any, worker_cls: type, init_args: tuple) -> None:
     """A worker process: build the object, then answer (method, args) requests until None."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the learner's to handle
@@ -139,21 +171,12 @@ class ProcessPool(WorkerPool):
         self.n, self.name, self.timeout_s = len(init_args), name, timeout_s
         # fork starts workers in milliseconds on Linux; elsewhere use the safe default.
         ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-        self.conns: list[Any] = []
-        self.procs: list[Any] = []
         self._pending = False
-        # Workers start with SIGINT ignored (and set it again themselves: spawn re-imports).
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            for rank, args in enumerate(init_args):
-                parent, child = ctx.Pipe()
-                proc = ctx.Process(target=_serve, args=(child, worker_cls, args), daemon=True, name=f"{name}-worker-{rank}")
-                proc.start()
-                child.close()
-                self.conns.append(parent)
-                self.procs.append(proc)
-        finally:
-            signal.signal(signal.SIGINT, previous)
+        pipes = [ctx.Pipe() for _ in init_args]
+        self.conns = [parent for parent, _ in pipes]
+        self.procs = start_processes(ctx, _serve, [(child, worker_cls, a) for (_, child), a in zip(pipes, init_args)], name)
+        for _, child in pipes:
+            child.close()
 
     def submit(self, method: str, args: list[tuple]) -> None:
         if len(args) != self.n:
@@ -200,11 +223,7 @@ class ProcessPool(WorkerPool):
                 conn.send(None)
             except (BrokenPipeError, ConnectionResetError, OSError):
                 pass
-        for proc in self.procs:
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join()
+        stop_processes(self.procs)
         for conn in self.conns:
             conn.close()
         self.conns, self.procs = [], []
