@@ -19,7 +19,7 @@ Two backends give the same answers for the same requests:
 * ``ray``: one Ray actor (1 CPU) per worker, so a run can use the cores of several machines.
   When ``RAY_ADDRESS`` is set the pool joins that cluster, as Ray's own tools do (every node
   needs this package installed); otherwise it starts a local Ray instance with ``n`` CPUs.
-  Ray is an optional dependency: ``pip install "rl-toolkit[ray]"`` or ``pip install ray``.
+  Ray is an optional dependency: ``pip install "rl-course-toolkit[ray]"`` or ``pip install ray``.
 
 A worker that dies (a crash, ``os._exit``, the OOM killer, a lost node) or raises is reported
 as a :class:`WorkerError` naming the worker; a worker that does not answer within
@@ -33,6 +33,7 @@ are separate processes, possibly on other machines, with no memory to share.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
@@ -46,6 +47,8 @@ from typing import Any
 BACKENDS = ("process", "ray")
 DEFAULT_TIMEOUT_S = 600.0
 """How long one round may take before a worker counts as hung (generous: a round is seconds)."""
+STARTUP_TIMEOUT_S = 300.0
+"""How long Ray may take to place and build the actors (scheduling, imports on a busy node)."""
 
 
 A3C_RAY_REFUSAL = (
@@ -70,6 +73,8 @@ def validate_worker_settings(
         raise ValueError(f"{algo}: worker_backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "ray" and ray_refusal:
         raise ValueError(f"{algo}: worker_backend=ray is not supported: {ray_refusal}")
+    if backend == "ray" and importlib.util.find_spec("ray") is None:
+        raise ValueError(f'{algo}: worker_backend=ray needs Ray: pip install ray (or pip install "rl-course-toolkit[ray]")')
     if backend == "ray" and n_workers == 0:
         raise ValueError(f"{algo}: worker_backend=ray needs n_workers >= 1 (n_workers=0 runs in the learner's process)")
     if not timeout_s > 0:
@@ -172,6 +177,7 @@ class ProcessPool(WorkerPool):
         # fork starts workers in milliseconds on Linux; elsewhere use the safe default.
         ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
         self._pending = False
+        self._failed = False
         pipes = [ctx.Pipe() for _ in init_args]
         self.conns = [parent for parent, _ in pipes]
         self.procs = start_processes(ctx, _serve, [(child, worker_cls, a) for (_, child), a in zip(pipes, init_args)], name)
@@ -193,7 +199,11 @@ class ProcessPool(WorkerPool):
             raise RuntimeError(f"{self.name}: gather() without submit()")
         self._pending = False
         deadline = time.monotonic() + self.timeout_s
-        return [self._answer(rank, deadline) for rank in range(self.n)]
+        try:
+            return [self._answer(rank, deadline) for rank in range(self.n)]
+        except WorkerError:
+            self._failed = True  # close() then stops the others at once instead of waiting for them
+            raise
 
     def _answer(self, rank: int, deadline: float) -> Any:
         conn, proc = self.conns[rank], self.procs[rank]
@@ -223,7 +233,7 @@ class ProcessPool(WorkerPool):
                 conn.send(None)
             except (BrokenPipeError, ConnectionResetError, OSError):
                 pass
-        stop_processes(self.procs)
+        stop_processes(self.procs, timeout_s=0.0 if self._failed else 5.0)
         for conn in self.conns:
             conn.close()
         self.conns, self.procs = [], []
@@ -239,6 +249,9 @@ class _RayHost:
     def call(self, method: str, args: tuple) -> Any:
         return getattr(self.obj, method)(*args)
 
+    def ready(self) -> bool:
+        return True
+
 
 def import_ray() -> Any:
     """``ray``, or a one-line error that says how to install it."""
@@ -246,7 +259,7 @@ def import_ray() -> Any:
         import ray
     except ImportError:
         raise ImportError(
-            'worker_backend=ray needs Ray: pip install "ray[default]" (or this package\'s [ray] extra)'
+            'worker_backend=ray needs Ray: pip install ray (or pip install "rl-course-toolkit[ray]")'
         ) from None
     return ray
 
@@ -282,6 +295,8 @@ class RayPool(WorkerPool):
         host = self.ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(_RayHost)
         self.actors = [host.remote(worker_cls, args) for args in init_args]
         self._refs: list[Any] | None = None
+        # Wait for every actor to be built, so the first round's timeout covers only its work.
+        self._wait([actor.ready.remote() for actor in self.actors], max(timeout_s, STARTUP_TIMEOUT_S), "start")
 
     def submit(self, method: str, args: list[tuple]) -> None:
         if len(args) != self.n:
@@ -292,16 +307,22 @@ class RayPool(WorkerPool):
         if self._refs is None:
             raise RuntimeError(f"{self.name}: gather() without submit()")
         refs, self._refs = self._refs, None
+        return self._wait(refs, self.timeout_s, "answer")
+
+    def _wait(self, refs: list[Any], timeout_s: float, what: str) -> list[Any]:
         exceptions = self.ray.exceptions
-        deadline = time.monotonic() + self.timeout_s
+        deadline = time.monotonic() + timeout_s
         answers = []
         for rank, ref in enumerate(refs):
             try:
                 answers.append(self.ray.get(ref, timeout=max(0.0, deadline - time.monotonic())))
             except exceptions.GetTimeoutError:
+                hint = (
+                    "raise worker_timeout_s if its rounds are really this slow" if what == "answer"
+                    else "does the cluster have a free CPU for it?"
+                )
                 raise WorkerError(
-                    f"{self.name} worker {rank} (Ray actor) did not answer within {self.timeout_s:g} s "
-                    f"(hung, or the cluster has no free CPU for it); raise worker_timeout_s if its rounds are really this slow"
+                    f"{self.name} worker {rank} (Ray actor) did not {what} within {timeout_s:g} s; {hint}"
                 ) from None
             except exceptions.RayActorError as err:
                 raise WorkerError(f"{self.name} worker {rank} (Ray actor) died: {_first_line(err)}") from None
