@@ -107,19 +107,19 @@ def test_a_hung_worker_times_out(backend):
 
 @pytest.mark.usefixtures("local_ray")
 def test_ars_learns_through_ray_workers_with_the_process_backends_numbers():
-    kwargs = dict(env="Pendulum-v1", seed=0, hidden=[16], n_directions=4, top_directions=1,
-                  step_size=0.018, delta_std=0.1)
+    kwargs = dict(env="CartPole-v1", seed=0, n_directions=4, step_size=0.05, delta_std=0.1)
     runs = {}
     for backend in ("ray", "process"):
         agent = classic_rl.make("ars", n_workers=2, worker_backend=backend, **kwargs)
-        before, _ = classic_rl.evaluate(agent, episodes=3, seed=100)
-        agent.learn(total_steps=24_000, progress=False)
-        runs[backend] = (agent, before, classic_rl.evaluate(agent, episodes=3, seed=100)[0])
+        before, _ = agent.evaluate(episodes=3)
+        agent.learn(total_steps=5000, progress=False)
+        runs[backend] = (agent, before, agent.evaluate(episodes=5)[0])
     (ray_agent, before, after), (process_agent, _, process_after) = runs["ray"], runs["process"]
     # the directions are split the same way and each rollout is seeded: the same numbers exactly
     np.testing.assert_array_equal(ray_agent.theta, process_agent.theta)
-    assert after == process_after
-    assert after > before + 300, (before, after)  # learned: a random MLP policy scores about -1200
+    np.testing.assert_array_equal(ray_agent.obs_stat.mean, process_agent.obs_stat.mean)
+    assert ray_agent.num_timesteps == process_agent.num_timesteps and after == process_after
+    assert before < 50 and after > 400, (before, after)  # the zero policy falls at once; 500 is the cap
 
 
 def test_ars_reports_a_crashed_rollout_worker(backend):
