@@ -271,7 +271,7 @@ def ensure_ray(n_workers: int) -> Any:
     """
     ray = import_ray()
     if not ray.is_initialized():
-        quiet = {"log_to_driver": False, "logging_level": logging.WARNING, "configure_logging": True}
+        quiet = {"log_to_driver": False, "logging_level": logging.ERROR, "configure_logging": True}
         if os.environ.get("RAY_ADDRESS"):
             ray.init(**quiet)  # ray.init reads RAY_ADDRESS itself (also ray:// client addresses)
         else:

@@ -7,6 +7,7 @@ has), so they need `ray` installed (it is in the `dev` extra).
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 
@@ -158,3 +159,15 @@ def test_bad_worker_settings_are_one_line_errors():
         classic_rl.make("d4pg", env="Pendulum-v1", worker_backend="ray", n_workers=0)
     with pytest.raises(ValueError, match="a3c: n_workers must be >= 1"):
         classic_rl.make("a3c", env="CartPole-v1", n_workers=0)
+
+
+def test_a_cli_run_joins_the_cluster_at_ray_address(local_ray, tmp_path):
+    address = local_ray.get_runtime_context().gcs_address
+    cmd = [sys.executable, "-m", "classic_rl", "train", "ars", "CartPole-v1", "--steps", "400", "--out", str(tmp_path / "run"),
+           "--quiet", "--set", "worker_backend=ray", "n_workers=2", "n_directions=2"]
+    done = subprocess.run(cmd, env={**os.environ, "RAY_ADDRESS": address}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # the run was a driver (job) of this cluster, not of a Ray it started itself (GCS job table)
+    drivers = [job["Entrypoint"] for job in local_ray._private.state.jobs()]
+    assert any("classic_rl train ars CartPole-v1" in entry for entry in drivers), drivers
+    assert "worker_backend: ray" in (tmp_path / "run" / "config.yaml").read_text()
