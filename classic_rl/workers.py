@@ -40,6 +40,7 @@ import multiprocessing.connection as mp_connection
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from typing import Any
@@ -272,11 +273,18 @@ def ensure_ray(n_workers: int) -> Any:
     ray = import_ray()
     if not ray.is_initialized():
         quiet = {"log_to_driver": False, "logging_level": logging.ERROR, "configure_logging": True}
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init(**quiet)  # ray.init reads RAY_ADDRESS itself (also ray:// client addresses)
-        else:
-            # "local": never attach to another user's cluster found in /tmp/ray on a shared machine
-            ray.init(address="local", num_cpus=n_workers, include_dashboard=False, **quiet)
+        # ray.init replaces the SIGTERM handler with sys.exit: keep ours (stop at a safe point, checkpoint).
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            if os.environ.get("RAY_ADDRESS"):
+                ray.init(**quiet)  # ray.init reads RAY_ADDRESS itself (also ray:// client addresses)
+            else:
+                # "local": never attach to another user's cluster found in /tmp/ray on a shared machine
+                ray.init(address="local", num_cpus=n_workers, include_dashboard=False, **quiet)
+        finally:
+            if threading.current_thread() is threading.main_thread():
+                for sig, handler in handlers.items():
+                    signal.signal(sig, handler)
     cpus = ray.cluster_resources().get("CPU", 0)
     if cpus < n_workers:
         raise WorkerError(

@@ -6,7 +6,9 @@ has), so they need `ray` installed (it is in the `dev` extra).
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,8 +17,10 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import ray  # in the dev extra, so CI runs the Ray backend
+from safetensors.torch import load_file
 
 import classic_rl
+from classic_rl.cli import main as cli_main
 from classic_rl.workers import WorkerError, make_pool
 
 
@@ -171,3 +175,34 @@ def test_a_cli_run_joins_the_cluster_at_ray_address(local_ray, tmp_path):
     drivers = [job["Entrypoint"] for job in local_ray._private.state.jobs()]
     assert any("classic_rl train ars CartPole-v1" in entry for entry in drivers), drivers
     assert "worker_backend: ray" in (tmp_path / "run" / "config.yaml").read_text()
+
+
+def test_sigterm_on_a_ray_run_checkpoints_and_the_resume_gives_the_uninterrupted_numbers(local_ray, tmp_path):
+    """ray.init installs its own SIGTERM handler; the run must keep ours (stop at a safe point)."""
+    args = ["train", "ars", "CartPole-v1", "--steps", "6000", "--seed", "2", "--quiet", "--eval-episodes", "2",
+            "--set", "worker_backend=ray", "n_workers=2", "n_directions=2", "step_size=0.05", "delta_std=0.1"]
+    run, full = tmp_path / "run", tmp_path / "full"
+    proc = subprocess.Popen([sys.executable, "-m", "classic_rl", *args, "--out", str(run), "--save-freq", "100"],
+                            env={**os.environ, "RAY_ADDRESS": local_ray.get_runtime_context().gcs_address},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if json.loads((run / "state.json").read_text())["num_timesteps"] > 0:
+                break
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-2000:]
+    assert "Traceback" not in stderr and "Resume with: classic-rl train ars" in stderr
+    state = json.loads((run / "state.json").read_text())
+    assert state["run"]["status"] == "interrupted" and 0 < state["num_timesteps"] < 6000
+
+    assert cli_main(["train", "ars", "CartPole-v1", "--resume", str(run), "--quiet", "--eval-episodes", "2"]) == 0
+    assert cli_main([*args, "--out", str(full)]) == 0
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (run, full))
+    assert (a["steps"], a["episodes"], a["eval_return_mean"]) == (b["steps"], b["episodes"], b["eval_return_mean"])
+    wa, wb = load_file(str(run / "model.safetensors")), load_file(str(full / "model.safetensors"))
+    assert wa.keys() == wb.keys() and all(wa[k].equal(wb[k]) for k in wa)
