@@ -38,6 +38,7 @@ import logging
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
 import os
+import re
 import signal
 import sys
 import threading
@@ -304,7 +305,11 @@ class RayPool(WorkerPool):
         self.actors = [host.remote(worker_cls, args) for args in init_args]
         self._refs: list[Any] | None = None
         # Wait for every actor to be built, so the first round's timeout covers only its work.
-        self._wait([actor.ready.remote() for actor in self.actors], max(timeout_s, STARTUP_TIMEOUT_S), "start")
+        try:
+            self._wait([actor.ready.remote() for actor in self.actors], max(timeout_s, STARTUP_TIMEOUT_S), "start")
+        except WorkerError:
+            self.close()
+            raise
 
     def submit(self, method: str, args: list[tuple]) -> None:
         if len(args) != self.n:
@@ -333,7 +338,9 @@ class RayPool(WorkerPool):
                     f"{self.name} worker {rank} (Ray actor) did not {what} within {timeout_s:g} s; {hint}"
                 ) from None
             except exceptions.RayActorError as err:
-                raise WorkerError(f"{self.name} worker {rank} (Ray actor) died: {_first_line(err)}") from None
+                # a failed constructor's traceback is in the message; a crash's message is a long generic paragraph
+                detail = _plain(err) if "creation task" in str(err) else _first_line(err)
+                raise WorkerError(f"{self.name} worker {rank} (Ray actor) died: {detail}") from None
             except exceptions.RayTaskError as err:
                 raise WorkerError(f"{self.name} worker {rank} (Ray actor) failed:\n{err}") from None
         return answers
@@ -347,6 +354,10 @@ class RayPool(WorkerPool):
         self.actors = []
 
 
+def _plain(err: BaseException) -> str:
+    """The message without the terminal colour codes Ray puts in it."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip() or type(err).__name__
+
+
 def _first_line(err: BaseException) -> str:
-    lines = [line for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
+    return _plain(err).splitlines()[0]

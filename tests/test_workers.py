@@ -48,6 +48,11 @@ class Echo:
         return self.rank
 
 
+class BrokenWorker:
+    def __init__(self) -> None:
+        raise FileNotFoundError("no such env file")
+
+
 class DiesInWorker(gym.Wrapper):
     """Pendulum that kills its process on the first reset outside the learner (a crashing worker)."""
 
@@ -87,6 +92,11 @@ def test_pool_answers_in_worker_order_keeps_worker_state_and_reports_exceptions(
         assert pool.gather() == [(0, 16, 2), (1, 25, 2)]
         with pytest.raises(WorkerError, match=r"(?s)test worker 0 .*failed.*ZeroDivisionError: bad luck in the worker"):
             pool.call("fail", [(), ()])
+
+
+def test_a_worker_that_cannot_start_is_reported_with_its_traceback(backend):
+    with pytest.raises(WorkerError, match=r"(?s)test worker 0 .*FileNotFoundError: no such env file"):
+        make_pool(BrokenWorker, [(), ()], backend, "test").call("anything", [(), ()])
 
 
 def test_a_worker_that_dies_is_reported_not_waited_on(backend):
