@@ -96,7 +96,8 @@ def test_pool_answers_in_worker_order_keeps_worker_state_and_reports_exceptions(
 
 def test_a_worker_that_cannot_start_is_reported_with_its_traceback(backend):
     with pytest.raises(WorkerError, match=r"(?s)test worker 0 .*FileNotFoundError: no such env file"):
-        make_pool(BrokenWorker, [(), ()], backend, "test").call("anything", [(), ()])
+        with make_pool(BrokenWorker, [(), ()], backend, "test") as pool:  # Ray reports it here
+            pool.call("anything", [(), ()])  # a process at its first answer
 
 
 def test_a_worker_that_dies_is_reported_not_waited_on(backend):
