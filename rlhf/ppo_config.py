@@ -2,8 +2,7 @@
 
 TRL users can move over with their flags and YAML files unchanged (`total_episodes`,
 `per_device_train_batch_size`, `num_mini_batches`, `kl_coef`, `cliprange`, ...). Defaults follow
-"The N+ Implementation Details of RLHF with PPO" where TRL had none (see
-`shared/spec/RLHF_PPO_DETAILS.md`). Batch sizes mean what they meant in TRL::
+"The N+ Implementation Details of RLHF with PPO" (Huang et al., 2024) where TRL had none. Batch sizes mean what they meant in TRL::
 
     micro batch      = per_device_train_batch_size              (one forward/backward)
     minibatch        = micro batch * gradient_accumulation_steps (one optimizer step)

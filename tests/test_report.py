@@ -24,7 +24,7 @@ def load_script(name):
 def demo_dir(tmp_path_factory):
     demo = load_script("demo")
     out = tmp_path_factory.mktemp("demo") / "demo"
-    assert demo.main(["--out", str(out), "--skip-deep", "--skip-rlhf", "--seeds", "2", "--episodes", "40"]) == 0
+    assert demo.main(["--out", str(out), "--skip-deep", "--skip-rlhf", "--skip-grpo", "--seeds", "2", "--episodes", "40"]) == 0
     return out
 
 
