@@ -39,6 +39,7 @@ from classic_rl.core.advantages import gae
 from classic_rl.env_utils import VEC_ENV_KINDS, EpisodeRecorder, make_vector_env
 from classic_rl.logger import RunLogger
 from classic_rl.nets import clip_grad_norm_flat, flat_parameters
+from classic_rl.normalizers import RunningMeanStd
 from classic_rl.optim import FlatAdam
 from classic_rl.policies import ActorCritic, PolicyConfig, obs_to_numpy, obs_to_tensor
 
@@ -110,41 +111,6 @@ class OnPolicyConfig(PolicyConfig):
 
 
 # ----------------------------------------------------------------------------- normalisation
-class RunningMeanStd:
-    """Running mean and variance of a stream of batches (Chan et al.'s parallel update)."""
-
-    def __init__(self, shape: tuple[int, ...] = (), epsilon: float = 1e-4) -> None:
-        self.mean = np.zeros(shape, dtype=np.float64)
-        self.var = np.ones(shape, dtype=np.float64)
-        self.count = float(epsilon)
-
-    def update(self, batch: np.ndarray) -> None:
-        batch = np.asarray(batch, dtype=np.float64)
-        b_mean, b_var, b_count = batch.mean(axis=0), batch.var(axis=0), batch.shape[0]
-        delta = b_mean - self.mean
-        total = self.count + b_count
-        self.mean = self.mean + delta * b_count / total
-        m2 = self.var * self.count + b_var * b_count + delta**2 * self.count * b_count / total
-        self.var = m2 / total
-        self.count = total
-
-    def normalize(self, x: np.ndarray, clip: float) -> np.ndarray:
-        return np.clip((x - self.mean) / np.sqrt(self.var + 1e-8), -clip, clip).astype(np.float32)
-
-    def state(self, prefix: str) -> dict[str, Tensor]:
-        return {
-            f"{prefix}.mean": torch.as_tensor(self.mean),
-            f"{prefix}.var": torch.as_tensor(self.var),
-            f"{prefix}.count": torch.tensor(self.count, dtype=torch.float64),
-        }
-
-    def load(self, tensors: dict[str, Tensor], prefix: str) -> None:
-        if f"{prefix}.mean" in tensors:
-            self.mean = tensors[f"{prefix}.mean"].numpy().astype(np.float64)
-            self.var = tensors[f"{prefix}.var"].numpy().astype(np.float64)
-            self.count = float(tensors[f"{prefix}.count"])
-
-
 class RewardScaler:
     """Scale rewards by the std of the running discounted return ``R <- gamma * R + r``."""
 
