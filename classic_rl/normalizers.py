@@ -74,3 +74,18 @@ class RunningMeanStd:
             self.mean = tensors[f"{prefix}.mean"].numpy().astype(np.float64)
             self.var = tensors[f"{prefix}.var"].numpy().astype(np.float64)
             self.count = float(tensors[f"{prefix}.count"])
+
+
+class RewardScaler:
+    """Scale rewards by the std of the running discounted return ``R <- gamma * R + r``."""
+
+    def __init__(self, num_envs: int, gamma: float, clip: float) -> None:
+        self.rms = RunningMeanStd(())
+        self.returns = np.zeros(num_envs, dtype=np.float64)
+        self.gamma, self.clip = gamma, clip
+
+    def __call__(self, rewards: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        self.returns = self.returns * self.gamma + rewards
+        self.rms.update(self.returns)
+        self.returns[ends] = 0.0
+        return np.clip(rewards / np.sqrt(self.rms.var + 1e-8), -self.clip, self.clip)
