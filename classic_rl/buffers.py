@@ -1,4 +1,5 @@
-"""Experience replay: uniform, prioritized (proportional sum tree and rank-based), n-step.
+"""Experience storage: replay for the off-policy agents (uniform, prioritized -- proportional sum
+tree and rank-based --, n-step) and :class:`Rollout`, the on-policy agents' batch of trajectories.
 
 Every buffer stores transitions in preallocated numpy arrays (never lists of tuples) and hands
 out :class:`Batch` es of torch tensors. A stored transition is already an n-step one::
