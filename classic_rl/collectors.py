@@ -220,10 +220,10 @@ class VectorEnvRunner(EnvRunner):
 
 # ----------------------------------------------------------------------------- on-policy rollouts
 class RolloutCollector:
-    """Steps a vector env with a policy and returns :class:`Rollout` batches.
+    """Steps a vector env with a policy and returns :class:`~classic_rl.buffers.Rollout` batches.
 
     The hot path is numpy only: the policy acts through its :class:`~classic_rl.policies.NumpyActor`
-    (numpy views of the current weights, ~2x faster than torch calls on small batches), episode
+    (numpy views of the current weights; torch's per-call overhead dominates small batches), episode
     bookkeeping stays in numpy, and torch sees one stacked batch per rollout. Finished episodes
     (their raw, unnormalised returns) go to ``logger.episode``.
     """

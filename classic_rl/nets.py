@@ -1,5 +1,9 @@
 """Networks shared by the deep agents: MLP trunks, the Nature-DQN CNN, noisy layers and Q heads.
 
+The one activation table (:data:`ACTIVATIONS`: layer class, torch function and numpy function of
+each name) and the one numpy MLP forward (:func:`numpy_forward`, which every agent acts through
+when it acts in numpy) live here too.
+
 Also :func:`flat_parameters`, which re-homes a module's parameters in one contiguous tensor so
 that Adam, gradient clipping and target-network updates cost one tensor op each instead of one
 per layer (on a CPU with small networks that per-tensor overhead dominates the update).

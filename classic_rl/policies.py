@@ -21,11 +21,11 @@ validation or broadcasting machinery on the hot path):
 The log-std is a free parameter (state-independent, ``state_dependent_std=False``) or a
 second head of the actor (state-dependent, clamped to [-20, 2]).
 
-Acting in rollouts goes through :class:`NumpyActor`, a numpy view of the same weights: a torch
-call costs several microseconds of dispatch before any arithmetic, and a batch of 8 CartPole
-observations needs ~25 of them per step; numpy does the same in a fraction of the time (the
-rollout loop runs ~2x faster). Its sampling and log-probabilities mirror the torch classes
-above and are tested against them.
+Acting in rollouts goes through :class:`NumpyActor`, a numpy view of the same weights run by
+:func:`classic_rl.nets.numpy_forward`: a torch call costs microseconds of dispatch before any
+arithmetic, and acting on a small batch needs dozens of them per step; numpy does the same in a
+fraction of the time. Its sampling and log-probabilities mirror the torch classes above and are
+tested against them.
 """
 
 from __future__ import annotations
