@@ -238,7 +238,7 @@ def train_run(
     try:
         # The run owns the process's Ctrl-C/SIGTERM (agents only check for a request at their safe
         # points): a request stops training at the next whole step or update, then the checkpoint
-        # below is written; one that arrives while a checkpoint is written waits for it to finish.
+        # below is written; one that arrives while a checkpoint is being written lets it finish.
         with stop_signals():
             try:
                 if run is None:
@@ -259,7 +259,7 @@ def train_run(
             f"{out}. Lower the learning rate or change the settings and start a new run"
         ) from None
 
-    mean, std = (float("nan"), float("nan"))
+    mean, std = None, None  # not evaluated: null in summary.json, never a bare NaN
     if eval_episodes > 0 and stop is None:
         mean, std = agent.evaluate(episodes=eval_episodes, seed=eval_seed)
     recent = logger.episode_returns[-10:]
@@ -276,6 +276,8 @@ def train_run(
         "train_return_last10": (sum(recent) / len(recent)) if recent else None,
         "interrupted": stop is not None,
     }
+    if getattr(agent, "solve_stats", None):  # dynamic programming: sweeps, not steps or episodes
+        summary["solve"] = dict(agent.solve_stats)
     atomic_write_json(out / "summary.json", summary)
     if stop is not None:
         summary["stopped_by"] = stop.signal_name

@@ -41,11 +41,14 @@ from rlhf.data import DataArguments, load_train_eval, render_prompt, validate_da
 from rlhf.distributed import (
     all_processes_finished,
     check_deepspeed_settings,
-    fsdp_version,
-    is_deepspeed_zero3,
+    configure_deepspeed_batch,
+    describe_distribution,
+    make_accelerator,
     masked_whiten_across_processes,
+    models_loaded_whole,
     needs_synchronised_generation,
     prepare_frozen_model,
+    sharded,
     unwrap_for_generation,
 )
 from rlhf.models import load_causal_lm, load_reward_model, load_tokenizer
@@ -193,27 +196,6 @@ class _GradientAccumulation:
 
 
 # ----------------------------------------------------------------------------- the trainer
-def _accelerator(cpu: bool, precision: str):
-    """An ``Accelerator`` with this run's precision, even if an earlier step in the same process (the
-    pipeline's SFT or reward training) initialised accelerate's process-wide state with another one."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    mixed_precision = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[precision]
-    try:
-        return Accelerator(cpu=cpu, mixed_precision=mixed_precision)
-    except ValueError as err:
-        if "already been initialized" not in str(err):
-            raise
-        AcceleratorState._reset_state()  # keeps the distributed set-up (PartialState), resets precision
-        return Accelerator(cpu=cpu, mixed_precision=mixed_precision)
-
-
-def _sharded(accelerator: Any) -> bool:
-    """Whether the trained model's parameters are sharded over the ranks (ZeRO-3 or FSDP)."""
-    return is_deepspeed_zero3(accelerator) or fsdp_version(accelerator) is not None
-
-
 class PPOTrainer:
     """PPO for a causal LM on prompts; see the module docstring for one update."""
 
@@ -226,10 +208,10 @@ class PPOTrainer:
         bf16 = (hw["bf16"] and not use_cpu) if config.bf16 is None else config.bf16
         fp16 = (hw["fp16"] and not use_cpu and not bf16) if config.fp16 is None else config.fp16
         self.precision = "bf16" if bf16 else "fp16" if fp16 else "fp32"
-        self.accelerator = accelerator or _accelerator(use_cpu, self.precision)
+        self.accelerator = accelerator or make_accelerator(use_cpu, self.precision)
         acc = self.accelerator
         self.rank, self.world_size, self.device = acc.process_index, acc.num_processes, acc.device
-        if config.use_peft and _sharded(acc):
+        if config.use_peft and sharded(acc):
             raise ValueError(
                 "rlhf ppo: --use_peft under DeepSpeed ZeRO-3 or FSDP is not supported (merging the LoRA adapter "
                 "into the saved policy needs the full weights on one rank); use DDP or ZeRO-2 "
@@ -241,7 +223,8 @@ class PPOTrainer:
         self.pad_id = self.tokenizer.pad_token_id
         self.stop_id = self._stop_token_id()
         self._load_data()
-        self._build_models()
+        with models_loaded_whole(acc):  # full weights at load; prepare() shards them
+            self._build_models()
 
         # Fused AdamW: one kernel for all parameters (5x faster than the per-tensor loop on CPU).
         optimizer = torch.optim.AdamW(
@@ -256,6 +239,7 @@ class PPOTrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: max(0.0, 1.0 - u / total) if linear else 1.0)
         # accelerate scales each loss by 1/k and DeepSpeed reads k from here when its config says "auto".
         acc.gradient_accumulation_steps = config.gradient_accumulation_steps
+        configure_deepspeed_batch(acc, config.per_device_train_batch_size, config.gradient_accumulation_steps)
         self.model, self.optimizer = acc.prepare(self.model, optimizer)
         check_deepspeed_settings(acc, config.gradient_accumulation_steps, config.max_grad_norm)
         # Frozen models: one copy per device under DDP, sharded like the policy under ZeRO-3 / FSDP. The
@@ -659,7 +643,7 @@ class PPOTrainer:
             "num_updates": self.num_updates,
             "episodes": self.episode,
             "episodes_per_second": self.episode / max(train_runtime, 1e-9),
-            "world_size": self.world_size,
+            **describe_distribution(self.accelerator),  # distributed_type, zero_stage, world_size
             "precision": self.precision,
             "use_peft": cfg.use_peft,
             "seed": cfg.seed,
@@ -678,7 +662,7 @@ class PPOTrainer:
         acc.wait_for_everyone()
         # Under ZeRO-3 / FSDP each rank holds a shard: gather the full weights first (a collective that
         # every rank joins; DeepSpeed needs zero3_save_16bit_model, set in the shipped config).
-        state_dict = acc.get_state_dict(self.model) if _sharded(acc) else None
+        state_dict = acc.get_state_dict(self.model) if sharded(acc) else None
         if not acc.is_main_process:
             return
         policy = self.policy

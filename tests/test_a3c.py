@@ -47,11 +47,14 @@ def _interrupt_once_running(agent, timeout_s: float = 120.0) -> threading.Thread
 
 
 def test_ctrl_c_stops_the_workers_and_reraises():
+    # A shell that starts the suite in the background makes SIGINT ignored; Ctrl-C is what we test.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     agent = A3C("CartPole-v1", seed=0, num_workers=2)  # default start method: spawn
     thread = _interrupt_once_running(agent)
     with pytest.raises(KeyboardInterrupt):
         agent.learn(total_steps=10_000_000, progress=False)
     thread.join()
+    signal.signal(signal.SIGINT, previous)
     assert _no_live_workers(agent)
     assert 0 < agent.num_timesteps < 10_000_000
 
