@@ -1,4 +1,5 @@
-"""Experience replay: uniform, prioritized (proportional sum tree and rank-based), n-step.
+"""Experience storage: replay for the off-policy agents (uniform, prioritized -- proportional sum
+tree and rank-based --, n-step) and :class:`Rollout`, the on-policy agents' batch of trajectories.
 
 Every buffer stores transitions in preallocated numpy arrays (never lists of tuples) and hands
 out :class:`Batch` es of torch tensors. A stored transition is already an n-step one::
@@ -35,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 REPLAY_KINDS = ("uniform", "proportional", "rank")
 
@@ -467,3 +469,38 @@ def make_replay_buffer(kind: str, capacity: int, obs_shape: Sequence[int], **kwa
     elif kind == "proportional":
         kwargs.pop("sort_every", None)
     return classes[kind](capacity, obs_shape, **kwargs)
+
+
+# ---------------------------------------------------------------------------------- on-policy rollouts
+@dataclass
+class Rollout:
+    """``num_envs`` trajectories of ``T`` steps; every tensor is ``(num_envs, T, ...)``."""
+
+    obs: Tensor
+    """Observations as the policy saw them (normalised when that is on)."""
+    actions: Tensor
+    """Raw action samples (what ``dist.log_prob`` takes)."""
+    logprobs: Tensor
+    values: Tensor
+    rewards: Tensor
+    """Rewards used for learning (scaled when reward normalisation is on)."""
+    next_values: Tensor
+    """``V(s_{t+1})``; ``V(final_obs)`` on truncation; unused (0) after a termination."""
+    terminated: Tensor
+    episode_end: Tensor
+    """terminated or truncated."""
+    mask: Tensor
+    """1 for recorded transitions that count; 0 for cut-off steps (complete-episode mode)."""
+    episode_step: Tensor
+    """t, the index of the step within its episode (for REINFORCE's gamma^t)."""
+    num_steps: int
+    """Environment steps taken, summed over envs."""
+    num_episodes: int
+    """Episodes that finished during the rollout."""
+    masked: bool = False
+    """Whether any step has mask 0 (else losses may skip the mask: fewer tensor ops)."""
+
+    @property
+    def loss_mask(self) -> Tensor | None:
+        """``mask`` flattened to ``(num_envs * T,)``, or None when every step counts."""
+        return self.mask.flatten() if self.masked else None

@@ -1,10 +1,11 @@
-"""Greedy evaluation of a trained agent on fresh, seeded episodes."""
+"""Greedy evaluation on fresh, seeded episodes: of a trained agent (:func:`evaluate`) and, every
+``eval_freq`` steps, during training (:class:`PeriodicEvaluation`, the one place for it)."""
 
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -94,3 +95,51 @@ def evaluate(
     if result.note:
         warnings.warn(result.note, EvaluationCapWarning, stacklevel=2)
     return result.mean, result.std
+
+
+class PeriodicEvaluation:
+    """Mixin for agents whose ``config`` has ``eval_freq``, ``eval_episodes`` and ``eval_seed``.
+
+    The training loop calls :meth:`maybe_evaluate` after each step or rollout; every time the step
+    count crosses a multiple of ``eval_freq`` it runs :meth:`evaluate_during_training`: a greedy
+    evaluation on fresh episodes seeded ``eval_seed, eval_seed + 1, ...``, kept in
+    ``eval_history`` as ``(step, mean, std)`` (saved with the agent) and logged as
+    ``eval/return_mean`` and ``eval/return_std``.
+    """
+
+    eval_history: list[tuple[int, float, float]]
+    steps_own_env: ClassVar[bool] = False
+    """True for agents whose training steps ``self.env`` itself: evaluation then runs on a fresh
+    copy, so it does not disturb the training episode."""
+
+    def eval_env(self) -> str | gym.Env:
+        """The environment (or id) periodic evaluation runs on."""
+        env_arg = self._env_arg  # type: ignore[attr-defined]
+        if isinstance(env_arg, str) or not self.steps_own_env:
+            return env_arg
+        return gym.make(self.env.spec)  # type: ignore[attr-defined]
+
+    def maybe_evaluate(self, previous_steps: int, logger: Any | None) -> None:
+        """Evaluate when the step count has crossed a multiple of ``eval_freq`` since ``previous_steps``."""
+        every = self.config.eval_freq  # type: ignore[attr-defined]
+        if every and self.num_timesteps // every > previous_steps // every:  # type: ignore[attr-defined]
+            self.evaluate_during_training(logger)
+
+    def evaluate_during_training(self, logger: Any | None = None) -> tuple[float, float]:
+        """One greedy evaluation now (see the class docstring); returns (mean, std)."""
+        cfg = self.config  # type: ignore[attr-defined]
+        env = self.eval_env()
+        env_kwargs = self.env_kwargs if isinstance(env, str) else None  # type: ignore[attr-defined]
+        mean, std = evaluate(self, env, episodes=cfg.eval_episodes, seed=cfg.eval_seed, env_kwargs=env_kwargs)
+        steps = self.num_timesteps  # type: ignore[attr-defined]
+        self.eval_history.append((steps, mean, std))
+        if logger is not None:
+            logger.scalars({"eval/return_mean": mean, "eval/return_std": std}, steps)
+        return mean, std
+
+    def extra_state(self) -> dict[str, Any]:
+        return {**super().extra_state(), "eval_history": [list(e) for e in self.eval_history]}  # type: ignore[misc]
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        super().load_extra_state(state)  # type: ignore[misc]
+        self.eval_history = [tuple(e) for e in state.get("eval_history", [])]

@@ -1,5 +1,9 @@
 """Networks shared by the deep agents: MLP trunks, the Nature-DQN CNN, noisy layers and Q heads.
 
+The one activation table (:data:`ACTIVATIONS`: layer class, torch function and numpy function of
+each name) and the one numpy MLP forward (:func:`numpy_forward`, which every agent acts through
+when it acts in numpy) live here too.
+
 Also :func:`flat_parameters`, which re-homes a module's parameters in one contiguous tensor so
 that Adam, gradient clipping and target-network updates cost one tensor op each instead of one
 per layer (on a CPU with small networks that per-tensor overhead is a large share of the update).
@@ -8,22 +12,131 @@ per layer (on a CPU with small networks that per-tensor overhead is a large shar
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "silu": nn.SiLU}
-ACTIVATION_FNS = {"relu": torch.relu, "tanh": torch.tanh, "elu": F.elu, "silu": F.silu}
-NUMPY_ACTIVATIONS = {"relu": lambda h, out: np.maximum(h, 0.0, out=out), "tanh": np.tanh}
+
+def _np_relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0.0, out=x)
 
 
-def activation(name: str) -> type[nn.Module]:
+def _np_tanh(x: np.ndarray) -> np.ndarray:
+    return np.tanh(x, out=x)
+
+
+def _np_elu(x: np.ndarray) -> np.ndarray:
+    return np.where(x > 0, x, np.expm1(np.minimum(x, 0.0)))
+
+
+def _np_silu(x: np.ndarray) -> np.ndarray:
+    return x / (1.0 + np.exp(-x))
+
+
+@dataclass(frozen=True)
+class Activation:
+    """One activation in its three forms: a layer class (``mlp``), a torch function (layers called
+    one by one) and a numpy function (acting without torch; it may overwrite its argument, which
+    is always a fresh layer output)."""
+
+    module: type[nn.Module]
+    torch_fn: Callable[[torch.Tensor], torch.Tensor]
+    numpy_fn: Callable[[np.ndarray], np.ndarray]
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "relu": Activation(nn.ReLU, torch.relu, _np_relu),
+    "tanh": Activation(nn.Tanh, torch.tanh, _np_tanh),
+    "elu": Activation(nn.ELU, F.elu, _np_elu),
+    "silu": Activation(nn.SiLU, F.silu, _np_silu),
+}
+"""The one activation table: every network here names its activation by one of these keys."""
+
+
+def get_activation(name: str) -> Activation:
     if name not in ACTIVATIONS:
         raise ValueError(f"Unknown activation {name!r}; valid: {', '.join(ACTIVATIONS)}")
     return ACTIVATIONS[name]
+
+
+def activation(name: str) -> type[nn.Module]:
+    """The layer class of activation ``name``."""
+    return get_activation(name).module
+
+
+def _activation_of_module(module: nn.Module) -> Activation | None:
+    for act in ACTIVATIONS.values():
+        if type(module) is act.module:
+            return act
+    return None
+
+
+# ---------------------------------------------------------------------------------- numpy forward
+NumpyLayer = tuple[np.ndarray, "np.ndarray | None", "Callable[[np.ndarray], np.ndarray] | None"]
+"""``(W, b, act)``: ``x -> act(x @ W + b)``; ``W`` is ``(in, out)`` (or ``(n, in, out)`` for ``n``
+batched networks), ``b`` and ``act`` may be None."""
+
+
+def numpy_forward(layers: Sequence[NumpyLayer], x: np.ndarray) -> np.ndarray:
+    """The one numpy MLP forward: ``x -> act_k(... act_1(x @ W_1 + b_1) ... @ W_k + b_k)``.
+
+    Why numpy: acting on one observation per environment step is a dozen tiny torch calls whose
+    fixed overhead dwarfs the arithmetic; numpy does the same products several times faster.
+    Training still runs in torch.
+    """
+    for weight, bias, act in layers:
+        x = x @ weight
+        if bias is not None:
+            x = x + bias
+        if act is not None:
+            x = act(x)
+    return x
+
+
+def numpy_layers_from_weights(
+    weights: Sequence[np.ndarray], act: str | None = "relu", out_act: str | None = None, bias: bool = True,
+) -> list[NumpyLayer]:
+    """Layers from torch-layout weights ``[W_1 (out, in), b_1, W_2, b_2, ...]`` (``bias=False``:
+    ``[W_1, W_2, ...]``): ``act`` after every hidden layer, ``out_act`` after the last one."""
+    step = 2 if bias else 1
+    n = len(weights) // step
+    hidden = get_activation(act).numpy_fn if act is not None else None
+    last = get_activation(out_act).numpy_fn if out_act is not None else None
+    return [(weights[step * i].T, weights[step * i + 1] if bias else None, hidden if i < n - 1 else last)
+            for i in range(n)]
+
+
+def numpy_layers(module: nn.Module) -> list[NumpyLayer]:
+    """Zero-copy numpy views of an ``nn.Linear`` or an ``nn.Sequential`` of Linear and activation
+    layers (what :func:`mlp` builds). The views share memory with the parameters, so they see
+    every in-place update (optimizer steps, ``load_state_dict``); rebuild them after anything
+    that gives the parameters new memory (``flat_parameters``, ``vector_to_parameters``)."""
+    layers: list[list[Any]] = []
+    for m in [module] if isinstance(module, nn.Linear) else list(module):
+        if type(m) is nn.Linear:
+            layers.append([m.weight.detach().numpy().T, m.bias.detach().numpy() if m.bias is not None else None, None])
+            continue
+        act = _activation_of_module(m)
+        if act is None or not layers or layers[-1][2] is not None:
+            raise TypeError(f"numpy forward cannot run a {type(m).__name__} layer here (Linear and "
+                            f"{', '.join(a.module.__name__ for a in ACTIVATIONS.values())} after a Linear)")
+        layers[-1][2] = act.numpy_fn
+    return [tuple(layer) for layer in layers]
+
+
+class NumpyMLP:
+    """An MLP module's forward pass in numpy, for acting (see :func:`numpy_forward`)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.layers = numpy_layers(module)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return numpy_forward(self.layers, x)
 
 
 def mlp(
@@ -199,7 +312,7 @@ class QNetwork(nn.Module):
             raise ValueError(f"n_atoms={n_atoms} needs a support tensor of {n_atoms} atoms")
         linear = (lambda i, o: NoisyLinear(i, o, noisy_std)) if noisy else nn.Linear
         self.n_actions, self.n_atoms, self.dueling = int(n_actions), int(n_atoms), dueling
-        self.act_fn = ACTIVATION_FNS[act] if act in ACTIVATION_FNS else activation(act)()
+        self.act_fn = get_activation(act).torch_fn
         self.cnn = NatureCNN(obs_shape, linear=linear) if image else None  # Nature DQN: convs -> 512 units
         in_dim = self.cnn.out_dim if image else int(math.prod(obs_shape))
         dims = [in_dim, *hidden]
@@ -212,9 +325,9 @@ class QNetwork(nn.Module):
         else:
             self.support = None
         self.noisy = noisy
-        self.numpy_ok = self.cnn is None and act in NUMPY_ACTIVATIONS
+        self.numpy_ok = self.cnn is None
         self._act_name = act
-        self._numpy_cache: tuple[tuple[int, ...], list[np.ndarray]] | None = None
+        self._numpy_cache: tuple[tuple[int, ...], tuple] | None = None
         self._numpy_tensors: list[torch.Tensor] | None = None
         self._n_hidden = len(dims) - 1
 
@@ -241,16 +354,26 @@ class QNetwork(nn.Module):
     def reset_noise(self) -> None:
         reset_noise(self)
 
-    def _numpy_params(self) -> list[np.ndarray]:
-        """numpy views (no copies) of the weights; rebuilt if a parameter moved to new memory."""
+    def _numpy_plan(self, params: list[np.ndarray] | None = None) -> tuple[list[np.ndarray], list, list, list | None]:
+        """(params, body layers, advantage head, value head or None) for :func:`numpy_forward`.
+
+        For the module's own weights: numpy views (no copies), cached and rebuilt only when a
+        parameter moved to new memory; for explicit ``params`` (noisy weights): built each call."""
+        if params is not None:
+            return self._plan_of(params)
         if self._numpy_tensors is None:  # the layers never change; their memory may (flat_parameters)
             self._numpy_tensors = [p for layer in [*self.layers, self.advantage, self.value] if layer is not None
                                    for p in (layer.weight, layer.bias)]
-        params = self._numpy_tensors
-        key = tuple(p.data_ptr() for p in params)
+        key = tuple(p.data_ptr() for p in self._numpy_tensors)
         if self._numpy_cache is None or self._numpy_cache[0] != key:
-            self._numpy_cache = (key, [p.detach().numpy() for p in params])
+            self._numpy_cache = (key, self._plan_of([p.detach().numpy() for p in self._numpy_tensors]))
         return self._numpy_cache[1]
+
+    def _plan_of(self, params: list[np.ndarray]) -> tuple[list[np.ndarray], list, list, list | None]:
+        j = 2 * self._n_hidden
+        body = numpy_layers_from_weights(params[:j], self._act_name, out_act=self._act_name)
+        value = numpy_layers_from_weights(params[j + 2 : j + 4], None) if self.dueling else None
+        return params, body, numpy_layers_from_weights(params[j : j + 2], None), value
 
     @torch.no_grad()
     def noisy_params_numpy(self) -> list[np.ndarray]:
@@ -267,27 +390,19 @@ class QNetwork(nn.Module):
         return out
 
     def q_values_numpy(self, obs: np.ndarray, params: list[np.ndarray] | None = None) -> np.ndarray:
-        """:meth:`q_values` computed with numpy on the same weights (needs ``numpy_ok``).
-
-        Why: acting on one observation per environment step is a dozen tiny torch calls whose
-        fixed overhead dwarfs the arithmetic; numpy does the same matrix products several times
-        faster. Training still runs in torch. Noisy layers contribute their mean weights (the
-        eval-mode output) unless ``params`` from :meth:`noisy_params_numpy` are given.
+        """:meth:`q_values` computed with numpy (:func:`numpy_forward`) on the same weights (needs
+        ``numpy_ok``). Noisy layers contribute their mean weights (the eval-mode output) unless
+        ``params`` from :meth:`noisy_params_numpy` are given.
         """
         if not self.numpy_ok:
-            raise ValueError("q_values_numpy needs an MLP body (no CNN) with a relu or tanh activation")
-        params = self._numpy_params() if params is None else params
-        act = NUMPY_ACTIVATIONS[self._act_name]
-        h = obs.reshape(len(obs), -1)
-        for i in range(self._n_hidden):
-            h = h @ params[2 * i].T + params[2 * i + 1]
-            act(h, out=h)
-        j = 2 * self._n_hidden
-        out = h @ params[j].T + params[j + 1]
+            raise ValueError("q_values_numpy needs an MLP body (no CNN)")
+        _, body, head, value_head = self._numpy_plan(params)
+        h = numpy_forward(body, obs.reshape(len(obs), -1))
+        out = numpy_forward(head, h)
         if self.n_atoms > 1:
             out = out.reshape(len(h), self.n_actions, self.n_atoms)
         if self.dueling:
-            value = h @ params[j + 2].T + params[j + 3]
+            value = numpy_forward(value_head, h)
             value = value.reshape(len(h), 1, self.n_atoms) if self.n_atoms > 1 else value
             out = value + out - out.mean(axis=1, keepdims=True)
         if self.n_atoms > 1:

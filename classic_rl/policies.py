@@ -21,11 +21,11 @@ validation or broadcasting machinery on the hot path):
 The log-std is a free parameter (state-independent, ``state_dependent_std=False``) or a
 second head of the actor (state-dependent, clamped to [-20, 2]).
 
-Acting in rollouts goes through :class:`NumpyActor`, a numpy view of the same weights: a torch
-call costs several microseconds of dispatch before any arithmetic, and a batch of 8 CartPole
-observations needs ~25 of them per step; numpy does the same in a fraction of the time (the
-rollout loop runs ~2x faster). Its sampling and log-probabilities mirror the torch classes
-above and are tested against them.
+Acting in rollouts goes through :class:`NumpyActor`, a numpy view of the same weights run by
+:func:`classic_rl.nets.numpy_forward`: a torch call costs microseconds of dispatch before any
+arithmetic, and acting on a small batch needs dozens of them per step; numpy does the same in a
+fraction of the time. Its sampling and log-probabilities mirror the torch classes above and are
+tested against them.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from classic_rl.nets import flat_dim, mlp
+from classic_rl.nets import flat_dim, mlp, numpy_forward, numpy_layers
 
 __all__ = [
     "ACTION_BOUNDS",
@@ -321,34 +321,6 @@ def _linear(in_dim: int, out_dim: int, gain: float, ortho: bool) -> nn.Linear:
 
 
 # ----------------------------------------------------------------------------- numpy acting
-_NP_ACTIVATIONS = {
-    nn.Tanh: np.tanh,
-    nn.ReLU: lambda x: np.maximum(x, 0.0),
-    nn.ELU: lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0.0))),
-    nn.SiLU: lambda x: x / (1.0 + np.exp(-x)),
-}
-
-
-def _numpy_layers(net: nn.Module) -> list:
-    """Zero-copy numpy views of a Linear / Sequential's weights: ``(W^T, b)`` or an activation."""
-    modules = [net] if isinstance(net, nn.Linear) else list(net)
-    layers = []
-    for m in modules:
-        if type(m) is nn.Linear:
-            layers.append((m.weight.detach().numpy().T, m.bias.detach().numpy()))
-        elif type(m) in _NP_ACTIVATIONS:
-            layers.append(_NP_ACTIVATIONS[type(m)])
-        else:
-            raise TypeError(f"NumpyActor cannot run a {type(m).__name__} layer")
-    return layers
-
-
-def _run_numpy(layers: list, x: np.ndarray) -> np.ndarray:
-    for layer in layers:
-        x = x @ layer[0] + layer[1] if isinstance(layer, tuple) else layer(x)
-    return x
-
-
 class NumpyActor:
     """The acting half of an :class:`ActorCritic` in numpy (see the module docstring).
 
@@ -357,9 +329,9 @@ class NumpyActor:
     """
 
     def __init__(self, policy: ActorCritic) -> None:
-        self.trunk = _numpy_layers(policy.trunk) if policy.trunk is not None else None
-        self.actor = _numpy_layers(policy.actor)
-        self.critic = _numpy_layers(policy.critic) if policy.critic is not None else None
+        self.trunk = numpy_layers(policy.trunk) if policy.trunk is not None else None
+        self.actor = numpy_layers(policy.actor)
+        self.critic = numpy_layers(policy.critic) if policy.critic is not None else None
         self.discrete, self.tanh = policy.discrete, policy.tanh
         self.state_dependent_std, self.act_dim = policy.state_dependent_std, policy.act_dim
         if not self.discrete:
@@ -370,19 +342,19 @@ class NumpyActor:
             self.shape = policy.action_space.shape
 
     def _features(self, obs: np.ndarray) -> np.ndarray:
-        return _run_numpy(self.trunk, obs) if self.trunk is not None else obs
+        return numpy_forward(self.trunk, obs) if self.trunk is not None else obs
 
     def _value(self, feats: np.ndarray) -> np.ndarray:
         if self.critic is None:
             return np.zeros(feats.shape[0], dtype=np.float32)
-        return _run_numpy(self.critic, feats)[:, 0]
+        return numpy_forward(self.critic, feats)[:, 0]
 
     def value(self, obs: np.ndarray) -> np.ndarray:
         return self._value(self._features(obs))
 
     def act(self, obs: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         feats = self._features(obs)
-        out = _run_numpy(self.actor, feats)
+        out = numpy_forward(self.actor, feats)
         if self.discrete:  # Categorical: inverse-CDF sample, log-softmax log-prob
             z = out - out.max(axis=1, keepdims=True)
             logp_all = z - np.log(np.exp(z).sum(axis=1, keepdims=True))

@@ -1,6 +1,6 @@
 """One training entry point for every algorithm: builds the agent, trains, writes the run directory.
 
-A run directory (described in the README, "Quick start") holds ``config.yaml`` (every resolved setting), ``episodes.csv``,
+A run directory holds ``config.yaml`` (every resolved setting), ``episodes.csv``,
 ``summary.json``, the saved agent (``model.safetensors`` ...) and TensorBoard files in ``tb/``.
 
 Everything is validated before the directory is created. During training the whole training
@@ -9,8 +9,9 @@ state is checkpointed atomically every ``save_freq`` environment steps (``classi
 and whether training finished (``status``: ``running``, ``interrupted`` or ``complete``). A run
 killed at any instant continues with ``resume=RUN_DIR`` from its last checkpoint, and for every
 synchronous algorithm ends with the numbers of the uninterrupted run (see docs/reliability.md).
-Ctrl-C and SIGTERM stop at the next whole step or update, write a checkpoint and mark the
-summary ``interrupted``. A diverging run (non-finite loss or weights) stops without saving the
+Signal handling lives here, not in the agents: during a run Ctrl-C and SIGTERM stop training at
+the next whole step or update (the agents' safe points), write a checkpoint and mark the summary
+``interrupted``. A diverging run (non-finite loss or weights) stops without saving the
 bad state, leaving the last good checkpoint.
 """
 
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from classic_rl.agents.base import Agent
-from classic_rl.checkpoint import StopRequested, TrainingDiverged
+from classic_rl.checkpoint import StopRequested, TrainingDiverged, stop_signals
 from classic_rl.logger import RunLogger
 from classic_rl.registry import get_algorithm
 from classic_rl.safe_io import UserError, atomic_write_json
@@ -235,19 +236,23 @@ def train_run(
     checkpointer._schedule_after(agent.num_timesteps)
     stop: StopRequested | None = None
     try:
-        try:
-            if run is None:
-                checkpointer.save(agent, "running")  # step 0: the folder says what it is and can be resumed
-            agent.run_hooks = checkpointer
-            if (left_steps or 0) > 0 or (left_episodes or 0) > 0:  # else only the final save was missing
-                agent.learn(total_steps=left_steps, episodes=left_episodes, logger=logger,
-                            continue_run=run is not None)
-        except StopRequested as request:  # raised at a safe point: the agent's state is whole
-            stop = request
-        finally:
-            agent.run_hooks = None
-            logger.close()
-        checkpointer.save(agent, "interrupted" if stop is not None else "complete")
+        # The run owns the process's Ctrl-C/SIGTERM (agents only check for a request at their safe
+        # points): a request stops training at the next whole step or update, then the checkpoint
+        # below is written; one that arrives while a checkpoint is being written lets it finish.
+        with stop_signals():
+            try:
+                if run is None:
+                    checkpointer.save(agent, "running")  # step 0: the folder says what it is and can be resumed
+                agent.run_hooks = checkpointer
+                if (left_steps or 0) > 0 or (left_episodes or 0) > 0:  # else only the final save was missing
+                    agent.learn(total_steps=left_steps, episodes=left_episodes, logger=logger,
+                                continue_run=run is not None)
+            except StopRequested as request:  # raised at a safe point: the agent's state is whole
+                stop = request
+            finally:
+                agent.run_hooks = None
+                logger.close()
+            checkpointer.save(agent, "interrupted" if stop is not None else "complete")
     except TrainingDiverged as err:
         raise TrainingDiverged(
             f"{err}; nothing after it was saved: the last good checkpoint (step {checkpointer.last_step}) is in "

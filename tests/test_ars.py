@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import classic_rl
-from classic_rl.agents.ars import RunningObsStat, ars_update
+from classic_rl.agents.ars import ars_update
+from classic_rl.normalizers import RunningMeanStd
 
 
 def test_ars_update_follows_the_formula_on_the_top_directions():
@@ -39,9 +40,9 @@ def test_ars_update_climbs_a_quadratic():
 def test_running_obs_stat_merges_batches_exactly():
     rng = np.random.default_rng(1)
     data = rng.normal(3.0, 2.0, size=(500, 3))
-    stat = RunningObsStat(3)
+    stat = RunningMeanStd((3,), epsilon=0.0)
     for chunk in np.array_split(data, 7):
-        stat.update(len(chunk), chunk.sum(0), (chunk**2).sum(0))
+        stat.update_from_sums(len(chunk), chunk.sum(0), (chunk**2).sum(0))
     np.testing.assert_allclose(stat.mean, data.mean(0))
     np.testing.assert_allclose(stat.std, data.std(0))
 
@@ -50,7 +51,7 @@ def test_v1_uses_raw_observations_and_v2_normalised_ones():
     v1 = classic_rl.make("ars", env="Pendulum-v1", version="v1", n_workers=0)
     v2 = classic_rl.make("ars", env="Pendulum-v1", version="v2", n_workers=0)
     for agent in (v1, v2):
-        agent.obs_stat.update(4, np.full(3, 8.0), np.full(3, 20.0))  # mean 2, std 1
+        agent.obs_stat.update_from_sums(4, np.full(3, 8.0), np.full(3, 20.0))  # mean 2, std 1
     mean1, std1 = v1._norm()
     mean2, std2 = v2._norm()
     np.testing.assert_allclose(mean1, 0.0)

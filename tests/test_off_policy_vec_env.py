@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import classic_rl
-from classic_rl.agents.off_policy import EnvRunner, VectorEnvRunner
+from classic_rl.collectors import EnvRunner, VectorEnvRunner
 
 # learning_starts < steps: the runs act at random first, then epsilon-greedy from the network.
 TINY = dict(hidden=[32, 32], buffer_size=2_000, learning_starts=100, train_freq=8, gradient_steps=2,

@@ -7,15 +7,11 @@ import pytest
 import torch
 
 from classic_rl.agents.actor_critic import A2C, ActorCriticAgent
-from classic_rl.agents.on_policy import (
-    RewardScaler,
-    RolloutCollector,
-    RunningMeanStd,
-    compute_gae,
-    make_vector_env,
-)
+from classic_rl.agents.on_policy import compute_gae, make_vector_env
 from classic_rl.agents.reinforce import Reinforce
+from classic_rl.collectors import RolloutCollector
 from classic_rl.core.ppo import gae
+from classic_rl.normalizers import RewardScaler, RunningMeanStd
 
 
 class CountEnv(gym.Env):

@@ -25,6 +25,8 @@ import torch
 from classic_rl.agents.base import Agent, register
 from classic_rl.env_utils import make_env
 from classic_rl.logger import RunLogger
+from classic_rl.nets import NumpyLayer, numpy_forward, numpy_layers_from_weights
+from classic_rl.normalizers import RunningMeanStd
 from classic_rl.workers import DEFAULT_TIMEOUT_S, WorkerPool, make_pool, validate_worker_settings
 
 VERSIONS = ("v1", "v2")
@@ -85,35 +87,6 @@ def ars_update(
     return theta + step_size / (top_b * sigma_r) * step, sigma_r
 
 
-class RunningObsStat:
-    """Running mean and variance of observations, merged from batches (Chan et al.'s formula)."""
-
-    def __init__(self, dim: int) -> None:
-        self.count = 0.0
-        self.mean = np.zeros(dim)
-        self.m2 = np.zeros(dim)
-
-    def update(self, count: float, total: np.ndarray, total_sq: np.ndarray) -> None:
-        """Merge a batch given by its size, sum and sum of squares."""
-        if count <= 0:
-            return
-        b_mean = total / count
-        b_m2 = np.maximum(total_sq - count * b_mean**2, 0.0)
-        n = self.count + count
-        diff = b_mean - self.mean
-        self.mean = self.mean + diff * count / n
-        self.m2 = self.m2 + b_m2 + diff**2 * self.count * count / n
-        self.count = n
-
-    @property
-    def std(self) -> np.ndarray:
-        """Standard deviation; 1 where it is unknown or (near) zero, so such inputs pass unscaled."""
-        if self.count < 2:
-            return np.ones_like(self.mean)
-        std = np.sqrt(self.m2 / self.count)
-        return np.where(std < 1e-8, 1.0, std)
-
-
 class NumpyPolicy:
     """A linear map ``a = M x`` (no hidden layers) or a tanh MLP, over a flat parameter vector."""
 
@@ -132,18 +105,19 @@ class NumpyPolicy:
             parts += [rng.standard_normal(o * i) / np.sqrt(i), np.zeros(o)]
         return np.concatenate(parts)
 
-    def __call__(self, params: np.ndarray, x: np.ndarray) -> np.ndarray:
-        offset, last = 0, len(self.shapes) - 1
-        for layer, (o, i) in enumerate(self.shapes):
-            w = params[offset : offset + o * i].reshape(o, i)
+    def layers(self, params: np.ndarray) -> list[NumpyLayer]:
+        """Views of the flat parameter vector as :func:`~classic_rl.nets.numpy_forward` layers."""
+        weights, offset = [], 0
+        for o, i in self.shapes:
+            weights.append(params[offset : offset + o * i].reshape(o, i))
             offset += o * i
-            x = w @ x
             if self.biases:
-                x = x + params[offset : offset + o]
+                weights.append(params[offset : offset + o])
                 offset += o
-            if layer < last:
-                x = np.tanh(x)
-        return x
+        return numpy_layers_from_weights(weights, "tanh", out_act=None, bias=self.biases)
+
+    def __call__(self, params: np.ndarray, x: np.ndarray) -> np.ndarray:
+        return numpy_forward(self.layers(params), x)
 
 
 class ActionMap:
@@ -186,13 +160,14 @@ def rollout(env: gym.Env, spec: RolloutSpec, params: np.ndarray, mean: np.ndarra
     steps = 0
     dim = mean.shape[0]
     obs_sum, obs_sq = np.zeros(dim), np.zeros(dim)
+    layers = spec.policy.layers(params)
     done = False
     while not done:
         x = np.asarray(obs, dtype=np.float64).reshape(-1)
         if spec.collect_stats:
             obs_sum += x
             obs_sq += x * x
-        obs, reward, terminated, truncated, _ = env.step(spec.action_map(spec.policy(params, (x - mean) / std)))
+        obs, reward, terminated, truncated, _ = env.step(spec.action_map(numpy_forward(layers, (x - mean) / std)))
         total += float(reward)
         shifted += float(reward) - spec.reward_shift
         steps += 1
@@ -254,7 +229,7 @@ class ARS(Agent):
         self.action_map = ActionMap(self.env.action_space)
         self.policy = NumpyPolicy(self.obs_dim, self.action_map.out_dim, list(cfg.hidden))
         self.theta = self.policy.init_params(self.rng)
-        self.obs_stat = RunningObsStat(self.obs_dim)
+        self.obs_stat = RunningMeanStd((self.obs_dim,), epsilon=0.0)  # no prior: V2 starts from raw inputs
         self.iterations = 0
 
     # -- policy
@@ -333,22 +308,22 @@ class ARS(Agent):
                 total += obs_sum
                 total_sq += obs_sq
         if self.config.version == "v2":
-            self.obs_stat.update(count, total, total_sq)
+            self.obs_stat.update_from_sums(count, total, total_sq)
 
     # -- persistence
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        return {
-            "theta": torch.from_numpy(self.theta.copy()),
-            "obs_mean": torch.from_numpy(self.obs_stat.mean.copy()),
-            "obs_m2": torch.from_numpy(self.obs_stat.m2.copy()),
-            "obs_count": torch.tensor([self.obs_stat.count], dtype=torch.float64),
-        }
+        return {"theta": torch.from_numpy(self.theta.copy()), **self.obs_stat.state("obs_rms")}
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.theta = tensors["theta"].numpy().astype(np.float64).copy()
-        self.obs_stat.mean = tensors["obs_mean"].numpy().copy()
-        self.obs_stat.m2 = tensors["obs_m2"].numpy().copy()
-        self.obs_stat.count = float(tensors["obs_count"][0])
+        if "obs_m2" in tensors:  # saved before the normaliser was shared: (mean, m2, count)
+            count = float(tensors["obs_count"][0])
+            self.obs_stat.mean = tensors["obs_mean"].numpy().astype(np.float64)
+            self.obs_stat.var = tensors["obs_m2"].numpy().astype(np.float64) / count if count > 0 else \
+                np.ones(self.obs_dim)
+            self.obs_stat.count = count
+        else:
+            self.obs_stat.load(tensors, "obs_rms")
 
     def extra_state(self) -> dict[str, Any]:
         return {**super().extra_state(), "iterations": self.iterations, "rng": self.rng.bit_generator.state}

@@ -31,7 +31,6 @@ from classic_rl.checkpoint import (
     TrainingDiverged,
     checkpoint_file,
     first_non_finite,
-    stop_signals,
     write_checkpoint,
 )
 from classic_rl.config import resolve_config, to_dict
@@ -240,9 +239,12 @@ class Agent:
     ) -> Agent:
         """Train for ``total_steps`` environment steps or ``episodes`` episodes; returns self.
 
-        Ctrl-C (and SIGTERM) stop training at the next whole step or update, raising
-        ``KeyboardInterrupt`` (:class:`~classic_rl.checkpoint.StopRequested`) with the agent in a
-        state that can be saved and resumed. ``continue_run=True`` (used by ``--resume``) keeps the
+        ``learn`` leaves the process's signal handlers alone (a library should not take over
+        Ctrl-C in a notebook or a host program): Ctrl-C interrupts it as any Python code. To stop
+        at the next whole step or update instead, with the agent in a state that can be saved and
+        resumed, run it inside ``with classic_rl.checkpoint.stop_signals():`` (``classic-rl
+        train`` does): Ctrl-C/SIGTERM then raise ``KeyboardInterrupt``
+        (:class:`~classic_rl.checkpoint.StopRequested`) at the next safe point. ``continue_run=True`` (used by ``--resume``) keeps the
         budget origin of the interrupted call, so learning-rate and exploration schedules continue
         where they were instead of starting over.
         """
@@ -258,8 +260,7 @@ class Agent:
         if not continue_run:
             self.learn_origin = (self.num_timesteps, self.num_episodes)
         try:
-            with stop_signals():
-                self._learn(total_steps, episodes, logger)
+            self._learn(total_steps, episodes, logger)
         finally:
             if own_logger:
                 logger.close()

@@ -24,7 +24,13 @@ from torch import nn
 
 from classic_rl.agents.off_policy import OffPolicyAgent, OffPolicyConfig
 from classic_rl.fused.adam import make_adam
-from classic_rl.nets import flat_parameters, zero_flat_grad_
+from classic_rl.nets import (
+    NumpyMLP,  # noqa: F401  (re-exported: DDPG, SAC and SAC-discrete import it from here)
+    flat_parameters,
+    get_activation,
+    numpy_forward,
+    zero_flat_grad_,
+)
 
 
 class GroupedMLP(nn.Module):
@@ -68,11 +74,10 @@ class GroupedMLP(nn.Module):
     def forward_numpy(self, x: np.ndarray) -> np.ndarray:
         """(n, in) -> (n, out): one input row per member, in numpy, without autograd (fast acting)."""
         last = len(self._layers) - 1
-        for i, (w, b) in enumerate(self._layers):
-            x = np.matmul(x[:, None, :], w.detach().numpy())[:, 0, :] + b.detach().numpy()[:, 0, :]
-            if i < last:
-                x = np.maximum(x, 0.0)
-        return x
+        relu = get_activation("relu").numpy_fn
+        layers = [(w.detach().numpy(), b.detach().numpy(), relu if i < last else None)
+                  for i, (w, b) in enumerate(self._layers)]
+        return numpy_forward(layers, x[:, None, :])[:, 0, :]  # (n, 1, in) @ (n, in, out): a batched matmul
 
     def clip_grad_norm_(self, max_norm: float) -> None:
         """Clip each member's gradient to norm ``max_norm`` separately (as n separate networks would)."""
@@ -120,31 +125,6 @@ class ContinuousConfig(OffPolicyConfig):
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         if not self.hidden or any(int(h) < 1 for h in self.hidden):
             raise ValueError(f"hidden={self.hidden!r} needs at least one positive layer size, e.g. [256, 256]")
-
-
-class NumpyMLP:
-    """Forward pass of a ``classic_rl.nets.mlp`` (Linear and ReLU layers) in numpy, for acting.
-
-    It holds numpy views of the module's weights, so it always sees the current values: every
-    update (Adam on flat parameters, ``load_state_dict``) writes them in place. One observation
-    through a small MLP costs a few microseconds this way, against tens for torch's dispatch.
-    """
-
-    def __init__(self, module: nn.Sequential) -> None:
-        self.layers = []
-        for layer in module:
-            if isinstance(layer, nn.Linear):
-                self.layers.append((layer.weight.detach().numpy().T, layer.bias.detach().numpy()))
-            elif not isinstance(layer, nn.ReLU):
-                raise ValueError(f"NumpyMLP supports Linear and ReLU layers, got {type(layer).__name__}")
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        last = len(self.layers) - 1
-        for i, (w, b) in enumerate(self.layers):
-            x = x @ w + b
-            if i < last:
-                x = np.maximum(x, 0.0)
-        return x
 
 
 class Flat:

@@ -40,7 +40,7 @@ from classic_rl.buffers import Batch, NStepWindow
 from classic_rl.core.distributional import categorical_projection, make_support
 from classic_rl.env_utils import make_env
 from classic_rl.logger import RunLogger
-from classic_rl.nets import mlp
+from classic_rl.nets import mlp, numpy_forward, numpy_layers_from_weights
 from classic_rl.policies import run_mlp
 from classic_rl.workers import DEFAULT_TIMEOUT_S, make_pool, validate_worker_settings
 
@@ -106,12 +106,7 @@ class ActorSpec:
 
 def _numpy_policy(weights: list[np.ndarray], obs: np.ndarray) -> np.ndarray:
     """The actor MLP in numpy: ReLU hidden layers, tanh output; weights alternate W, b."""
-    x = obs
-    last = len(weights) // 2 - 1
-    for i in range(0, len(weights), 2):
-        x = x @ weights[i].T + weights[i + 1]
-        x = np.tanh(x) if i // 2 == last else np.maximum(x, 0.0)
-    return x
+    return numpy_forward(numpy_layers_from_weights(weights, "relu", out_act="tanh"), obs)
 
 
 class ActorWorker:

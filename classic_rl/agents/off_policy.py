@@ -1,6 +1,6 @@
 """The one off-policy training loop: act, store in replay, learn from minibatches, sync targets.
 
-Every replay-based agent (the DQN family, DDPG, TD3, SAC, discrete SAC, D4PG) subclasses
+Every replay-based agent (the DQN family, DDPG, TD3, SAC, SAC-discrete, D4PG, MADDPG) subclasses
 :class:`OffPolicyAgent` and supplies only its own parts:
 
 - ``setup()``: call ``super().setup()`` (environments and replay), then build networks and
@@ -26,14 +26,9 @@ a saved agent rebuilds the exact environment state on load by replaying them: to
 replay contents, optimizer, torch and numpy RNG states, training resumed from a checkpoint
 produces the same weights as an uninterrupted run with the same seed.
 
-Vector environments (``vec_env``): by default (``none``) :class:`EnvRunner` steps the ``n_envs``
-environments in turn. ``sync`` and ``async`` run them as a gymnasium ``SyncVectorEnv`` or
-``AsyncVectorEnv`` (one worker process per environment: worth it when a step costs more than the
-pipe round trip, as MuJoCo or Atari steps may; for CartPole it is slower). :class:`VectorEnvRunner`
-keeps the contract above: autoreset is disabled, finished environments are reset with seeds from
-the agent's generator in the same order, and a load replays each current episode inside its
-environment (its worker process with ``async``), so all three store the same transitions, train
-the same weights and resume exactly.
+Environments are stepped by :class:`~classic_rl.collectors.EnvRunner` (``vec_env='none'``, the
+default) or :class:`~classic_rl.collectors.VectorEnvRunner` (``sync``/``async``); all three give
+the same transitions and resume exactly (see :mod:`classic_rl.collectors`).
 """
 
 from __future__ import annotations
@@ -49,7 +44,9 @@ import torch
 
 from classic_rl.agents.base import Agent
 from classic_rl.buffers import REPLAY_KINDS, Batch, make_replay_buffer
-from classic_rl.env_utils import VEC_ENV_KINDS, EpisodeReplay, make_env, make_vector_env, replay_episode
+from classic_rl.collectors import EnvRunner, VectorEnvRunner
+from classic_rl.env_utils import VEC_ENV_KINDS, EpisodeReplay, make_env, make_vector_env
+from classic_rl.evaluation import PeriodicEvaluation
 from classic_rl.logger import RunLogger
 
 ROUND_ROWS = 16_384
@@ -148,180 +145,12 @@ def observation_encoder(space: gym.Space) -> tuple[Callable[[Any], np.ndarray], 
     raise ValueError(f"Unsupported observation space {space}; use a Box or Discrete space (or a wrapper)")
 
 
-class EnvRunner:
-    """Steps ``n`` environments in lockstep and resets each one when its episode ends.
-
-    ``step`` returns the *real* next observations (the final one at an episode end, which is
-    what replay must store) and keeps the first observation of the new episode in ``obs``.
-    Resets are seeded from ``rng``; with the current episodes' seeds and actions the runner's
-    state is replayable (:meth:`state_dict` / :meth:`load_state_dict`).
-    """
-
-    def __init__(self, envs: list[gym.Env], rng: np.random.Generator, encode: Callable[[Any], np.ndarray]) -> None:
-        self.envs = envs
-        self._init_episodes(len(envs), rng, encode)
-
-    def _init_episodes(self, n: int, rng: np.random.Generator, encode: Callable[[Any], np.ndarray]) -> None:
-        self.n, self.rng, self.encode = n, rng, encode
-        self.obs: np.ndarray | None = None
-        self.seeds = [0] * n
-        self.actions: list[list[Any]] = [[] for _ in range(n)]
-        self.returns = [0.0] * n
-        self.lengths = [0] * n
-
-    def _new_episode(self, i: int) -> int:
-        """Start env ``i``'s bookkeeping for a new episode; returns its reset seed (drawn from ``rng``)."""
-        self.seeds[i] = int(self.rng.integers(2**31 - 1))
-        self.actions[i] = []
-        self.returns[i], self.lengths[i] = 0.0, 0
-        return self.seeds[i]
-
-    def _reset(self, i: int) -> np.ndarray:
-        obs, _ = self.envs[i].reset(seed=self._new_episode(i))
-        return self.encode(obs)
-
-    def reset(self) -> np.ndarray:
-        self.obs = np.stack([self._reset(i) for i in range(self.n)])
-        return self.obs
-
-    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[tuple[float, int]]]:
-        """Step every env; returns (real next obs, rewards, terminated, truncated, finished episodes)."""
-        finished: list[tuple[float, int]] = []
-        if self.n == 1:  # the common case, without per-env array building
-            action = actions[0]
-            obs, reward, terminated, truncated, _ = self.envs[0].step(action)
-            self.actions[0].append(action)
-            self.returns[0] += float(reward)
-            self.lengths[0] += 1
-            real_next = self.encode(obs)[None]
-            if terminated or truncated:
-                finished.append((self.returns[0], self.lengths[0]))
-                self.obs = self._reset(0)[None]
-            else:
-                self.obs = real_next
-            return (real_next, np.array([reward], dtype=np.float32), np.array([terminated]),
-                    np.array([truncated]), finished)
-        next_obs = np.empty_like(self.obs)
-        real_next = np.empty_like(self.obs)
-        rewards = np.empty(self.n, dtype=np.float32)
-        terms = np.empty(self.n, dtype=bool)
-        truncs = np.empty(self.n, dtype=bool)
-        for i, env in enumerate(self.envs):
-            obs, rewards[i], terms[i], truncs[i], _ = env.step(actions[i])
-            self.actions[i].append(actions[i])
-            self.returns[i] += float(rewards[i])
-            self.lengths[i] += 1
-            real_next[i] = self.encode(obs)
-            if terms[i] or truncs[i]:
-                finished.append((self.returns[i], self.lengths[i]))
-                next_obs[i] = self._reset(i)
-            else:
-                next_obs[i] = real_next[i]
-        self.obs = next_obs
-        return real_next, rewards, terms, truncs, finished
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "started": self.obs is not None,
-            "seeds": list(self.seeds),
-            "actions": [torch.from_numpy(np.array(a)) if a else None for a in self.actions],
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Rebuild each env's current episode: reset with its seed, replay its actions."""
-        if not state["started"]:
-            self.obs = None
-            return
-        plans = self._load_plans(state)
-        self._restored([replay_episode(env, seed, actions) for env, (seed, actions) in zip(self.envs, plans)], plans)
-
-    def _load_plans(self, state: dict[str, Any]) -> list[tuple[int, list[Any]]]:
-        """(seed, actions) of each env's current episode from a :meth:`state_dict`."""
-        return [(int(seed), [] if saved is None else list(saved.numpy()))
-                for seed, saved in zip(state["seeds"], state["actions"])]
-
-    def _restored(self, results: list[tuple[Any, float, int]], plans: list[tuple[int, list[Any]]]) -> None:
-        """Take over the replayed episodes: (last obs, return, length) per env."""
-        for i, ((_, episode_return, length), (seed, actions)) in enumerate(zip(results, plans)):
-            self.seeds[i], self.actions[i] = seed, actions
-            self.returns[i], self.lengths[i] = episode_return, length
-        self.obs = np.stack([self.encode(obs) for obs, _, _ in results])
-
-    def close(self) -> None:
-        for env in self.envs:
-            env.close()
-
-
-class VectorEnvRunner(EnvRunner):
-    """:class:`EnvRunner`'s contract over a gymnasium vector env (``vec_env`` sync or async).
-
-    The vector env runs with autoreset DISABLED: a step returns every copy's real next
-    observation (the final one where an episode ended), and the runner then resets only the
-    finished copies (``reset_mask``) with seeds drawn from ``rng`` in env order, exactly as
-    :class:`EnvRunner` does, so both runners see the same episodes and store the same
-    transitions. Restoring replays each current episode inside its copy through the
-    :class:`~classic_rl.env_utils.EpisodeReplay` wrapper (``set_attr`` gives each copy its
-    (seed, actions), ``call`` replays them): the one way that also reaches async worker processes,
-    so sync and async share it instead of sync reaching into ``vec.envs``.
-    """
-
-    def __init__(self, vec: gym.vector.VectorEnv, rng: np.random.Generator,
-                 encode: Callable[[Any], np.ndarray]) -> None:
-        self.vec = vec
-        self._init_episodes(vec.num_envs, rng, encode)
-        # Box encoders (an array copy) take the whole batch at once; Discrete ones (one-hot) a row.
-        self.batch_encode = isinstance(vec.single_observation_space, gym.spaces.Box)
-
-    def _encode_rows(self, obs: Any) -> np.ndarray:
-        return self.encode(obs) if self.batch_encode else np.stack([self.encode(o) for o in obs])
-
-    def reset(self) -> np.ndarray:
-        seeds = [self._new_episode(i) for i in range(self.n)]
-        obs, _ = self.vec.reset(seed=seeds)
-        self.obs = self._encode_rows(obs)
-        return self.obs
-
-    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[tuple[float, int]]]:
-        """Step every env; returns (real next obs, rewards, terminated, truncated, finished episodes)."""
-        obs, rewards, terms, truncs, _ = self.vec.step(actions)
-        real_next = self._encode_rows(obs)  # a copy: the vector env reuses its observation array
-        for i in range(self.n):
-            self.actions[i].append(actions[i])
-            self.returns[i] += float(rewards[i])
-            self.lengths[i] += 1
-        ended = terms | truncs
-        finished: list[tuple[float, int]] = []
-        next_obs = real_next
-        if ended.any():
-            seeds: list[int | None] = [None] * self.n
-            for i in np.flatnonzero(ended):
-                finished.append((self.returns[i], self.lengths[i]))
-                seeds[i] = self._new_episode(i)
-            first_obs, _ = self.vec.reset(seed=seeds, options={"reset_mask": ended})
-            next_obs = real_next.copy()
-            for i in np.flatnonzero(ended):
-                next_obs[i] = self.encode(first_obs[i])
-        self.obs = next_obs
-        return real_next, rewards.astype(np.float32), terms, truncs, finished
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Rebuild each copy's current episode inside it: reset with its seed, replay its actions."""
-        if not state["started"]:
-            self.obs = None
-            return
-        plans = self._load_plans(state)
-        self.vec.set_attr("replay_plan", plans)
-        self._restored(list(self.vec.call("replay_planned")), plans)
-
-    def close(self) -> None:
-        self.vec.close()
-
-
-class OffPolicyAgent(Agent):
+class OffPolicyAgent(PeriodicEvaluation, Agent):
     """Base of the replay-based agents; see the module docstring for the loop and the hooks."""
 
     Config = OffPolicyConfig
     family = "off-policy"
+    steps_own_env = True  # the runner's first environment is ``self.env``
 
     # ------------------------------------------------------------------ building
     def setup(self) -> None:
@@ -345,7 +174,7 @@ class OffPolicyAgent(Agent):
         self.n_updates = 0
         self.targets_stale = False
         self.last_log_step = 0
-        self.eval_history: list[tuple[int, float, float]] = []
+        self.eval_history = []
 
     def _make_runner(self) -> EnvRunner:
         cfg = self.config
@@ -506,21 +335,7 @@ class OffPolicyAgent(Agent):
             self.update_targets()
         if t > cfg.learning_starts and t % train_every == 0:
             self.train(gradient_steps, logger)
-        if cfg.eval_freq and t % cfg.eval_freq < n:
-            self.evaluate_during_training(logger)
-
-    def evaluate_during_training(self, logger: RunLogger | None = None) -> tuple[float, float]:
-        """Greedy evaluation on a fresh env (seeds ``eval_seed``...); recorded in ``eval_history``."""
-        from classic_rl.evaluation import evaluate
-
-        cfg = self.config
-        env = self._env_arg if isinstance(self._env_arg, str) else gym.make(self.env.spec)
-        mean, std = evaluate(self, env, episodes=cfg.eval_episodes, seed=cfg.eval_seed,
-                             env_kwargs=self.env_kwargs if isinstance(env, str) else None)
-        self.eval_history.append((self.num_timesteps, mean, std))
-        if logger is not None:
-            logger.scalars({"eval/return_mean": mean, "eval/return_std": std}, self.num_timesteps)
-        return mean, std
+        self.maybe_evaluate(t - n, logger)
 
     # ------------------------------------------------------------------ saving / resuming
     def training_state(self) -> dict[str, Any]:
@@ -550,7 +365,7 @@ class OffPolicyAgent(Agent):
         state = super().extra_state()
         state.update(
             n_updates=self.n_updates, targets_stale=self.targets_stale, last_log_step=self.last_log_step,
-            horizon=self.horizon, eval_history=[list(e) for e in self.eval_history],
+            horizon=self.horizon,
         )
         return state
 
@@ -560,4 +375,3 @@ class OffPolicyAgent(Agent):
         self.targets_stale = bool(state.get("targets_stale", False))
         self.last_log_step = int(state.get("last_log_step", 0))
         self.horizon = int(state.get("horizon", self.horizon))
-        self.eval_history = [tuple(e) for e in state.get("eval_history", [])]
