@@ -1,7 +1,17 @@
 # Two entry points for a fresh machine with Python 3.11: `make demo` and `make test`.
+#
+# torch comes from pip's default index unless TORCH_INDEX is set. On Linux the public PyPI wheel
+# of torch is the CUDA build (it pulls ~15 nvidia-* packages, several GB); CPU-only machines can
+# take the much smaller CPU build instead:
+#   make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# TORCH_INDEX is passed as --index-url to the torch install only; everything else comes from the
+# default index. It matters only for the first install (delete .venv to reinstall).
 PYTHON ?= python3
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX ?=
 VENV := .venv
 BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip install --progress-bar on
 # Tiny models train 10-100x slower with torch's default thread count on small shared machines.
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
@@ -11,11 +21,13 @@ export TOKENIZERS_PARALLELISM ?= false
 .PHONY: install demo test lint bench clean
 
 $(BIN)/.installed: pyproject.toml
+	@echo "== [1/3] creating $(VENV) with $(PYTHON)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	# The CPU build first: an unpinned torch would pull a multi-GB CUDA build.
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(PIP) --upgrade pip
+	@echo "== [2/3] installing torch==$(TORCH_VERSION) from $(or $(TORCH_INDEX),pip's default index) (the largest download)"
+	$(PIP) torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	@echo "== [3/3] installing the toolkit and its dependencies (editable, with the dev and deepspeed extras)"
+	$(PIP) -e ".[dev,deepspeed]"
 	touch $@
 
 install: $(BIN)/.installed
@@ -25,7 +37,8 @@ demo: install
 
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest tests
+	@echo "== pytest: collecting the suite first (importing torch and transformers takes up to a minute on a small machine)"
+	$(BIN)/python -m pytest tests -v -p no:cacheprovider --durations=15
 
 bench: install
 	$(BIN)/python scripts/bench_tabular.py

@@ -1,18 +1,23 @@
 """classic_rl: the course's reinforcement-learning algorithms, tabular to deep, on gymnasium.
 
-Python API (see INTERFACE in the README)::
+Python API (the README's "Quick start" shows it with the command line)::
 
     import classic_rl
     agent = classic_rl.make("ppo", env="CartPole-v1", seed=0)
     agent.learn(total_steps=50_000)
     mean, std = classic_rl.evaluate(agent, "CartPole-v1", episodes=10)
 
-Heavy imports (torch, the agents) happen on first use, so ``classic_rl.tabular`` stays light.
+Importing the package registers the course's environments with gymnasium (``GridWorld-v0``,
+``GridWorld4x3-v0``, ``RandomWalk-v0``, ``RandomWalk19-v0``; see :mod:`classic_rl.envs`), as
+``import ale_py`` does for Atari. Heavy imports (torch, the agents) happen on first use, so
+``classic_rl.tabular`` stays light.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import classic_rl.envs  # noqa: F401  (registers the environments with gymnasium)
 
 __version__ = "0.1.0"
 __all__ = ["ALGORITHMS", "make", "load", "evaluate", "train"]

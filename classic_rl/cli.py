@@ -117,14 +117,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"classic-rl train: stopped by {summary['stopped_by']} at step {summary['steps']}; checkpoint saved. "
               f"Resume with: {summary['resume_command']}", file=sys.stderr)
         return 143 if summary["stopped_by"] == "SIGTERM" else 130
-    print(
-        f"{summary['algo']} on {summary['env']} (seed {summary['seed']}): {summary['steps']} steps, "
-        f"{summary['episodes']} episodes in {summary['wall_s']:.1f}s; "
-        f"eval return {summary['eval_return_mean']:.2f} +- {summary['eval_return_std']:.2f}"
-    )
+    print(f"{summary['algo']} on {summary['env']} (seed {summary['seed']}): {_work_done(summary)}; {_eval_text(summary)}")
     if args.out or args.resume:
         print(f"run directory: {out}")
     return 0
+
+
+def _work_done(summary: dict) -> str:
+    """'N steps, M episodes', or for dynamic programming what the solver did (it takes no steps)."""
+    solve = summary.get("solve")
+    if solve:
+        name = summary["algo"].replace("_", " ")
+        improvements = f", {solve['improvements']} policy improvements" if "improvements" in solve else ""
+        return f"{name} converged in {solve['sweeps']} sweeps{improvements} ({summary['wall_s']:.1f}s)"
+    return f"{summary['steps']} steps, {summary['episodes']} episodes in {summary['wall_s']:.1f}s"
+
+
+def _eval_text(summary: dict) -> str:
+    mean = summary.get("eval_return_mean")
+    if not summary.get("eval_episodes") or mean is None:
+        return "not evaluated (--eval-episodes 0)"
+    return f"eval return {mean:.2f} +- {summary['eval_return_std']:.2f}"
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ import difflib
 import os
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -101,8 +102,26 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     return value
 
 
+def rename_deprecated(config_cls: type, overrides: dict[str, Any], where: str) -> dict[str, Any]:
+    """``overrides`` with old setting names (the config class's ``renamed``: old -> new) replaced,
+    warning once per old name; giving both the old and the new name is an error."""
+    renamed: dict[str, str] = getattr(config_cls, "renamed", {})
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        new = renamed.get(key)
+        if new is None:
+            out[key] = value
+            continue
+        if new in overrides:
+            raise ConfigError(f"{where}: {key!r} is the old name of {new!r}; give only {new!r}")
+        warnings.warn(f"{where}: setting {key!r} is deprecated, use {new!r}", FutureWarning, stacklevel=3)
+        out[new] = value
+    return out
+
+
 def apply_overrides(config: Any, overrides: dict[str, Any], where: str) -> Any:
     """Return a copy of ``config`` with ``overrides`` applied, validating keys and types."""
+    overrides = rename_deprecated(type(config), overrides, where)
     valid = field_names(type(config))
     hints = typing.get_type_hints(type(config))
     changes = {}

@@ -2,7 +2,7 @@
 
 Also :func:`flat_parameters`, which re-homes a module's parameters in one contiguous tensor so
 that Adam, gradient clipping and target-network updates cost one tensor op each instead of one
-per layer (on a CPU with small networks that per-tensor overhead dominates the update).
+per layer (on a CPU with small networks that per-tensor overhead is a large share of the update).
 """
 
 from __future__ import annotations
@@ -303,8 +303,10 @@ def flat_parameters(module: nn.Module) -> nn.Parameter:
     Each parameter becomes a view into the flat tensor and each ``.grad`` a view into one flat
     gradient tensor (autograd accumulates into an existing ``.grad`` in place), so an optimizer
     built on ``[flat]``, gradient clipping and target copies (``target.copy_(online)``) are one
-    op each. Zero gradients with ``flat.grad.zero_()``: ``module.zero_grad()`` would set the
-    per-layer gradients to None and cut them loose from the flat buffer.
+    op each. Zero the gradients with :func:`zero_flat_grad_`, which also re-attaches any
+    per-layer ``.grad`` that ``module.zero_grad()`` (``set_to_none``) cut loose from the flat
+    buffer, so such a call cannot silently freeze training; a parameter moved to new memory
+    (``module.to(...)``, ``module.double()``) is refused there with an error.
     """
     params = list(module.parameters())
     if not params:
@@ -312,6 +314,7 @@ def flat_parameters(module: nn.Module) -> nn.Parameter:
     total = sum(p.numel() for p in params)
     flat = torch.empty(total, dtype=params[0].dtype, device=params[0].device)
     grad = torch.zeros_like(flat)
+    views = []
     offset = 0
     with torch.no_grad():
         for p in params:
@@ -319,10 +322,30 @@ def flat_parameters(module: nn.Module) -> nn.Parameter:
             flat[offset : offset + n].copy_(p.reshape(-1))
             p.data = flat[offset : offset + n].view_as(p)
             p.grad = grad[offset : offset + n].view_as(p)
+            views.append((p, p.data_ptr(), p.grad))
             offset += n
     flat_param = nn.Parameter(flat)
     flat_param.grad = grad
+    flat_param._flat_views = tuple(views)  # (parameter, its data address, its gradient view)
     return flat_param
+
+
+def zero_flat_grad_(flat: nn.Parameter) -> None:
+    """Zero a :func:`flat_parameters` gradient before a backward pass, keeping every layer's ``.grad`` a view of it.
+
+    ``module.zero_grad()`` sets the per-layer gradients to None; the next backward pass would then
+    put them in fresh tensors and leave ``flat.grad`` (what the optimizer reads) at zero. Here each
+    such gradient gets its view back, so the backward pass lands in ``flat.grad`` again.
+    """
+    flat.grad.zero_()
+    for p, address, grad_view in flat._flat_views:
+        if p.grad is not grad_view:
+            p.grad = grad_view
+        if p.data_ptr() != address:
+            raise RuntimeError(
+                "a parameter left its flat_parameters buffer (module.to(), .double() or a new .data?); "
+                "build the agent again instead of moving its networks"
+            )
 
 
 def clip_grad_norm_flat(flat: nn.Parameter, max_norm: float) -> torch.Tensor:

@@ -5,9 +5,10 @@ state, so importing this module neither opens windows nor changes the user's bac
 
 Learning curves: each run directory holds ``episodes.csv`` (``step,episode,return,length,wall_s``)
 and ``config.yaml`` (with ``algo``, ``env``, ``seed``). Runs are grouped by (algo, env); each run's
-returns are smoothed with a trailing moving average over episodes, interpolated onto a step grid
-common to the group, and the group is drawn as the mean across seeds with a shaded spread
-(mean +- std, or min..max). One subplot per environment.
+returns are smoothed with a trailing moving average over episodes, put on an x-axis common to the
+group (environment steps, interpolated; or episode numbers, as Sutton & Barto's Figure 6.4 draws
+Cliff Walking), and the group is drawn as the mean across seeds with a shaded spread (mean +- std,
+or min..max). One subplot per environment.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 SPREADS = ("std", "minmax")
+X_AXES = ("steps", "episodes")
 
 
 @dataclass
@@ -86,15 +88,21 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
 
 
 def group_curve(
-    runs: Sequence[Run], window: int | None = None, points: int = 200
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Smoothed returns of several seeds on a common step grid: ``(grid, curves (n_runs, points), window)``.
+    runs: Sequence[Run], window: int | None = None, points: int = 200, x: str = "steps"
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Smoothed returns of several seeds on a common x grid: ``(grid, curves (n_runs, len(grid)), window)``.
 
-    The grid spans the steps every run covers (from the latest first episode to the earliest last
-    episode), so no run is extrapolated.
+    ``x="steps"``: the grid spans the environment steps every run covers (from the latest first
+    episode to the earliest last episode), so no run is extrapolated. ``x="episodes"``: episodes
+    1..N, N the fewest episodes any run finished (no interpolation needed).
     """
+    if x not in X_AXES:
+        raise ValueError(f"x must be one of {list(X_AXES)}, got {x!r}")
     if window is None:
         window = max(1, min(len(r.returns) for r in runs) // 20)
+    if x == "episodes":
+        n = min(len(r.returns) for r in runs)
+        return np.arange(1, n + 1), np.array([smooth(r.returns, window)[:n] for r in runs]), window
     start = max(r.steps[0] for r in runs)
     stop = min(r.steps[-1] for r in runs)
     grid = np.linspace(start, stop, points) if stop > start else np.array([stop])
@@ -103,9 +111,14 @@ def group_curve(
 
 
 def learning_curves_figure(
-    run_dirs: Iterable[str | Path], smooth_window: int | None = None, spread: str = "std", points: int = 200
+    run_dirs: Iterable[str | Path], smooth_window: int | None = None, spread: str = "std", points: int = 200,
+    x: str = "steps", ylim: tuple[float, float] | None = None,
 ) -> Figure:
-    """Mean return vs environment step for every (algo, env) group, with a shaded spread across seeds."""
+    """Mean return vs environment step (or episode, ``x="episodes"``) for every (algo, env) group,
+    with a shaded spread across seeds. ``ylim`` fixes the y range (e.g. ``(-100, 0)`` to show
+    SARSA vs Q-learning on Cliff Walking, whose first episodes return -1000 and less)."""
+    if x not in X_AXES:
+        raise ValueError(f"x must be one of {list(X_AXES)}, got {x!r}")
     if spread not in SPREADS:
         raise ValueError(f"spread must be one of {list(SPREADS)}, got {spread!r}")
     runs = [load_run(d) for d in run_dirs]
@@ -123,7 +136,7 @@ def learning_curves_figure(
         for (algo, group_env), members in sorted(groups.items()):
             if group_env != env:
                 continue
-            grid, curves, window = group_curve(members, smooth_window, points)
+            grid, curves, window = group_curve(members, smooth_window, points, x)
             mean = curves.mean(axis=0)
             (line,) = ax.plot(grid, mean, label=f"{algo} ({len(members)} seed{'s' * (len(members) > 1)})")
             if len(members) > 1:
@@ -134,8 +147,10 @@ def learning_curves_figure(
                 )
                 ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
         ax.set_title(env)
-        ax.set_xlabel("environment steps")
-        ax.set_ylabel(f"episode return (moving average, {window} ep.)")
+        ax.set_xlabel("environment steps" if x == "steps" else "episodes")
+        ax.set_ylabel(f"sum of rewards per episode\n(moving average over {window} episodes)")
+        if ylim is not None:
+            ax.set_ylim(*ylim)
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize="small")
     for ax in axes[len(envs) :]:
@@ -224,7 +239,7 @@ def grid_values_figure(V, policy, env_or_layout, title: str | None = None) -> Fi
     finite = V[np.isfinite(V)]
     span = max(np.abs(finite).max(), 1e-9) if finite.size else 1.0
     mesh = ax.imshow(np.ma.masked_invalid(image), cmap=cmap, vmin=-span, vmax=span)
-    fig.colorbar(mesh, ax=ax, shrink=0.8, label="V(s)")
+    fig.colorbar(mesh, ax=ax, shrink=0.8, label="V(s) (arrows: greedy action)")
     small = n_cols > 12 or n_rows > 12
     for s, (r, c) in enumerate(view.cells):
         if s in view.labels:  # terminals: a plain cell with its label instead of a colour
@@ -246,6 +261,8 @@ def grid_values_figure(V, policy, env_or_layout, title: str | None = None) -> Fi
         ax.text(c, r, "#", ha="center", va="center", color="white", fontsize=8)
     ax.set_xticks(range(n_cols))
     ax.set_yticks(range(n_rows))
+    ax.set_xlabel("column")
+    ax.set_ylabel("row")
     ax.set_xticks(np.arange(-0.5, n_cols), minor=True)
     ax.set_yticks(np.arange(-0.5, n_rows), minor=True)
     ax.grid(which="minor", color="black", linewidth=0.5)

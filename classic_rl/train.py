@@ -1,6 +1,6 @@
 """One training entry point for every algorithm: builds the agent, trains, writes the run directory.
 
-A run directory (INTERFACE.md) holds ``config.yaml`` (every resolved setting), ``episodes.csv``,
+A run directory (described in the README, "Quick start") holds ``config.yaml`` (every resolved setting), ``episodes.csv``,
 ``summary.json``, the saved agent (``model.safetensors`` ...) and TensorBoard files in ``tb/``.
 
 Everything is validated before the directory is created. During training the whole training
@@ -254,7 +254,7 @@ def train_run(
             f"{out}. Lower the learning rate or change the settings and start a new run"
         ) from None
 
-    mean, std = (float("nan"), float("nan"))
+    mean, std = None, None  # not evaluated: null in summary.json, never a bare NaN
     if eval_episodes > 0 and stop is None:
         mean, std = agent.evaluate(episodes=eval_episodes, seed=eval_seed)
     recent = logger.episode_returns[-10:]
@@ -271,6 +271,8 @@ def train_run(
         "train_return_last10": (sum(recent) / len(recent)) if recent else None,
         "interrupted": stop is not None,
     }
+    if getattr(agent, "solve_stats", None):  # dynamic programming: sweeps, not steps or episodes
+        summary["solve"] = dict(agent.solve_stats)
     atomic_write_json(out / "summary.json", summary)
     if stop is not None:
         summary["stopped_by"] = stop.signal_name

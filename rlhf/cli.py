@@ -1,5 +1,11 @@
 """`rlhf <command> [flags]`: dispatch to the command modules, imported only when called (they load torch,
-transformers and TRL). Every command also runs as `accelerate launch [flags] -m rlhf <command> ...`."""
+transformers and TRL). Every command also runs as `accelerate launch [flags] -m rlhf <command> ...`.
+
+Errors: a mistake in the input (`classic_rl.safe_io.UserError`, and the ValueError / FileNotFoundError
+raised for bad values and missing files) prints one line `rlhf CMD: error: ...` and exits 2; a run that
+diverges (`rlhf.errors.TrainingDiverged`) prints its message and exits 1. `--debug` (any command) or
+RL_TOOLKIT_DEBUG=1 shows the full traceback instead.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +13,25 @@ import importlib
 import sys
 from collections.abc import Callable
 
+from classic_rl.safe_io import UserError, debug_enabled
+from rlhf.errors import TrainingDiverged, pop_debug_flag
+
 # command -> (module, one-line help). Each module has `main(argv: list[str] | None)`.
 COMMANDS: dict[str, tuple[str, str]] = {
     "tiny-model": ("rlhf.tiny_model", "build a small random-init causal LM and its tokenizer, offline"),
     "sft": ("rlhf.sft", "supervised fine-tuning on demonstrations (TRL SFTTrainer)"),
     "reward": ("rlhf.reward", "reward model from pairs or K-wise rankings"),
     "ppo": ("rlhf.ppo", "PPO fine-tuning against a reward model or a reward function"),
+    "grpo": ("rlhf.grpo", "GRPO fine-tuning: group-relative advantages, no critic (TRL GRPOConfig flags)"),
+    "rloo": ("rlhf.rloo", "RLOO fine-tuning: leave-one-out baseline, no critic (TRL RLOOConfig flags)"),
     "pipeline": ("rlhf.pipeline", "tiny-model, sft, reward and ppo in a row from one YAML config"),
     "label": ("rlhf.label", "rank sampled responses by hand in a local web page (rankings for `rlhf reward`)"),
 }
 
-USAGE = "usage: rlhf <command> [--help] [flags]\n\ncommands:\n" + "\n".join(
-    f"  {name:<11} {text}" for name, (_, text) in COMMANDS.items()
+USAGE = (
+    "usage: rlhf <command> [--help] [--debug] [flags]\n\ncommands:\n"
+    + "\n".join(f"  {name:<11} {text}" for name, (_, text) in COMMANDS.items())
+    + "\n\n`rlhf <command> --help` lists a command's main flags, `--help-all` every flag."
 )
 
 
@@ -42,14 +55,32 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
+    pop_debug_flag(rest)
     try:
         command_main = resolve(command)
     except ValueError as err:
         print(f"rlhf: error: {err}\n\n{USAGE}", file=sys.stderr)
         return 2
+    from rlhf.utils import set_command
+
+    set_command(command)
     try:
         command_main(rest)
-    except (ValueError, FileNotFoundError) as err:  # bad input: a clear message, not a traceback
-        print(f"rlhf {command}: error: {err}", file=sys.stderr)
+    except (UserError, ValueError, FileNotFoundError) as err:  # bad input: a clear message, not a traceback
+        if debug_enabled():
+            raise
+        print(f"rlhf {command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except TrainingDiverged as err:
+        if debug_enabled():
+            raise
+        print(f"rlhf {command}: error: {_one_line(err)}", file=sys.stderr)
+        return 1
+    finally:
+        set_command(None)
     return 0
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+

@@ -6,16 +6,23 @@ Accepted formats (one row per example):
   reward     {"prompt", "chosen", "rejected"}  or  {"prompt", "responses": [best, ..., worst]}
   ppo        {"prompt"}
 A prompt may also be a list of chat messages; it is then rendered with the tokenizer's chat template.
+
+Errors in the data are :class:`DataError` (a `UserError`: one line, exit status 2) naming the file and line
+of a local .jsonl file (its original line, also after the held-out split shuffles the rows), or the row.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+
+from classic_rl.safe_io import UserError
+from rlhf.utils import is_main_process, read_jsonl_lines
 
 # Column sets of each format, and the formats each command accepts (first match wins).
 FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -31,7 +38,50 @@ TASK_FORMATS: dict[str, tuple[str, ...]] = {
     "ppo": ("prompt",),
 }
 _FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-_VALIDATE_ROWS = 100  # rows whose types are checked (the whole dataset may be large)
+
+
+class DataError(UserError, ValueError):
+    """A problem in a dataset's content; the message names the file and line (or row)."""
+
+
+# Where the rows of datasets read from local .jsonl files came from: fingerprint -> (file, line of each row).
+_SOURCE_LINES: dict[str, tuple[Path, list[int]]] = {}
+
+
+def row_location(dataset: Dataset, row: int, name: str = "dataset") -> str:
+    """'FILE:LINE' for a row of a dataset read from a local .jsonl file, else "NAME, row N"."""
+    source = _SOURCE_LINES.get(getattr(dataset, "_fingerprint", ""))
+    if source is not None and row < len(source[1]):
+        return f"{source[0]}:{source[1][row]}"
+    return f"{name}, row {row}"
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else "list" if isinstance(value, list) else "object" if isinstance(value, dict) \
+        else "number" if isinstance(value, (int, float)) and not isinstance(value, bool) else type(value).__name__
+
+
+def read_jsonl_dataset(path: Path) -> Dataset:
+    """A local .jsonl file as a Dataset, every error naming FILE:LINE (bad JSON, empty file, mixed types)."""
+    lines = read_jsonl_lines(path)
+    if not lines:
+        raise DataError(f"{path}: the file is empty; it needs one JSON object per line")
+    first_kind: dict[str, tuple[str, int]] = {}
+    for number, row in lines:
+        for key, value in row.items():
+            kind = _kind(value)
+            seen = first_kind.setdefault(key, (kind, number))
+            if kind != seen[0] and "null" not in (kind, seen[0]):
+                raise DataError(
+                    f"{path}:{number}: '{key}' is a {kind}, but line {seen[1]} has a {seen[0]}; "
+                    "every line needs the same type for a key"
+                )
+    try:
+        dataset = Dataset.from_list([row for _, row in lines])
+    except Exception as err:  # pyarrow's type errors (e.g. lists of mixed types)
+        raise DataError(f"{path}: rows cannot form one table ({' '.join(str(err).split())[:200]})") from None
+    _SOURCE_LINES[dataset._fingerprint] = (path, [number for number, _ in lines])
+    return dataset
 
 
 @dataclass
@@ -83,11 +133,20 @@ def load_dataset_dict(name: str, config_name: str | None = None) -> DatasetDict:
         if path.is_file():
             builder = _FILE_BUILDERS.get(path.suffix)
             if builder is None:
-                raise ValueError(
+                raise DataError(
                     f"dataset '{name}': unsupported file type '{path.suffix}'; use one of "
                     f"{sorted(_FILE_BUILDERS)} or a directory"
                 )
-            return load_dataset(builder, data_files={"train": str(path)})
+            if path.suffix == ".jsonl":
+                return DatasetDict({"train": read_jsonl_dataset(path)})
+            if path.stat().st_size == 0:
+                raise DataError(f"{path}: the file is empty")
+            try:
+                return load_dataset(builder, data_files={"train": str(path)})
+            except Exception as err:  # datasets/pyarrow raise many types for a malformed file
+                raise DataError(
+                    f"{path}: cannot be read as {path.suffix[1:]} ({' '.join(str(err).split())[:200]})"
+                ) from None
         if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
             loaded = load_from_disk(str(path))
             return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
@@ -106,23 +165,40 @@ def load_dataset_dict(name: str, config_name: str | None = None) -> DatasetDict:
         ) from err
 
 
-def load_train_eval(args: DataArguments, seed: int = 0) -> tuple[Dataset, Dataset | None]:
-    """The training split and the held-out split of `args` (held out from training data if none is given)."""
+Check = Callable[[Dataset, str], Dataset]
+
+
+def load_train_eval(
+    args: DataArguments, seed: int = 0, task: str | None = None, check: Check | None = None
+) -> tuple[Dataset, Dataset | None]:
+    """The training split and the held-out split of `args` (held out from training data if none is given).
+
+    With `task`, both are validated (:func:`validate_dataset`) before the held-out split shuffles the rows,
+    so an error names the original file line. `check(dataset, name)` (e.g. a length check needing the
+    tokenizer) runs at the same point and returns the dataset to use (it may drop rows).
+    """
     if not args.dataset_name:
         raise ValueError("dataset_name is required: a hub id, a local directory or a .jsonl/.json/.parquet file")
+
+    def checked(dataset: Dataset, name: str) -> Dataset:
+        if task is not None:
+            validate_dataset(dataset, task, name)
+        return check(dataset, name) if check is not None else dataset
+
     data = load_dataset_dict(args.dataset_name, args.dataset_config)
     if args.dataset_train_split not in data:
         raise ValueError(
             f"dataset '{args.dataset_name}' has no split '{args.dataset_train_split}' "
             f"(dataset_train_split); available: {sorted(data)}"
         )
-    train = data[args.dataset_train_split]
+    train = checked(data[args.dataset_train_split], f"dataset '{args.dataset_name}'")
     if args.eval_dataset_name:
         evals = load_dataset_dict(args.eval_dataset_name, args.dataset_config)
         split = args.dataset_test_split if args.dataset_test_split in evals else args.dataset_train_split
-        return train, evals[split] if split in evals else next(iter(evals.values()))
+        held_out = evals[split] if split in evals else next(iter(evals.values()))
+        return train, checked(held_out, f"eval dataset '{args.eval_dataset_name}'")
     if args.dataset_test_split in data and args.dataset_test_split != args.dataset_train_split:
-        return train, data[args.dataset_test_split]
+        return train, checked(data[args.dataset_test_split], f"dataset '{args.dataset_name}' split {args.dataset_test_split}")
     if args.eval_holdout_fraction > 0 and len(train) >= 2:
         parts = train.train_test_split(test_size=args.eval_holdout_fraction, seed=seed)
         return parts["train"], parts["test"]
@@ -142,7 +218,7 @@ def detect_format(columns: list[str] | tuple[str, ...], task: str) -> str:
     for fmt in TASK_FORMATS[task]:
         if all(c in columns for c in FORMAT_COLUMNS[fmt]):
             return fmt
-    raise ValueError(
+    raise DataError(
         f"the {task} dataset has columns {sorted(columns)} but needs {accepted_formats_text(task)}: "
         f"rename its columns to one of these formats"
     )
@@ -152,34 +228,35 @@ def _is_messages(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
 
 
-def _check_text(value: Any, column: str, row: int) -> None:
+def _check_text(value: Any, column: str, where: str) -> None:
     if not (isinstance(value, str) or _is_messages(value)):
-        raise ValueError(
-            f"column '{column}', row {row}: expected a string or a list of {{role, content}} messages, "
+        raise DataError(
+            f"{where}: column '{column}': expected a string or a list of {{role, content}} messages, "
             f"got {type(value).__name__}"
         )
 
 
 def validate_dataset(dataset: Dataset, task: str, name: str = "dataset") -> str:
-    """Check that `dataset` is non-empty and in a format `task` accepts; return the format's name."""
+    """Check that `dataset` is non-empty and in a format `task` accepts, every row; return the format's name.
+
+    Errors name the row as FILE:LINE for a local .jsonl file (see :func:`row_location`).
+    """
     if len(dataset) == 0:
-        raise ValueError(f"{name} is empty: the {task} step needs at least one example of {accepted_formats_text(task)}")
+        raise DataError(f"{name} is empty: the {task} step needs at least one example of {accepted_formats_text(task)}")
     fmt = detect_format(dataset.column_names, task)
-    for i, row in enumerate(dataset.select(range(min(len(dataset), _VALIDATE_ROWS)))):
-        for column in FORMAT_COLUMNS[fmt]:
-            value = row[column]
+    for column in FORMAT_COLUMNS[fmt]:
+        for i, value in enumerate(dataset[column]):
+            where = row_location(dataset, i, name)
             if column == "messages":
                 if not _is_messages(value) or not value:
-                    raise ValueError(f"{name}, row {i}: 'messages' must be a non-empty list of {{role, content}} dicts")
+                    raise DataError(f"{where}: 'messages' must be a non-empty list of {{role, content}} dicts")
             elif column == "responses":
                 if not isinstance(value, list) or len(value) < 2:
-                    raise ValueError(
-                        f"{name}, row {i}: 'responses' must list at least 2 responses ordered best to worst"
-                    )
+                    raise DataError(f"{where}: 'responses' must list at least 2 responses ordered best to worst")
                 for response in value:
-                    _check_text(response, column, i)
+                    _check_text(response, column, where)
             else:
-                _check_text(value, column, i)
+                _check_text(value, column, where)
     return fmt
 
 
@@ -215,3 +292,58 @@ def ranked_responses(example: dict[str, Any], fmt: str) -> list[Any]:
     if fmt == "ranking":
         return list(example["responses"])
     raise ValueError(f"not a reward format: '{fmt}'; valid: preference, ranking")
+
+
+# ----------------------------------------------------------------------------------------------- lengths
+def context_limit(model: Any, max_length: int | None) -> int | None:
+    """The longest sequence a step may train on: `max_length`, capped by the model's context window."""
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    limits = [n for n in (max_length, context) if isinstance(n, int) and n > 0]
+    return min(limits) if limits else None
+
+
+def check_lengths(dataset: Dataset, name: str, task: str, tokenizer: Any, limit: int | None) -> Dataset:
+    """Refuse prompts that fill the whole `limit` (nothing left to learn from: :class:`DataError` naming the
+    line); warn, with a count, about examples that will be truncated (sft) or dropped (reward)."""
+    import sys
+
+    if limit is None or len(dataset) == 0:
+        return dataset
+    fmt = detect_format(dataset.column_names, task)
+    if fmt == "messages":
+        texts = [tokenizer.apply_chat_template(m, tokenize=False) for m in dataset["messages"]]
+        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        over = sum(n > limit for n in lengths)
+        if over == len(dataset):
+            raise DataError(f"{name}: every conversation is longer than {limit} tokens; raise --max_length "
+                            "(up to the model's context) or shorten them")
+        if over and is_main_process():
+            print(f"warning: {over} of {len(dataset)} conversations in {name} are longer than {limit} tokens "
+                  "and are truncated", file=sys.stderr, flush=True)
+        return dataset
+    prompts = [render_prompt(p, tokenizer) for p in dataset["prompt"]]
+    prompt_lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    for i, n in enumerate(prompt_lengths):
+        if n >= limit:
+            raise DataError(
+                f"{row_location(dataset, i, name)}: the prompt is {n} tokens, which fills the {limit}-token limit "
+                "(--max_length, capped by the model's context) and leaves nothing to train on; shorten it or "
+                "raise --max_length"
+            )
+    if task == "sft":
+        completions = [response_text(c) for c in dataset["completion"]]
+        completion_lengths = [len(ids) for ids in tokenizer(completions, add_special_tokens=False)["input_ids"]]
+        over = sum(p + c + 1 > limit for p, c in zip(prompt_lengths, completion_lengths))
+        action = "truncated (the end of their completions is not trained on)"
+    else:
+        longest = [
+            max(len(ids) for ids in tokenizer([response_text(r) for r in ranked_responses(ex, fmt)],
+                                              add_special_tokens=False)["input_ids"])
+            for ex in dataset
+        ]
+        over = sum(p + r + 1 > limit for p, r in zip(prompt_lengths, longest))
+        action = "dropped (a reward model must see a response's end)"
+    if over and is_main_process():
+        print(f"warning: {over} of {len(dataset)} examples in {name} are longer than {limit} tokens and are {action}",
+              file=sys.stderr, flush=True)
+    return dataset

@@ -17,15 +17,22 @@
   rank's batch has finished, so all ranks run the same number of forwards (trlX #373).
 - :func:`check_deepspeed_settings` -- DeepSpeed's own gradient accumulation and clipping must match
   the trainer's flags (DeepSpeed, not accelerate, applies them).
+- :func:`make_accelerator` -- the one place an ``Accelerator`` is built. Launched with a DeepSpeed or
+  FSDP config (``accelerate launch --config_file ...``) on a machine without a GPU it still shards:
+  DeepSpeed runs on its CPU accelerator (``DS_ACCELERATOR=cpu``, gloo), and FSDP2 -- which accelerate
+  only applies on GPUs -- is switched on in accelerate's state so that ``accelerator.prepare`` runs the
+  same ``fully_shard`` wrapping as on GPUs (also called by ``rlhf sft`` / ``rlhf reward`` before TRL builds its own
+  Accelerator).
 
 Without a distributed backend (one process, or DDP) every helper reduces to the plain operation, so
 the same code runs on a laptop CPU. The DeepSpeed and FSDP branches follow TRL 1.16's
-``trl.models.utils`` and ``trl.distributed``; they need GPUs and were not run on this project's CPU
-machine (see docs/scaling.md).
+``trl.models.utils`` and ``trl.distributed``; tests/test_rlhf_sharded*.py run them on 2 CPU processes
+(ZeRO-2, ZeRO-3, FSDP2), see docs/scaling.md.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -35,11 +42,22 @@ from torch import Tensor, nn
 
 __all__ = [
     "all_processes_finished",
+    "make_accelerator",
     "all_reduce_sum",
     "check_deepspeed_settings",
+    "configure_deepspeed_batch",
+    "describe_distribution",
+    "make_accelerator",
+    "prepare_trainer_arguments",
+    "sharded",
+    "evaluate_before_training",
+    "check_trainer_sharding",
+    "requested_sharding",
     "is_deepspeed_zero3",
     "fsdp_version",
+    "full_model_for_saving",
     "masked_whiten_across_processes",
+    "models_loaded_whole",
     "needs_synchronised_generation",
     "prepare_frozen_model",
     "unwrap_for_generation",
@@ -147,6 +165,9 @@ def unwrap_for_generation(model: nn.Module, accelerator: Any, gather_deepspeed3_
         return
     root = _fsdp2_root(model) if version == 2 else None
     if root is not None:
+        # FSDP2 takes the first module to run forward as the root of its tree; the submodules called
+        # below (policy, critic, a reward model's body) must not claim that role before the real root.
+        root._get_fsdp_state()._lazy_init()
         root.unshard()
         try:
             yield unwrapped
@@ -211,3 +232,247 @@ def check_deepspeed_settings(accelerator: Any, gradient_accumulation_steps: int,
             f"does the clipping, so set gradient_clipping to {want} (or 'auto') in the deepspeed_config, or pass "
             f"--max_grad_norm {clip}"
         )
+
+
+# ----------------------------------------------------------------------------- building the Accelerator
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")
+
+
+def requested_sharding() -> str | None:
+    """``"deepspeed"`` or ``"fsdp"`` when ``accelerate launch`` was given such a config (it exports
+    ``ACCELERATE_USE_DEEPSPEED`` / ``ACCELERATE_USE_FSDP`` to the workers), else None."""
+    if _env_flag("ACCELERATE_USE_DEEPSPEED"):
+        return "deepspeed"
+    if _env_flag("ACCELERATE_USE_FSDP"):
+        return "fsdp"
+    return None
+
+
+def _cpu_only() -> bool:
+    return not torch.cuda.is_available() or _env_flag("ACCELERATE_USE_CPU")
+
+
+def _cpu_backend(cpu: bool) -> tuple[bool, bool]:
+    """``(cpu flag for the Accelerator, whether FSDP must be switched on by hand)`` for this launch.
+
+    - DeepSpeed on a machine without a GPU: ``DS_ACCELERATOR=cpu`` (DeepSpeed's CPU accelerator, gloo)
+      and ``cpu=False`` -- accelerate drops DeepSpeed silently whenever the CPU is forced.
+    - FSDP on a machine without a GPU: accelerate 1.15 only enables its FSDP plugin for GPU-like
+      devices, so the Accelerator is built on the CPU (gloo) and its process-wide state is then switched
+      to FSDP with the plugin the launcher described (:func:`make_accelerator`).
+    """
+    sharding = requested_sharding()
+    if sharding is None or not _cpu_only():
+        return cpu, False
+    if sharding == "deepspeed":
+        if torch.cuda.is_available():
+            raise ValueError(
+                "DeepSpeed was launched with ACCELERATE_USE_CPU=true on a machine with GPUs; unset "
+                "ACCELERATE_USE_CPU to train on the GPUs, or hide them (CUDA_VISIBLE_DEVICES=) to use the CPU"
+            )
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        from accelerate.state import PartialState
+
+        # Without a GPU accelerate finds no backend and would count ONE process (while DeepSpeed's own
+        # group has them all): name gloo, so that process_index / num_processes are the real ones.
+        PartialState(cpu=False, backend="gloo")
+        return False, False
+    return True, True
+
+
+def _switch_to_fsdp(accelerator: Any) -> None:
+    """Make accelerate's process-wide state FSDP (plugin from the launcher's FSDP_* variables), so that
+    ``prepare`` runs accelerate's own FSDP2 wrapping (``fully_shard`` per transformer block) on the CPU,
+    the code that runs on GPUs. Every Accelerator built later in this process (TRL's Trainer builds its
+    own) shares the state."""
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if accelerator.num_processes < 2:
+        return  # nothing to shard over: plain one-process training
+    plugin = getattr(accelerator.state, "fsdp_plugin", None) or FullyShardedDataParallelPlugin()
+    if plugin.fsdp_version != 2:
+        raise ValueError("FSDP on the CPU needs fsdp_version: 2 in the accelerate config (FSDP1 needs GPUs)")
+    if accelerator.state.mixed_precision != "no":
+        plugin.set_mixed_precision(accelerator.state.mixed_precision)
+    for shared in (PartialState._shared_state, AcceleratorState._shared_state):
+        shared["distributed_type"] = DistributedType.FSDP
+    AcceleratorState._shared_state["fsdp_plugin"] = plugin
+
+
+def make_accelerator(cpu: bool, precision: str) -> Any:
+    """The one place an ``Accelerator`` is built: this run's precision (``"bf16"``, ``"fp16"`` or
+    ``"fp32"``), even if an earlier step in the same process (the pipeline's SFT or reward training)
+    initialised accelerate's process-wide state with another one. Launched with a DeepSpeed or FSDP
+    config on a machine without a GPU it still shards (DeepSpeed's CPU accelerator; FSDP2 switched on by
+    hand, see ``_cpu_backend``). ``rlhf sft`` / ``rlhf reward`` call it before TRL builds its own
+    Accelerator, which then shares this state."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    cpu, fsdp_by_hand = _cpu_backend(cpu)
+    mixed_precision = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[precision]
+    try:
+        accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+    except ValueError as err:
+        if "already been initialized" not in str(err):
+            raise
+        AcceleratorState._reset_state()  # keeps the distributed set-up (PartialState), resets precision
+        accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+    if fsdp_by_hand:
+        _switch_to_fsdp(accelerator)
+    return accelerator
+
+
+def prepare_trainer_arguments(training_args: Any) -> None:
+    """Before a Trainer-based command (``rlhf sft``, ``rlhf reward``) builds its Trainer: on a machine
+    without a GPU launched with a DeepSpeed config, keep DeepSpeed (``use_cpu=False``: a forced CPU
+    silently drops it), on DeepSpeed's CPU accelerator over gloo. No-op otherwise (FSDP is switched on
+    after the Trainer exists, :func:`check_trainer_sharding`; on GPUs accelerate handles both)."""
+    if requested_sharding() != "deepspeed" or not _cpu_only():
+        return
+    if torch.cuda.is_available():
+        _cpu_backend(True)  # raises the explanation
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    training_args.use_cpu = False
+    training_args.ddp_backend = "gloo"  # without a GPU accelerate finds no backend and counts one process
+
+
+def check_trainer_sharding(trainer: Any) -> None:
+    """After a Trainer-based command built its Trainer, before training: on a machine without a GPU
+    launched with an FSDP config, switch the Trainer's Accelerator to FSDP (accelerate 1.15 ignores FSDP
+    without a GPU), so that ``trainer.train()`` shards the model with accelerate's FSDP2 code; and refuse
+    LoRA under ZeRO-3 / FSDP now rather than after training (saving merges the adapter on one rank)."""
+    if requested_sharding() == "fsdp" and _cpu_only():
+        _switch_to_fsdp(trainer.accelerator)
+        trainer.is_fsdp_enabled = trainer.accelerator.num_processes > 1
+    if sharded(trainer.accelerator) and hasattr(trainer.model, "peft_config"):
+        raise ValueError(_PEFT_SHARDED)
+
+
+_PEFT_SHARDED = (
+    "--use_peft under DeepSpeed ZeRO-3 or FSDP is not supported by the rlhf commands (merging the LoRA adapter "
+    "into the saved model needs the full weights on one rank); use DDP or ZeRO-2 "
+    "(configs/accelerate/multi_gpu.yaml, deepspeed_zero2.yaml), where a LoRA model fits anyway"
+)
+
+
+def evaluate_before_training(trainer: Any) -> dict[str, float]:
+    """``trainer.evaluate()`` before ``trainer.train()``, safe under DeepSpeed (any stage).
+
+    A Trainer that evaluates first wraps its model in a DeepSpeed *inference* engine, and ``train()``
+    then finds the model already wrapped, prepares only the optimizer and fails at the first backward
+    (accelerate has no training engine). The inference wrapping is undone here, so ``train()`` builds
+    the training engine around the same module (under ZeRO-3 its parameters stay partitioned)."""
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    if getattr(trainer, "is_deepspeed_enabled", False) and plugin is not None and int(plugin.zero_stage) < 3:
+        # transformers refuses a DeepSpeed inference engine below stage 3 ("ZeRO inference only makes
+        # sense with ZeRO Stage 3"); the parameters are whole on every rank, so evaluate the plain model.
+        trainer.is_deepspeed_enabled = False
+        try:
+            metrics = trainer.evaluate()
+        finally:
+            trainer.is_deepspeed_enabled = True
+    else:
+        metrics = trainer.evaluate()
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        trainer.model_wrapped = trainer.model
+        trainer.deepspeed = None
+        trainer.accelerator._models.clear()
+    return metrics
+
+
+def sharded(accelerator: Any) -> bool:
+    """Whether trained parameters are sharded over the ranks (ZeRO-3 or FSDP): saving must gather."""
+    return is_deepspeed_zero3(accelerator) or fsdp_version(accelerator) is not None
+
+
+def full_model_for_saving(trainer: Any) -> nn.Module | None:
+    """Under ZeRO-3 or FSDP: a plain copy of a Trainer's model holding the full trained weights, on rank 0
+    (None on the other ranks); None without sharding (save ``trainer.model`` itself). Every rank must call
+    it: the weights are gathered with ``accelerator.get_state_dict`` (a collective; DeepSpeed needs
+    ``zero3_save_16bit_model: true``). Saving the sharded model from rank 0 alone would write empty
+    placeholders (ZeRO-3) or hang in a collective (FSDP)."""
+    accelerator = trainer.accelerator
+    if not sharded(accelerator):
+        return None
+    model = trainer.model
+    if hasattr(model, "peft_config"):
+        raise ValueError(_PEFT_SHARDED)
+    wrapped = getattr(trainer, "model_wrapped", None) if is_deepspeed_zero3(accelerator) else model
+    state_dict = accelerator.get_state_dict(wrapped if wrapped is not None else model)
+    if not accelerator.is_main_process:
+        return None
+    with models_loaded_whole():  # rank 0 alone: no deepspeed.zero.Init (some classes build submodels from config)
+        plain = type(model)(model.config)
+    missing, unexpected = plain.load_state_dict(state_dict, strict=False)
+    plain.tie_weights()
+    tied = {name for name, _ in plain.named_parameters(remove_duplicate=False)} - {n for n, _ in plain.named_parameters()}
+    if unexpected or set(missing) - tied:
+        raise RuntimeError(f"gathered weights do not fit {type(model).__name__}: missing {missing}, unexpected {unexpected}")
+    return plain.eval()
+
+
+def configure_deepspeed_batch(accelerator: Any, micro_batch_size: int, gradient_accumulation_steps: int) -> None:
+    """Give DeepSpeed the batch sizes it insists on when ``prepare`` sees no dataloader (TRL's PPOTrainer
+    did the same): ``train_micro_batch_size_per_gpu`` and a consistent ``train_batch_size``. No-op
+    without DeepSpeed."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return
+    config = plugin.deepspeed_config
+    config["train_micro_batch_size_per_gpu"] = micro_batch_size
+    if config.get("gradient_accumulation_steps", "auto") == "auto":
+        config["gradient_accumulation_steps"] = gradient_accumulation_steps
+    config["train_batch_size"] = micro_batch_size * int(config["gradient_accumulation_steps"]) * accelerator.num_processes
+
+
+def describe_distribution(accelerator: Any) -> dict[str, Any]:
+    """What summary.json records about the process layout: accelerate's ``distributed_type`` name (NO,
+    MULTI_GPU, MULTI_CPU, DEEPSPEED, FSDP), ``zero_stage`` under DeepSpeed, ``fsdp_version`` under FSDP,
+    and ``world_size``."""
+    distributed_type = accelerator.distributed_type
+    out: dict[str, Any] = {
+        "distributed_type": getattr(distributed_type, "value", str(distributed_type)),
+        "world_size": accelerator.num_processes,
+    }
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None:
+        out["zero_stage"] = int(plugin.zero_stage)
+    version = fsdp_version(accelerator)
+    if version is not None:
+        out["fsdp_version"] = int(version)
+    return out
+
+
+@contextmanager
+def models_loaded_whole(accelerator: Any = None) -> Iterator[None]:
+    """Load models with full parameters in this block even under ZeRO-3.
+
+    accelerate (and TrainingArguments) register the DeepSpeed config with transformers whatever
+    ``zero3_init_flag`` says, and under stage 3 ``from_pretrained`` then partitions every model while
+    loading (``deepspeed.zero.Init``, a collective): parameters become empty placeholders, so
+    initialising a score or value head from the loaded weights fails, and a load on rank 0 alone hangs.
+    ``accelerator.prepare`` / :func:`prepare_frozen_model` / the Trainer shard the models afterwards.
+    With ``zero3_init_flag: true`` in ``accelerator``'s DeepSpeed config the caller is refused (it would
+    have to cope with partitioned parameters). No-op without ZeRO-3.
+    """
+    import transformers.integrations.deepspeed as hf_deepspeed
+
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None) if accelerator is not None else None
+    if plugin is not None and int(plugin.zero_stage) == 3 and plugin.zero3_init_flag:
+        raise ValueError(
+            "zero3_init_flag: true in the accelerate config's deepspeed_config is not supported: the rlhf "
+            "commands initialise score and value heads from loaded weights; set zero3_init_flag: false "
+            "(ZeRO-3 still shards every model when it is prepared)"
+        )
+    if not hf_deepspeed.is_deepspeed_zero3_enabled():
+        yield
+        return
+    registered = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = registered

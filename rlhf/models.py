@@ -6,8 +6,12 @@ Never `trust_remote_code` unless the user asks; weights load through `from_pretr
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from classic_rl.safe_io import UserError
+
 PAD_TOKEN = "<|pad|>"
 SCORE_BIAS_KEY = "score_bias"  # config attribute: constant added to a reward model's score (see load_reward_model)
 
@@ -28,12 +34,35 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
 
 
+def broken_weight_file(folder: Path) -> tuple[Path, str] | None:
+    """The first weight file in `folder` that cannot be opened (truncated, corrupt), with the reason."""
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                for key in f.keys():  # reading each tensor's bytes finds a file cut short
+                    f.get_slice(key)
+        except Exception as err:  # safetensors raises its own error types
+            return path, " ".join(str(err).split())[:160]
+    return None
+
+
 def _load(loader: Any, name: str, what: str, **kwargs: Any) -> Any:
-    """`loader.from_pretrained(name)`, turning a missing local path or an unreachable hub into a clear error."""
+    """`loader.from_pretrained(name)`, turning a missing local path, an unreachable hub or a truncated weight
+    file into a clear error."""
     try:
         return loader.from_pretrained(name, **kwargs)
-    except (OSError, ValueError) as err:
-        if Path(name).expanduser().exists():
+    except Exception as err:
+        local = Path(name).expanduser()
+        if local.is_dir():
+            broken = broken_weight_file(local)
+            if broken is not None:
+                raise UserError(
+                    f"{what} '{name}': weight file {broken[0]} cannot be read ({broken[1]}); it is probably "
+                    "truncated (an interrupted copy or save): copy or re-create it"
+                ) from err
+        if not isinstance(err, (OSError, ValueError)) or local.exists():
             raise
         reason = (
             "the Hugging Face Hub cannot be reached offline (HF_HUB_OFFLINE=1 or no network)"
@@ -152,22 +181,42 @@ def load_reward_model(
     (transformers' score heads have no bias); it is installed here as the bias of the score layer, so
     `model(...).logits` already includes it.
     """
-    model = _load(
-        AutoModelForSequenceClassification,
-        name_or_path,
-        "reward model",
-        num_labels=1,
-        **_model_kwargs(revision, dtype, trust_remote_code, **kwargs),
-    )
     local = Path(name_or_path).expanduser()
-    if not (local.exists() and is_sequence_classifier(str(local))):
+    new_head = not (local.exists() and is_sequence_classifier(str(local)))
+    with _quiet_load_report(new_head):
+        model, info = _load(
+            AutoModelForSequenceClassification,
+            name_or_path,
+            "reward model",
+            num_labels=1,
+            output_loading_info=True,
+            **_model_kwargs(revision, dtype, trust_remote_code, **kwargs),
+        )
+    if new_head:
         init_score_head(model)
+        others = sorted(k for k in info.get("missing_keys", ()) if not k.startswith("score."))
+        note = f"; other weights not in the checkpoint, initialised at random: {others}" if others else ""
+        print(f"new reward head initialised (score) on {name_or_path}{note}", file=sys.stderr, flush=True)
     if tokenizer is not None:
         align_model_with_tokenizer(model, tokenizer)
     offset = float(getattr(model.config, SCORE_BIAS_KEY, 0.0) or 0.0)
     if offset:
         set_score_bias(model, offset)
     return model
+
+
+@contextlib.contextmanager
+def _quiet_load_report(quiet: bool) -> Iterator[None]:
+    """Silence transformers' load report (a red table listing the new score head as MISSING) when a reward
+    model is built from a causal LM on purpose; the caller prints one plain line instead."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    level = logger.level
+    if quiet:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class OffsetScore(torch.nn.Linear):

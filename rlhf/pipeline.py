@@ -1,6 +1,7 @@
 """`rlhf pipeline --config FILE.yaml`: tiny-model (optional), sft, reward and ppo in a row, then a results table.
 
     rlhf pipeline --config configs/rlhf/tiny.yaml [--output_dir DIR] [--seed N] [--steps sft reward ...]
+                  [--resume | --overwrite_output_dir]
 
 The YAML file has top-level `output_dir`, `seed`, `steps` (a subset of tiny_model, sft, reward, ppo, in
 that order), an `evaluation` section, and one section per step holding that command's flags. Each step
@@ -11,22 +12,43 @@ model (unless `ppo.reward_fn` is set). The resolved flags of each step are kept 
 At the end, on held-out prompts, the SFT policy and the PPO policy are sampled (as in PPO training) and
 scored by the gold scorer and by the learned reward model. OUTPUT_DIR gets `results.md` (the table),
 `summary.json` and `ppo_curves.png` (reward and KL over PPO steps, from ppo/metrics.jsonl).
+
+OUTPUT_DIR must be new or empty, unless `--overwrite_output_dir` (each step then replaces only its own
+files) or `--resume`: a killed pipeline run again with `--resume` skips the steps that finished (their
+OUTPUT_DIR/<step>/summary.json exists), resumes the interrupted step from its latest checkpoint
+(OUTPUT_DIR/<step>/checkpoint-<step>, kept when a section sets `save_steps`) or restarts it if it has
+none, and runs the rest.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from rlhf.utils import barrier, is_main_process, read_jsonl, write_json
+from classic_rl.safe_io import UserError, atomic_write_text
+from rlhf.checkpoints import latest_checkpoint, prepare_output_dir
+from rlhf.errors import ConfigError
+from rlhf.utils import (
+    barrier,
+    is_main_process,
+    load_yaml,
+    read_jsonl,
+    set_command,
+    write_json,
+    yaml_key_lines,
+)
 
-STEPS = ("tiny_model", "sft", "reward", "ppo")
-STEP_MODULES = {"tiny_model": "rlhf.tiny_model", "sft": "rlhf.sft", "reward": "rlhf.reward", "ppo": "rlhf.ppo"}
+STEPS = ("tiny_model", "sft", "reward", "ppo", "grpo", "rloo")
+RL_STEPS = ("ppo", "grpo", "rloo")  # the RL step: any of them (usually one) after sft / reward
+STEP_MODULES = {"tiny_model": "rlhf.tiny_model", "sft": "rlhf.sft", "reward": "rlhf.reward", "ppo": "rlhf.ppo",
+                "grpo": "rlhf.grpo", "rloo": "rlhf.rloo"}
 CURVE_KEYS = ("objective/scores", "objective/rlhf_reward", "objective/kl")
 
 
@@ -51,15 +73,28 @@ class PipelineConfig:
     sft: dict[str, Any] = field(default_factory=dict)
     reward: dict[str, Any] = field(default_factory=dict)
     ppo: dict[str, Any] = field(default_factory=dict)
+    grpo: dict[str, Any] = field(default_factory=dict)
+    rloo: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> PipelineConfig:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = load_yaml(path) or {}
         if not isinstance(data, dict):
-            raise ValueError(f"pipeline config '{path}' must be a YAML mapping")
+            raise ConfigError(f"pipeline config '{path}' must be a YAML mapping")
         unknown = sorted(set(data) - {f for f in cls.__dataclass_fields__})
         if unknown:
-            raise ValueError(f"pipeline config '{path}': unknown keys {unknown}; valid: {sorted(cls.__dataclass_fields__)}")
+            line = yaml_key_lines(path).get((unknown[0],))
+            where = f"{path}:{line}" if line else f"pipeline config '{path}'"
+            raise ConfigError(f"{where}: unknown keys {unknown}; valid: {sorted(cls.__dataclass_fields__)}")
+        for name in ("evaluation", *STEPS):
+            if data.get(name) is not None and not isinstance(data[name], dict):
+                line = yaml_key_lines(path).get((name,))
+                raise ConfigError(f"{path}:{line}: section '{name}' must be a mapping of flags")
+        evaluation_keys = set(EvaluationConfig.__dataclass_fields__)
+        bad = sorted(set(data.get("evaluation") or {}) - evaluation_keys)
+        if bad:
+            line = yaml_key_lines(path).get(("evaluation", bad[0]))
+            raise ConfigError(f"{path}:{line}: unknown evaluation key '{bad[0]}'; valid: {sorted(evaluation_keys)}")
         evaluation = EvaluationConfig(**(data.pop("evaluation", None) or {}))
         sections = {s: dict(data.pop(s, None) or {}) for s in STEPS}
         return cls(evaluation=evaluation, **sections, **data)
@@ -67,7 +102,7 @@ class PipelineConfig:
     def validate(self) -> PipelineConfig:
         bad = [s for s in self.steps if s not in STEPS]
         if bad:
-            raise ValueError(f"steps {bad} are not valid; choose from {list(STEPS)} (run in that order)")
+            raise ConfigError(f"steps {bad} are not valid; choose from {list(STEPS)} (run in that order)")
         self.steps = [s for s in STEPS if s in self.steps]
         if "sft" in self.steps and "model_name_or_path" not in self.sft and not self.produces("tiny_model"):
             raise ValueError("without the tiny_model step, set sft.model_name_or_path (a hub id or local directory)")
@@ -86,24 +121,44 @@ def step_flags(cfg: PipelineConfig, step: str) -> dict[str, Any]:
     policy = str(out / "sft") if cfg.produces("sft") else cfg.sft.get("model_name_or_path", base)
     if step == "sft" and base:
         flags.setdefault("model_name_or_path", base)
-    if step in ("reward", "ppo"):
+    if step in ("reward", *RL_STEPS):
         flags.setdefault("model_name_or_path", policy)
-    if step == "ppo" and not flags.get("reward_fn"):
+    if step in RL_STEPS and not flags.get("reward_fn"):
         flags.setdefault("reward_model_path", str(out / "reward"))
     return flags
 
 
-def run_step(cfg: PipelineConfig, step: str) -> dict[str, Any]:
-    """Write the step's flags to OUT/configs/<step>.yaml and run its command's main on it."""
+def step_done(cfg: PipelineConfig, step: str) -> bool:
+    """A step finished when its summary.json exists (written last, with the model)."""
+    return (Path(cfg.output_dir) / step / "summary.json").exists()
+
+
+def run_step(cfg: PipelineConfig, step: str, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Write the step's flags to OUT/configs/<step>.yaml and run its command's main on it.
+
+    With `resume`, a finished step is skipped (its summary is read back) and an interrupted one continues
+    from its latest checkpoint, or starts again in its own folder when it has none.
+    """
+    step_dir = Path(cfg.output_dir) / step
+    if resume and step_done(cfg, step):
+        print(f"\n=== rlhf pipeline: {step} already done in {step_dir} (--resume): skipped", flush=True)
+        return json.loads((step_dir / "summary.json").read_text())
     flags = step_flags(cfg, step)
+    if resume and latest_checkpoint(step_dir) is not None:
+        flags["resume_from_checkpoint"] = "true"
+    elif (resume or overwrite) and step_dir.exists():
+        flags["overwrite_output_dir"] = True  # this pipeline's own step folder: restart the step in it
     path = Path(cfg.output_dir) / "configs" / f"{step}.yaml"
     if is_main_process():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(flags, sort_keys=False))
+        atomic_write_text(path, yaml.safe_dump(flags, sort_keys=False))
     barrier()
     module = importlib.import_module(STEP_MODULES[step])
     print(f"\n=== rlhf pipeline: {step} -> {flags['output_dir']}", flush=True)
-    result = module.main(["--config", str(path)])
+    set_command(step.replace("_", "-"))
+    try:
+        result = module.main(["--config", str(path)])
+    finally:
+        set_command("pipeline")
     barrier()  # the next step reads what rank 0 just saved
     return result if isinstance(result, dict) else {}
 
@@ -122,12 +177,13 @@ def evaluate_policies(cfg: PipelineConfig) -> dict[str, dict[str, float]]:
     rows = data["train"] if "train" in data else next(iter(data.values()))
     tokenizer = load_tokenizer(str(out / "sft"))
     prompts = [render_prompt(p, tokenizer) for p in rows["prompt"][: ev.num_prompts]]
-    max_new_tokens = ev.max_new_tokens or cfg.ppo.get("response_length", 32)
-    temperature = ev.temperature if ev.temperature is not None else cfg.ppo.get("temperature", 1.0)
+    rl = next((getattr(cfg, s) for s in RL_STEPS if s in cfg.steps), cfg.ppo)
+    max_new_tokens = ev.max_new_tokens or rl.get("response_length") or rl.get("max_completion_length", 32)
+    temperature = ev.temperature if ev.temperature is not None else rl.get("temperature", 1.0)
     gold = load_reward_function(ev.reward_fn) if ev.reward_fn else None
     reward_model = load_reward_model(str(out / "reward"), tokenizer) if (out / "reward").exists() else None
     results: dict[str, dict[str, float]] = {}
-    for name in ("sft", "ppo"):
+    for name in ("sft", *RL_STEPS):
         if not (out / name).exists():
             continue
         policy = load_causal_lm(str(out / name), tokenizer)
@@ -147,8 +203,9 @@ def _fmt(value: Any) -> str:
 
 def results_table(summaries: dict[str, dict[str, Any]], evaluation: dict[str, dict[str, float]]) -> str:
     """A short Markdown table of the run's headline numbers."""
-    sft, rm, ppo = summaries.get("sft", {}), summaries.get("reward", {}), summaries.get("ppo", {})
-    before, after = evaluation.get("sft", {}), evaluation.get("ppo", {})
+    rl_step = next((s for s in RL_STEPS if s in evaluation or s in summaries), "ppo")
+    sft, rm, ppo = summaries.get("sft", {}), summaries.get("reward", {}), summaries.get(rl_step, {})
+    before, after = evaluation.get("sft", {}), evaluation.get(rl_step, {})
     rows = [
         ("SFT eval loss (before -> after SFT)", f"{_fmt(sft.get('eval_loss_before'))} -> {_fmt(sft.get('eval_loss'))}"),
         ("RM held-out pairwise accuracy", _fmt(rm.get("eval_accuracy"))),
@@ -167,7 +224,11 @@ def plot_ppo_curves(metrics_path: Path, png_path: Path) -> bool:
     """Plot reward (scores, RLHF reward) and KL over PPO steps from metrics.jsonl; False if there is no data."""
     if not metrics_path.exists():
         return False
-    rows = [r for r in read_jsonl(metrics_path) if "objective/kl" in r]
+    try:
+        rows = [r for r in read_jsonl(metrics_path) if "objective/kl" in r]
+    except UserError as err:  # a damaged metrics file costs the plot, not the run
+        print(f"warning: no PPO curves: {err}", file=sys.stderr)
+        return False
     if not rows:
         return False
     import matplotlib
@@ -182,11 +243,13 @@ def plot_ppo_curves(metrics_path: Path, png_path: Path) -> bool:
         if all(key in r for r in rows):
             ax_reward.plot(x, [r[key] for r in rows], label=label)
     ax_reward.set_title("reward")
+    ax_reward.set_ylabel("mean reward of the PPO batch")
     ax_reward.legend()
     ax_kl.plot(x, [r["objective/kl"] for r in rows], color="tab:red")
     ax_kl.set_title("KL to the reference policy")
+    ax_kl.set_ylabel("KL(policy || reference), nats per response")
     for ax in (ax_reward, ax_kl):
-        ax.set_xlabel(x_key)
+        ax.set_xlabel("episodes (prompts sampled)" if x_key == "episode" else "PPO step")
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
@@ -195,8 +258,12 @@ def plot_ppo_curves(metrics_path: Path, png_path: Path) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------- command
-def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
-    """Run the configured steps, evaluate, write results.md / summary.json / ppo_curves.png; return the summary."""
+def run_pipeline(cfg: PipelineConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Run the configured steps, evaluate, write results.md / summary.json / ppo_curves.png; return the summary.
+
+    `resume`: continue a killed run in the same output_dir (see the module help); `overwrite`: write into
+    a non-empty output_dir, replacing only the pipeline's own files.
+    """
     from accelerate import PartialState
 
     cfg.validate()
@@ -211,7 +278,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
                 "drop 'ppo' from steps to run the other steps"
             ) from err
     PartialState()  # join the process group under a distributed launcher, so steps can wait for rank 0
-    summaries = {step: run_step(cfg, step) for step in cfg.steps}
+    prepare_output_dir(cfg.output_dir, overwrite=overwrite, resume=resume)
+    barrier()  # every rank has checked the folder before rank 0 writes into it
+    summaries = {step: run_step(cfg, step, resume=resume, overwrite=overwrite) for step in cfg.steps}
     summary: dict[str, Any] = {"command": "pipeline", "steps": cfg.steps, "seed": cfg.seed, "summaries": summaries}
     if not is_main_process():
         return summary
@@ -220,11 +289,14 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     table = results_table(summaries, evaluation)
     has_plot = plot_ppo_curves(out / "ppo" / "metrics.jsonl", out / "ppo_curves.png")
     summary.update(evaluation=evaluation, plot=str(out / "ppo_curves.png") if has_plot else None)
-    (out / "results.md").write_text(table + "\n")
+    atomic_write_text(out / "results.md", table + "\n")
     write_json(out / "summary.json", summary)
     print("\n" + table)
     if has_plot:
         print(f"\nreward and KL over PPO steps: {out / 'ppo_curves.png'}")
+    gold = evaluation.get("ppo", {}).get("gold")
+    print(f"rlhf pipeline: done; results.md, summary.json and each step's folder in {out}"
+          + (f"; gold score of the PPO policy {gold:.3f}" if isinstance(gold, float) else ""), flush=True)
     return summary
 
 
@@ -234,9 +306,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--output_dir", help="override the config's output_dir")
     parser.add_argument("--seed", type=int, help="override the config's seed")
     parser.add_argument("--steps", nargs="+", help=f"run only these steps (of {', '.join(STEPS)})")
+    parser.add_argument("--resume", "--resume_from_checkpoint", dest="resume", action="store_true",
+                        help="continue a killed run in output_dir: skip finished steps, resume the interrupted one")
+    parser.add_argument("--overwrite_output_dir", action="store_true",
+                        help="write into a non-empty output_dir (only the pipeline's own files are replaced)")
     args = parser.parse_args(argv)
     cfg = PipelineConfig.from_yaml(args.config)
     for key in ("output_dir", "seed", "steps"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
-    return run_pipeline(cfg)
+    return run_pipeline(cfg, resume=args.resume, overwrite=args.overwrite_output_dir)

@@ -1,6 +1,7 @@
 """`rlhf reward`: a reward model from ranked responses (step 2 of InstructGPT).
 
     rlhf reward --model_name_or_path SFT --dataset_name D --output_dir OUT [--config FILE.yaml] [RewardConfig flags]
+    rlhf reward --config configs/rlhf/tiny.yaml --model_name_or_path runs/sft --output_dir runs/reward  (its reward: section)
 
 The model is a one-scalar sequence classifier initialised from the SFT model (a new score head,
 weight ~ N(0, 1/sqrt(d_model + 1))), read at the last real token of `prompt + response + EOS`.
@@ -17,7 +18,8 @@ sampled from the policy (or given by `--calibration_dataset` rows with a `comple
 stored as `score_bias` in the model config; `rlhf.models.load_reward_model` applies it.
 
 OUT: model + tokenizer, metrics.jsonl, config.yaml, summary.json (`eval_accuracy` on held-out pairs,
-`eval_accuracy_before`, `score_bias`, `train_runtime`, `world_size`, ...).
+`eval_accuracy_before`, `score_bias`, `train_runtime`, `world_size`, ...). Checkpoints, resuming, the
+output-folder rules and the divergence guard are those of `rlhf sft` (see rlhf/runs.py).
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ from trl.trainer.utils import pad
 
 from rlhf.data import (
     DataArguments,
+    check_lengths,
+    context_limit,
+    detect_format,
     load_dataset_dict,
     load_train_eval,
     ranked_responses,
@@ -42,6 +47,12 @@ from rlhf.data import (
     response_text,
     reward_text,
     validate_dataset,
+)
+from rlhf.distributed import (
+    check_trainer_sharding,
+    evaluate_before_training,
+    models_loaded_whole,
+    prepare_trainer_arguments,
 )
 from rlhf.evaluate import mean, reward_model_scores, sample_completions
 from rlhf.models import (
@@ -52,10 +63,18 @@ from rlhf.models import (
     load_tokenizer,
     set_score_bias,
 )
-from rlhf.runs import finish_run, peft_config_for, run_directory
+from rlhf.runs import (
+    SafeTrainerMixin,
+    check_output_dir,
+    finish_run,
+    peft_config_for,
+    run_directory,
+    run_train_loss,
+)
 from rlhf.utils import hardware_defaults, parse_args, precision_name
 
-COMMAND_DEFAULTS: dict[str, Any] = {"report_to": "none", "save_strategy": "no"}
+# TensorBoard logs in OUT/runs/ by default (`--report_to none|tensorboard|wandb|trackio`).
+COMMAND_DEFAULTS: dict[str, Any] = {"report_to": "tensorboard"}
 
 
 # ----------------------------------------------------------------------------------------------- the loss
@@ -149,18 +168,19 @@ def tokenize_rankings(
     keep = ["margin"] if "margin" in dataset.column_names else []
     drop = [c for c in dataset.column_names if c not in keep]
     dataset = dataset.map(tokenize, remove_columns=drop, num_proc=num_proc, desc="Tokenizing responses")
-    if max_length is not None:
+    if max_length is not None:  # rlhf.data.check_lengths has warned with a count
         dataset = dataset.filter(lambda ex: max(len(ids) for ids in ex["responses_ids"]) <= max_length)
     if len(dataset) == 0:
         raise ValueError(f"every example is longer than max_length={max_length} tokens; raise --max_length")
     return dataset
 
 
-class RankingRewardTrainer(RewardTrainer):
+class RankingRewardTrainer(SafeTrainerMixin, RewardTrainer):
     """TRL's RewardTrainer with a batch of prompts (each with all its ranked responses) and the K-wise loss.
 
     TRL's trainer brings model checks, pad-token setup, LoRA, dropout removal and logging; this subclass
-    changes what a dataset row is (a prompt's ranking instead of one pair) and the loss.
+    changes what a dataset row is (a prompt's ranking instead of one pair) and the loss. The mixin adds
+    atomic checkpoints and the divergence guard (`rlhf.runs.SafeTrainerMixin`).
     """
 
     def __init__(self, *args: Any, margin: float = 0.0, **kwargs: Any):
@@ -279,21 +299,27 @@ def run_reward(
     """Train the reward model, evaluate held-out pairwise accuracy, calibrate, save; return the summary."""
     if not model_args.model_name_or_path:
         raise ValueError("model_name_or_path is required: the SFT model (hub id or local directory)")
+    prepare_trainer_arguments(training_args)  # DeepSpeed / FSDP launch configs on a machine without a GPU
+    check_output_dir(training_args)
     trust = bool(training_args.trust_remote_code)
     tokenizer = load_tokenizer(model_args.model_name_or_path, model_args.model_revision, trust)
-    train, held_out = load_train_eval(data_args, seed=training_args.seed)
-    fmt = validate_dataset(train, "reward", f"dataset '{data_args.dataset_name}'")
-    if held_out is not None:
-        validate_dataset(held_out, "reward", "held-out dataset")
     torch.manual_seed(training_args.seed)  # the new score head's init
-    model = load_reward_model(
-        model_args.model_name_or_path,
-        tokenizer=tokenizer,
-        revision=model_args.model_revision,
-        dtype=model_args.dtype,
-        trust_remote_code=trust,
-        attn_implementation=model_args.attn_implementation,
+    with models_loaded_whole():  # under ZeRO-3 the new score head is initialised from full weights
+        model = load_reward_model(
+            model_args.model_name_or_path,
+            tokenizer=tokenizer,
+            revision=model_args.model_revision,
+            dtype=model_args.dtype,
+            trust_remote_code=trust,
+            attn_implementation=model_args.attn_implementation,
+        )
+    limit = context_limit(model, training_args.max_length)
+    training_args.max_length = limit  # never score past the model's context window
+    train, held_out = load_train_eval(
+        data_args, seed=training_args.seed, task="reward",
+        check=lambda data, name: check_lengths(data, name, "reward", tokenizer, limit),
     )
+    fmt = detect_format(train.column_names, "reward")
 
     with run_directory(training_args) as out:
         trainer = RankingRewardTrainer(
@@ -307,8 +333,10 @@ def run_reward(
             callbacks=[out.metrics_callback],
             margin=reward_args.margin,
         )
-        before = trainer.evaluate() if held_out is not None else {}
+        check_trainer_sharding(trainer)
+        before = evaluate_before_training(trainer) if held_out is not None else {}
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        train_loss = run_train_loss(trainer, result, out)
         after = trainer.evaluate() if held_out is not None else {}
         summary: dict[str, Any] = {
             "command": "reward",
@@ -320,7 +348,7 @@ def run_reward(
             "eval_accuracy_before": before.get("eval_accuracy"),
             "eval_accuracy": after.get("eval_accuracy"),
             "eval_loss": after.get("eval_loss"),
-            "train_loss": result.metrics.get("train_loss"),
+            "train_loss": train_loss,
             "train_runtime": result.metrics.get("train_runtime"),
             "global_step": result.global_step,
             "precision": precision_name(training_args),
@@ -344,7 +372,12 @@ def run_reward(
             )
 
         sections = {"data": data_args, "model": model_args, "training": training_args, "reward": reward_args}
-        finish_run(trainer, out, summary, sections, before_save=calibrate)
+        accuracy = summary["eval_accuracy"]
+        headline = (
+            f"held-out pairwise accuracy {accuracy:.3f} (before training {summary['eval_accuracy_before']:.3f})"
+            if accuracy is not None else f"train loss {summary['train_loss']:.4f}"
+        )
+        finish_run(trainer, out, summary, sections, before_save=calibrate, headline=headline)
     return summary
 
 
@@ -353,6 +386,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         [DataArguments, RewardConfig, ModelConfig, RewardArguments],
         argv,
         defaults={**hardware_defaults(), **COMMAND_DEFAULTS},
-        description=__doc__,
+        description=__doc__, command="reward",
     )
     return run_reward(data_args, training_args, model_args, reward_args)

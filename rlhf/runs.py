@@ -1,19 +1,49 @@
-"""What the Trainer-based commands (sft, reward) share: loading the policy, the LoRA config, and the run
-directory lifecycle (train into a temporary directory, save once from rank 0, rename on success)."""
+"""What the Trainer-based commands (sft, reward) share: loading the policy, the LoRA config, the output
+folder and its checkpoints, the divergence guard, and the final save.
+
+Output folder (see `rlhf.checkpoints`): the run trains directly in OUTPUT_DIR, which must be new or empty
+unless `--overwrite_output_dir` or `--resume_from_checkpoint` is given; nothing there that the command did
+not write is ever deleted. Checkpoints (`--save_steps N`, `--save_total_limit K`) are transformers'
+`OUTPUT_DIR/checkpoint-<step>/`, each written in a hidden folder and renamed into place once complete;
+`--save_total_limit` prunes only the checkpoints of the current run. The final model, tokenizer,
+config.yaml and summary.json are written to a hidden staging folder and moved in only once all are
+complete, so a kill leaves the previous files (or none), never a mix.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import math
+import shutil
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
 from trl import ModelConfig, get_peft_config
 
+from rlhf.checkpoints import (
+    checkpoint_step,
+    latest_checkpoint,
+    prepare_output_dir,
+    prune_checkpoints,
+    resolve_resume_path,
+)
+from rlhf.distributed import describe_distribution, full_model_for_saving, models_loaded_whole
+from rlhf.errors import TrainingDiverged
 from rlhf.models import load_causal_lm, load_tokenizer
-from rlhf.utils import JsonlMetricsCallback, atomic_output_dir, write_config, write_json
+from rlhf.utils import (
+    JsonlMetricsCallback,
+    barrier,
+    command_options,
+    is_main_process,
+    staged_output,
+    write_config,
+    write_json,
+)
 
 
 def load_policy_and_tokenizer(
@@ -46,25 +76,152 @@ def peft_config_for(model_args: ModelConfig, task_type: str | None = None, modul
     return get_peft_config(model_args)
 
 
+# ----------------------------------------------------------------------------------------------- trainer guard
+def _divergence_message(output_dir: str | Path, step: int, what: str, value: float) -> str:
+    last = latest_checkpoint(output_dir)
+    where = (
+        f"the last good checkpoint is {last}; resume from it with --resume_from_checkpoint {last}"
+        if last is not None
+        else "no checkpoint was saved (use --save_steps N to keep some)"
+    )
+    return (
+        f"training diverged at step {step}: {what} is {value} (not finite); the run stopped and saved no model "
+        f"from this step; {where}, e.g. with a lower --learning_rate or --max_grad_norm"
+    )
+
+
+class SafeTrainerMixin:
+    """Mixed into a transformers `Trainer` (before it in the bases) for this project's safety rules.
+
+    - A non-finite loss (every micro-batch) or gradient norm (every optimizer step) raises
+      :class:`TrainingDiverged` before the step is saved (transformers would log an average instead).
+    - Checkpoints are written in `OUT/.staging/checkpoint-<step>` and renamed to `OUT/checkpoint-<step>`
+      once complete; `--save_total_limit` deletes only checkpoints this run wrote.
+    - No model card: TRL would write README.md into OUTPUT_DIR, possibly over a user's file.
+    """
+
+    _staging_root: Path | None = None
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            step = self.state.global_step + 1
+            raise TrainingDiverged(_divergence_message(self.args.output_dir, step, "the loss", float(loss.mean())))
+        return loss
+
+    def _maybe_log_save_evaluate(self, tr_loss, grad_norm, *args, **kwargs):
+        if grad_norm is not None:
+            value = float(grad_norm.item() if isinstance(grad_norm, torch.Tensor) else grad_norm)
+            if not math.isfinite(value):
+                step = self.state.global_step
+                raise TrainingDiverged(_divergence_message(self.args.output_dir, step, "the gradient norm", value))
+        return super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, **kwargs)
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        return None
+
+    def _get_output_dir(self, trial):
+        if self._staging_root is not None:
+            return str(self._staging_root)
+        return super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial):
+        out = Path(self.args.output_dir)
+        name = f"checkpoint-{self.state.global_step}"
+        staging = out / ".staging"
+        if is_main_process():
+            shutil.rmtree(staging / name, ignore_errors=True)  # our own leftover from a killed save
+            staging.mkdir(parents=True, exist_ok=True)
+        barrier()
+        self._staging_root = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_root = None
+        barrier()  # every rank has written its part (RNG state, shards) before the rename
+        final = out / name
+        if is_main_process():
+            if final.exists():  # the same step from an earlier, interrupted run: replaced only now
+                old = out / f".{name}.old"
+                shutil.rmtree(old, ignore_errors=True)
+                final.rename(old)
+                (staging / name).rename(final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                (staging / name).rename(final)
+            with contextlib.suppress(OSError):
+                staging.rmdir()
+            written = getattr(self, "_written_checkpoints", [])
+            written.append(final)
+            self._written_checkpoints = prune_checkpoints(written, self.args.save_total_limit)
+        best = self.state.best_model_checkpoint
+        if best and Path(best).parent == staging:
+            self.state.best_model_checkpoint = str(out / Path(best).name)
+        barrier()
+
+
+# ----------------------------------------------------------------------------------------------- run folder
 @dataclass
 class RunDirectory:
-    """The temporary directory a run writes into, and the callback that logs metrics.jsonl there."""
+    """The output folder of a run, the resumed checkpoint (if any), and the callback that logs metrics.jsonl."""
 
     path: Path
-    final: Path
+    resume_from: Path | None
     metrics_callback: JsonlMetricsCallback
+    started: float = field(default_factory=time.time)
+
+    @property
+    def final(self) -> Path:
+        return self.path
+
+
+def resolve_resume(training_args: TrainingArguments) -> Path | None:
+    """`--resume_from_checkpoint` (a path, or true for the latest in OUTPUT_DIR) as a folder, or None."""
+    return resolve_resume_path(training_args.resume_from_checkpoint, training_args.output_dir)
+
+
+def check_output_dir(training_args: TrainingArguments) -> None:
+    """Refuse a non-empty OUTPUT_DIR before minutes of loading (the same rule as `run_directory`, which
+    creates the folder only once the model and data are known to be good)."""
+    if Path(training_args.output_dir).expanduser().exists():
+        resume = training_args.resume_from_checkpoint not in (None, False, "", "false", "False")
+        prepare_output_dir(training_args.output_dir, overwrite=command_options().overwrite_output_dir, resume=resume)
 
 
 @contextlib.contextmanager
 def run_directory(training_args: TrainingArguments) -> Iterator[RunDirectory]:
-    """Point `training_args.output_dir` at a temporary directory for the run; see `atomic_output_dir`."""
-    final = Path(training_args.output_dir)
-    with atomic_output_dir(final) as tmp:
-        training_args.output_dir = str(tmp)
-        try:
-            yield RunDirectory(tmp, final, JsonlMetricsCallback(tmp))
-        finally:
-            training_args.output_dir = str(final)
+    """Check and create OUTPUT_DIR (refusing a non-empty one, see `prepare_output_dir`), resolve the resume
+    checkpoint, and start metrics.jsonl (kept up to the checkpoint's step when resuming)."""
+    _ = training_args.device  # joins the process group under a launcher, so the barriers below are real
+    resume_from = resolve_resume(training_args)
+    path = prepare_output_dir(
+        training_args.output_dir, overwrite=command_options().overwrite_output_dir, resume=resume_from is not None
+    )
+    barrier()
+    training_args.output_dir = str(path)
+    training_args.resume_from_checkpoint = str(resume_from) if resume_from else None
+    metrics = JsonlMetricsCallback(path)
+    metrics.start(resume_step=checkpoint_step(resume_from) if resume_from else None)
+    yield RunDirectory(path, resume_from, metrics)
+
+
+def run_train_loss(trainer: Trainer, result: Any, out: RunDirectory) -> float | None:
+    """Mean training loss over the whole run, also when it was resumed from a checkpoint.
+
+    transformers averages only the steps of the current session; a resumed run adds the loss of the steps
+    before the checkpoint from the restored log history (logged windows up to the checkpoint's step).
+    """
+    session = result.metrics.get("train_loss")
+    if out.resume_from is None or session is None:
+        return session
+    resume_step = checkpoint_step(out.resume_from) or 0
+    total, last = 0.0, 0
+    for row in trainer.state.log_history:
+        if "loss" in row and row.get("step", 0) <= resume_step:
+            total += row["loss"] * (row["step"] - last)
+            last = row["step"]
+    steps = result.global_step
+    return (total + session * (steps - resume_step)) / max(steps, 1)
 
 
 def finish_run(
@@ -73,22 +230,31 @@ def finish_run(
     summary: dict[str, Any],
     sections: dict[str, Any],
     before_save: Callable[[PreTrainedModel], None] | None = None,
+    headline: str = "",
 ) -> None:
     """Save model (merged when LoRA-trained; the adapter in OUT/adapter), tokenizer, config and summary, on
-    rank 0 only. `before_save(model)` may still change the final (merged) model, e.g. calibrate it."""
+    rank 0 only, through a staging folder (files replaced only once all are written). `before_save(model)`
+    may still change the final (merged) model, e.g. calibrate it. Prints one line: where and `headline`."""
     summary["world_size"] = trainer.args.world_size
-    summary["output_dir"] = str(out.final)
-    if not trainer.is_world_process_zero():
-        return
-    model = trainer.model
-    if hasattr(model, "merge_and_unload"):  # a peft model
-        model.save_pretrained(out.path / "adapter")
-        model = model.merge_and_unload()
-    if before_save is not None:
-        before_save(model)
-    model.save_pretrained(out.path)
-    trainer.processing_class.save_pretrained(out.path)
-    trainer.args.output_dir = str(out.final)  # record the final path, not the temporary one
-    write_config(out.path, sections)
-    trainer.args.output_dir = str(out.path)
-    write_json(out.path / "summary.json", summary)
+    summary.update(describe_distribution(trainer.accelerator))  # distributed_type, zero_stage, world_size
+    summary["output_dir"] = str(out.path)
+    if out.resume_from is not None:
+        summary["resumed_from"] = str(out.resume_from)
+    full = full_model_for_saving(trainer)  # every rank: gathers the shards under ZeRO-3 / FSDP
+    with staged_output(out.path) as staging:
+        if trainer.is_world_process_zero():
+            model = trainer.model if full is None else full
+            if hasattr(model, "merge_and_unload"):  # a peft model
+                model.save_pretrained(staging / "adapter")
+                model = model.merge_and_unload()
+            if before_save is not None:
+                with models_loaded_whole():  # rank 0 alone may load models here (no ZeRO-3 partitioning)
+                    before_save(model)
+            model.save_pretrained(staging)
+            trainer.processing_class.save_pretrained(staging)
+            write_config(staging, sections)
+            write_json(staging / "summary.json", summary)
+    if trainer.is_world_process_zero():
+        command = summary.get("command", "run")
+        print(f"rlhf {command}: done in {time.time() - out.started:.0f}s; model and summary.json in {out.path}"
+              + (f"; {headline}" if headline else ""), flush=True)

@@ -1,6 +1,7 @@
 """`rlhf sft`: supervised fine-tuning on demonstrations with TRL's SFTTrainer (step 1 of InstructGPT).
 
     rlhf sft --model_name_or_path M --dataset_name D --output_dir OUT [--config FILE.yaml] [TRL SFTConfig flags]
+    rlhf sft --config configs/rlhf/tiny.yaml --model_name_or_path runs/tiny --output_dir runs/sft  (its sft: section)
 
 Data: `{prompt, completion}` (loss on completion tokens only, TRL's `completion_only_loss`) or `{messages}`
 rendered with the chat template (loss on assistant turns only when the template marks them, TRL's
@@ -10,7 +11,10 @@ unless given (`--bf16`, `--fp16`, `--use_cpu`).
 
 OUT holds the model and tokenizer (`save_pretrained`; with LoRA the merged model, and the adapter in
 OUT/adapter), `metrics.jsonl` (one line per log), `summary.json` (`eval_loss_before`, `eval_loss`,
-`train_loss`, `train_runtime`, `world_size`, ...) and `config.yaml` (every resolved setting).
+`train_loss`, `train_runtime`, `world_size`, ...) and `config.yaml` (every resolved setting); checkpoints
+go to OUT/checkpoint-<step> (`--save_steps`, `--save_total_limit`; `--resume_from_checkpoint PATH|true`
+continues a killed run). OUT must be new or empty unless `--overwrite_output_dir` (see rlhf/runs.py). A
+non-finite loss or gradient norm stops the run (exit 1) before anything of that step is saved.
 """
 
 from __future__ import annotations
@@ -19,11 +23,25 @@ from typing import Any
 
 from trl import ModelConfig, SFTConfig, SFTTrainer
 
-from rlhf.data import DataArguments, load_train_eval, validate_dataset
-from rlhf.runs import finish_run, load_policy_and_tokenizer, peft_config_for, run_directory
+from rlhf.data import DataArguments, check_lengths, context_limit, detect_format, load_train_eval
+from rlhf.distributed import check_trainer_sharding, evaluate_before_training, prepare_trainer_arguments
+from rlhf.runs import (
+    SafeTrainerMixin,
+    check_output_dir,
+    finish_run,
+    load_policy_and_tokenizer,
+    peft_config_for,
+    run_directory,
+    run_train_loss,
+)
 from rlhf.utils import hardware_defaults, parse_args, precision_name
 
-COMMAND_DEFAULTS: dict[str, Any] = {"assistant_only_loss": None, "report_to": "none", "save_strategy": "no"}
+# TensorBoard logs in OUT/runs/ by default (`--report_to none|tensorboard|wandb|trackio`).
+COMMAND_DEFAULTS: dict[str, Any] = {"assistant_only_loss": None, "report_to": "tensorboard"}
+
+
+class SafeSFTTrainer(SafeTrainerMixin, SFTTrainer):
+    """TRL's SFTTrainer with atomic checkpoints and the divergence guard (see `rlhf.runs.SafeTrainerMixin`)."""
 
 
 def _has_generation_markers(tokenizer: Any) -> bool:
@@ -32,18 +50,23 @@ def _has_generation_markers(tokenizer: Any) -> bool:
 
 def run_sft(data_args: DataArguments, training_args: SFTConfig, model_args: ModelConfig) -> dict[str, Any]:
     """Train, evaluate before/after on the held-out split, save; return the summary (also in summary.json)."""
+    prepare_trainer_arguments(training_args)  # DeepSpeed / FSDP launch configs on a machine without a GPU
+    check_output_dir(training_args)
     model, tokenizer = load_policy_and_tokenizer(model_args, training_args)
-    train, held_out = load_train_eval(data_args, seed=training_args.seed)
-    fmt = validate_dataset(train, "sft", f"dataset '{data_args.dataset_name}'")
-    if held_out is not None:
-        validate_dataset(held_out, "sft", "held-out dataset")
+    limit = context_limit(model, training_args.max_length)
+    training_args.max_length = limit  # never train past the model's context window
+    train, held_out = load_train_eval(
+        data_args, seed=training_args.seed, task="sft",
+        check=lambda data, name: check_lengths(data, name, "sft", tokenizer, limit),
+    )
+    fmt = detect_format(train.column_names, "sft")
     if fmt == "messages" and not getattr(tokenizer, "chat_template", None):
         raise ValueError("the {messages} format needs a tokenizer with a chat template; this tokenizer has none")
     if training_args.assistant_only_loss is None:  # loss on the assistant's turns whenever the template allows
         training_args.assistant_only_loss = fmt == "messages" and _has_generation_markers(tokenizer)
 
     with run_directory(training_args) as out:
-        trainer = SFTTrainer(
+        trainer = SafeSFTTrainer(
             model=model,
             args=training_args,
             train_dataset=train,
@@ -52,8 +75,10 @@ def run_sft(data_args: DataArguments, training_args: SFTConfig, model_args: Mode
             peft_config=peft_config_for(model_args),
             callbacks=[out.metrics_callback],
         )
-        before = trainer.evaluate() if held_out is not None else {}
+        check_trainer_sharding(trainer)
+        before = evaluate_before_training(trainer) if held_out is not None else {}
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        train_loss = run_train_loss(trainer, result, out)
         after = trainer.evaluate() if held_out is not None else {}
         summary = {
             "command": "sft",
@@ -64,20 +89,24 @@ def run_sft(data_args: DataArguments, training_args: SFTConfig, model_args: Mode
             "num_eval_examples": len(held_out) if held_out is not None else 0,
             "eval_loss_before": before.get("eval_loss"),
             "eval_loss": after.get("eval_loss"),
-            "train_loss": result.metrics.get("train_loss"),
+            "train_loss": train_loss,
             "train_runtime": result.metrics.get("train_runtime"),
             "global_step": result.global_step,
             "precision": precision_name(training_args),
             "use_peft": model_args.use_peft,
             "seed": training_args.seed,
         }
-        finish_run(trainer, out, summary, {"data": data_args, "model": model_args, "training": training_args})
+        loss = summary["eval_loss"]
+        headline = (f"eval loss {loss:.4f} (before training {summary['eval_loss_before']:.4f})" if loss is not None
+                    else f"train loss {summary['train_loss']:.4f}")
+        finish_run(trainer, out, summary, {"data": data_args, "model": model_args, "training": training_args},
+                   headline=headline)
     return summary
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     data_args, training_args, model_args = parse_args(
         [DataArguments, SFTConfig, ModelConfig], argv, defaults={**hardware_defaults(), **COMMAND_DEFAULTS},
-        description=__doc__,
+        description=__doc__, command="sft",
     )
     return run_sft(data_args, training_args, model_args)

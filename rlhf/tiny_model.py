@@ -17,14 +17,16 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from rlhf.checkpoints import prepare_output_dir
 from rlhf.data import shipped_data_dir
 from rlhf.models import PAD_TOKEN
 from rlhf.utils import (
-    atomic_output_dir,
+    command_options,
     count_parameters,
     is_main_process,
     parse_args,
     seed_everything,
+    staged_output,
     world_size,
     write_config,
     write_json,
@@ -120,7 +122,7 @@ def build_tiny_model(cfg: TinyModelConfig) -> tuple[LlamaForCausalLM, PreTrained
 
 def main(argv: list[str] | None = None) -> dict:
     """Build the tiny model and tokenizer and save both to --output_dir; return the summary."""
-    (cfg,) = parse_args([TinyModelConfig], argv, description=__doc__)
+    (cfg,) = parse_args([TinyModelConfig], argv, description=__doc__, command="tiny-model")
     model, tokenizer = build_tiny_model(cfg)
     summary = {
         "command": "tiny-model",
@@ -129,12 +131,17 @@ def main(argv: list[str] | None = None) -> dict:
         "world_size": world_size(),  # under a launcher every rank builds the same model; rank 0 saves it
         "seed": cfg.seed,
     }
-    with atomic_output_dir(cfg.output_dir) as tmp:
-        if not is_main_process():
-            return summary
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        write_config(tmp, {"tiny_model": cfg})
-        write_json(tmp / "summary.json", summary)
-    print(f"tiny model: {summary['parameters']:,} parameters, vocabulary {summary['vocab_size']} -> {cfg.output_dir}")
+    from accelerate import PartialState
+
+    PartialState()  # join the process group under a launcher: every rank checks the folder before rank 0 writes
+    out = prepare_output_dir(cfg.output_dir, overwrite=command_options().overwrite_output_dir)
+    with staged_output(out) as staging:  # files replace earlier ones only once all are written
+        if is_main_process():
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            write_config(staging, {"tiny_model": cfg})
+            write_json(staging / "summary.json", summary)
+    if is_main_process():
+        print(f"rlhf tiny-model: {summary['parameters']:,} parameters, vocabulary {summary['vocab_size']} "
+              f"-> {cfg.output_dir}")
     return summary

@@ -1,23 +1,33 @@
 """The end-to-end demo behind `make demo`: tabular RL, a deep agent, then the RLHF pipeline.
 
-    python scripts/demo.py [--out runs/demo] [--skip-rlhf] [--skip-deep]
+    python scripts/demo.py [--out runs/demo] [--skip-deep] [--skip-rlhf] [--skip-grpo] [--seeds 10] [--episodes 500]
 
-1. Value iteration on the course's 4x3 grid world (heatmap of V with the greedy policy).
-2. SARSA vs Q-learning on Cliff Walking (epsilon 0.1, alpha 0.5, 3 seeds): Sutton & Barto's
+1. Value iteration on the course's 4x3 grid world (V with the greedy policy, as a table and a figure).
+2. SARSA vs Q-learning on Cliff Walking (epsilon 0.1, alpha 0.5, several seeds): Sutton & Barto's
    Example 6.6 -- SARSA earns more online, Q-learning's greedy path is the 13-step edge.
-3. PPO on CartPole-v1 through the shared PPO core (a short run).
-4. `rlhf pipeline --config configs/rlhf/tiny.yaml`: SFT, reward model, PPO on a tiny LM.
-Every step writes a run directory under --out; the printed tables summarise them.
+3. PPO on CartPole-v1 (the agent's loop on the shared core; a short run).
+4. `rlhf pipeline --config configs/rlhf/tiny.yaml`: SFT, reward model, PPO on a tiny LM, then a
+   few held-out prompts answered by the SFT and the PPO policy.
+5. `rlhf pipeline --config configs/rlhf/grpo_tiny.yaml`: SFT then GRPO on a task with an exactly
+   checkable answer (reverse three digits), scored on held-out prompts.
+Every step writes a run directory under --out; the printed tables summarise them. At the end the
+same tables and figures go to OUT/results.md and OUT/index.html (one page, viewable offline), and
+OUT/demo.json holds them for other tools (scripts/demo_report.py renders it).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import subprocess
 import sys
 import time
+import warnings
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -26,82 +36,269 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from demo_report import build_report, markdown_table  # noqa: E402
+
+CLIFF_EXPLANATION = [
+    "Online return: the mean return of each run's last 100 training episodes, earned while exploring "
+    "(epsilon = 0.1). SARSA learns the values of the epsilon-greedy policy it follows, so it walks one "
+    "or two rows above the cliff, where a random exploratory step does not fall off; Q-learning learns "
+    "the values of the greedy policy, walks along the edge, and its exploratory steps sometimes drop it "
+    "off the cliff (-100), so it earns less online (Sutton & Barto, Example 6.6 and Figure 6.4).",
+    "Greedy return: one episode with exploration off (the environment and a greedy policy are "
+    "deterministic, so one says all): -13 is the shortest path along the edge, -15 and -17 the paths "
+    "one and two rows up.",
+    "A greedy SARSA policy can fail to reach the goal. Its Q-values are estimated with a constant step "
+    "size (alpha 0.5), so they keep jumping by about one reward per update, and away from the cliff "
+    "bumping into a wall costs only one step (-1) more than moving on. For some seeds the greedy "
+    "action in one state is then a move into the wall: the greedy policy stays there forever and the "
+    "evaluation stops it at its step cap (marked 'capped'; its return is the -1 per step collected up "
+    "to the cap). Q-learning's greedy path is what it learns the values of, so it does not loop.",
+]
 
 
-def tabular(out: Path) -> None:
-    from classic_rl.cli import main as classic_rl
-
-    print("\n== 1. Value iteration on the 4x3 grid world (gamma 1, step reward -0.04)")
-    classic_rl(["train", "value_iteration", "GridWorld4x3-v0", "--set", "gamma=1.0",
-                "--out", str(out / "vi-4x3"), "--quiet"])
-    classic_rl(["plot", str(out / "vi-4x3")])
-
-    print("\n== 2. SARSA vs Q-learning on Cliff Walking (epsilon 0.1, alpha 0.5, 500 episodes, 3 seeds)")
-    import classic_rl as crl
-
-    rows = []
-    runs = []
-    for algo in ("sarsa", "q_learning"):
-        online, greedy = [], []
-        for seed in range(3):
-            run = out / f"{algo}-cliff-s{seed}"
-            classic_rl(["train", algo, "CliffWalking-v1", "--episodes", "500", "--seed", str(seed),
-                        "--set", "epsilon=0.1", "alpha=0.5", "--out", str(run), "--quiet",
-                        "--eval-episodes", "0"])
-            returns = np.loadtxt(run / "episodes.csv", delimiter=",", skiprows=1, usecols=2)
-            online.append(returns[-100:].mean())
-            # The greedy path, capped at 100 steps: -13 is the edge, -17 the safe row, -100 a policy
-            # that bumps into a wall forever (constant alpha 0.5 can leave SARSA's greedy Q there).
-            mean, _ = crl.evaluate(crl.load(run), "CliffWalking-v1", episodes=1, max_steps=100)
-            greedy.append(f"{mean:.0f}")
-            runs.append(str(run))
-        rows.append((algo, np.mean(online), ", ".join(greedy)))
-    classic_rl(["plot", *runs, "--out", str(out / "cliff-curves.png")])
-    print(f"{'algorithm':<12} {'online return (last 100 ep.)':>30}   greedy return per seed (100-step cap)")
-    for algo, online, greedy in rows:
-        print(f"{algo:<12} {online:>30.1f}   {greedy}")
+def _section(title: str, **parts: Any) -> dict[str, Any]:
+    return {"title": title, "text": parts.get("text", []), "tables": parts.get("tables", []),
+            "figures": parts.get("figures", []), "samples": parts.get("samples", [])}
 
 
-def deep(out: Path) -> None:
+def _print_table(table: dict[str, Any]) -> None:
+    print(markdown_table(table["header"], table["rows"]))
+
+
+# ------------------------------------------------------------------------------------- 1. dynamic programming
+def value_iteration_section(out: Path) -> dict[str, Any]:
     import classic_rl
+    from classic_rl.cli import main as classic_rl_cli
+    from classic_rl.plots import grid_view
+
+    print("\n== 1. Value iteration on the 4x3 grid world (gamma 1, step reward -0.04, slip 0.1)", flush=True)
+    run = out / "vi-4x3"
+    classic_rl_cli(["train", "value_iteration", "GridWorld4x3-v0", "--set", "gamma=1.0", "--out", str(run),
+                    "--quiet"])
+    classic_rl_cli(["plot", str(run)])
+    agent = classic_rl.load(run)
+    view = grid_view(agent.env)
+    arrows = {(-1, 0): "↑", (1, 0): "↓", (0, -1): "←", (0, 1): "→"}
+    n_rows, n_cols = view.shape
+    cells = [["#" for _ in range(n_cols)] for _ in range(n_rows)]
+    for s, (r, c) in enumerate(view.cells):
+        if s in view.labels:
+            cells[r][c] = f"{view.labels[s]} (terminal)"
+        else:
+            cells[r][c] = f"{arrows[tuple(view.action_deltas[int(agent.policy[s])])]} {agent.v[s]:.3f}"
+    table = {"caption": "V(s) and the greedy action per cell (# is the wall; the start is row 2, col 0)",
+             "header": ["row"] + [f"col {c}" for c in range(n_cols)],
+             "rows": [[str(r)] + cells[r] for r in range(n_rows)]}
+    _print_table(table)
+    sweeps = json.loads((run / "summary.json").read_text()).get("solve", {}).get("sweeps")
+    text = [f"Value iteration converged in {sweeps} sweeps. The arrows are the greedy policy: from the "
+            "start S (bottom left) up and along the top row to +1; from the bottom right the long way "
+            "round, away from the -1 exit, because every move slips sideways with probability 0.1 each "
+            "side. V(s) is the expected sum of rewards from s (-0.04 per step, +1 or -1 at the end)."]
+    return _section("1. Value iteration on the 4x3 grid world", text=text, tables=[table],
+                    figures=[{"path": str((run / "values.png").relative_to(out)),
+                              "caption": "V(s) as colours, greedy action as arrows"}])
+
+
+# ------------------------------------------------------------------------------------------- 2. TD control
+def _greedy_text(returns: list[float], capped: list[bool], cap: int) -> str:
+    counts = Counter((ret, cap_hit) for ret, cap_hit in zip(returns, capped))
+    parts = [f"{ret:.0f}{f' (capped at {cap} steps)' if cap_hit else ''} x{n}"
+             for (ret, cap_hit), n in sorted(counts.items(), key=lambda kv: -kv[0][0])]
+    return ", ".join(parts)
+
+
+def cliff_section(out: Path, seeds: int, episodes: int) -> dict[str, Any]:
+    import classic_rl
+    from classic_rl.cli import main as classic_rl_cli
+    from classic_rl.evaluation import DEFAULT_MAX_STEPS, evaluate_episodes
+    from classic_rl.plots import plot_learning_curves
+
+    print(f"\n== 2. SARSA vs Q-learning on Cliff Walking (epsilon 0.1, alpha 0.5, {episodes} episodes, "
+          f"{seeds} seeds)", flush=True)
+    rows, runs = [], []
+    for algo in ("sarsa", "q_learning"):
+        online, greedy, capped = [], [], []
+        for seed in range(seeds):
+            run = out / f"{algo}-cliff-s{seed}"
+            # The env and a greedy policy are deterministic: one evaluation episode says all.
+            classic_rl_cli(["train", algo, "CliffWalking-v1", "--episodes", str(episodes), "--seed", str(seed),
+                            "--set", "epsilon=0.1", "alpha=0.5", "--out", str(run), "--quiet",
+                            "--eval-episodes", "1"])
+            returns = np.loadtxt(run / "episodes.csv", delimiter=",", skiprows=1, usecols=2, ndmin=1)
+            online.append(float(returns[-100:].mean()))
+            result = evaluate_episodes(classic_rl.load(run), "CliffWalking-v1", episodes=1)
+            greedy.append(result.returns[0])
+            capped.append(result.capped > 0)
+            runs.append(run)
+        rows.append([algo, f"{np.mean(online):.1f}", _greedy_text(greedy, capped, DEFAULT_MAX_STEPS)])
+    figure = out / "cliff-curves.png"
+    plot_learning_curves(runs, figure, x="episodes", ylim=(-100, 0), smooth_window=10)
+    print(f"wrote {figure}")
+    table = {"caption": f"Cliff Walking, {seeds} seeds per algorithm",
+             "header": ["algorithm", "online return (last 100 episodes, mean over seeds)",
+                        "greedy return x number of seeds"],
+             "rows": rows}
+    _print_table(table)
+    for paragraph in CLIFF_EXPLANATION:
+        print("\n" + paragraph)
+    return _section("2. SARSA vs Q-learning on Cliff Walking", text=CLIFF_EXPLANATION, tables=[table],
+                    figures=[{"path": figure.name,
+                              "caption": f"sum of rewards per episode, moving average over 10 episodes, mean "
+                                         f"of {seeds} seeds (shaded: +- std); y from -100 to 0 as in "
+                                         "Sutton & Barto's Figure 6.4"}])
+
+
+# ---------------------------------------------------------------------------------------------- 3. deep RL
+def ppo_section(out: Path, steps: int) -> dict[str, Any] | None:
+    import classic_rl
+    from classic_rl.cli import main as classic_rl_cli
 
     if "ppo" not in classic_rl.ALGORITHMS:
         print("\n(PPO agent not available; skipping the deep-RL step)")
-        return
-    from classic_rl.cli import main as classic_rl_cli
-
-    print("\n== 3. PPO on CartPole-v1 (30k steps, the shared PPO core)")
+        return None
+    print(f"\n== 3. PPO on CartPole-v1 ({steps} steps, the shared PPO core)", flush=True)
     run = out / "ppo-cartpole"
-    classic_rl_cli(["train", "ppo", "CartPole-v1", "--steps", "30000", "--out", str(run), "--quiet"])
+    classic_rl_cli(["train", "ppo", "CartPole-v1", "--steps", str(steps), "--out", str(run), "--quiet"])
     classic_rl_cli(["plot", str(run)])
+    summary = json.loads((run / "summary.json").read_text())
+    table = {"caption": "PPO on CartPole-v1 (the maximum return is 500)",
+             "header": ["steps", "wall time (s)", "greedy return (10 episodes)", "last 10 training episodes"],
+             "rows": [[str(summary["steps"]), f"{summary['wall_s']:.0f}",
+                       f"{summary['eval_return_mean']:.1f} +- {summary['eval_return_std']:.1f}",
+                       f"{summary['train_return_last10']:.1f}"]]}
+    _print_table(table)
+    return _section("3. PPO on CartPole-v1", tables=[table],
+                    figures=[{"path": str((run / "curves.png").relative_to(out)),
+                              "caption": "episode return while training (moving average)"}])
 
 
-def rlhf(out: Path) -> None:
-    print("\n== 4. RLHF pipeline on the shipped task: tiny model -> SFT -> reward model -> PPO")
-    cmd = [sys.executable, "-m", "rlhf", "pipeline", "--config", str(ROOT / "configs/rlhf/tiny.yaml"),
-           "--output_dir", str(out / "rlhf")]
-    print("$ " + " ".join(cmd))
+# ------------------------------------------------------------------------------------------------- 4. RLHF
+def read_markdown_table(path: Path) -> dict[str, Any]:
+    """The first Markdown table of ``path`` as {"header", "rows"} (the pipeline's results.md)."""
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip().startswith("|")]
+    lines = [line for line in lines if not re.fullmatch(r"[|\s:-]+", line)]  # the |---|---| rule
+    # Cells are separated by " | ": a "||" inside a cell (KL(p || q)) is text, so is an escaped "\|".
+    cells = [[cell.strip().replace("\\|", "|") for cell in re.split(r"(?<=\s)\|(?=\s)", line[1:-1])]
+             for line in lines]
+    return {"header": cells[0], "rows": cells[1:]}
+
+
+def rlhf_samples(rlhf_dir: Path, config: dict[str, Any], n: int = 6) -> list[dict[str, Any]]:
+    """A few held-out prompts answered by the SFT and the PPO policy, with their gold scores."""
+    from rlhf.data import load_dataset_dict, render_prompt
+    from rlhf.evaluate import sample_completions
+    from rlhf.models import load_causal_lm, load_tokenizer
+    from rlhf.task import gold_reward
+
+    tokenizer = load_tokenizer(str(rlhf_dir / "sft"))
+    data = load_dataset_dict(str(ROOT / config["evaluation"]["prompts"]))
+    rows = data["train"] if "train" in data else next(iter(data.values()))
+    prompts = [render_prompt(p, tokenizer) for p in rows["prompt"][:n]]
+    ppo = config.get("ppo", {})
+    samples = []
+    for name in ("sft", "ppo"):
+        policy = load_causal_lm(str(rlhf_dir / name), tokenizer)
+        out = sample_completions(policy, tokenizer, prompts, ppo.get("response_length", 32),
+                                 ppo.get("temperature", 1.0), seed=config.get("seed", 0))
+        scores = gold_reward(out.prompts, out.completions)
+        samples.append((name, out.completions, scores))
+    return [{"prompt": prompt,
+             "answers": [{"policy": name.upper(), "text": completions[i], "gold": round(float(scores[i]), 3)}
+                         for name, completions, scores in samples]}
+            for i, prompt in enumerate(prompts)]
+
+
+def rlhf_section(out: Path, config_path: Path) -> dict[str, Any]:
+    import yaml
+
+    print("\n== 4. RLHF pipeline on the shipped task: tiny model -> SFT -> reward model -> PPO", flush=True)
+    rlhf_dir = out / "rlhf"
+    cmd = [sys.executable, "-m", "rlhf", "pipeline", "--config", str(config_path), "--output_dir", str(rlhf_dir)]
+    print("$ " + " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
+    table = read_markdown_table(rlhf_dir / "results.md")
+    table["caption"] = "the pipeline's results.md (held-out prompts; gold = the task's programmatic scorer)"
+    samples = rlhf_samples(rlhf_dir, yaml.safe_load(config_path.read_text()))
+    print("\nHeld-out prompts answered by the SFT and the PPO policy (sampled, gold score in brackets):")
+    for sample in samples[:3]:
+        print(f"\n  {sample['prompt']}")
+        for answer in sample["answers"]:
+            print(f"    {answer['policy']:<3} [{answer['gold']:+.2f}] {answer['text'].strip()}")
+    text = ["Gold score: the task's programmatic scorer (rlhf/task.py), which the reward model only sees "
+            "through noisy rankings. Learned reward: the reward model's score (0 = the mean of SFT "
+            "samples). KL: how far PPO moved the policy from the SFT model it started from."]
+    figures = [{"path": "rlhf/ppo_curves.png", "caption": "reward and KL over PPO training"}]
+    return _section("4. RLHF: SFT, reward model, PPO on a tiny language model", text=text, tables=[table],
+                    figures=[f for f in figures if (out / f["path"]).exists()], samples=samples)
 
 
-def main() -> int:
+def grpo_section(out: Path, config_path: Path) -> dict[str, Any]:
+    print("\n== 5. GRPO with a verifiable reward: a tiny model learns to reverse three digits", flush=True)
+    grpo_dir = out / "rlhf-grpo"
+    cmd = [sys.executable, "-m", "rlhf", "pipeline", "--config", str(config_path), "--output_dir", str(grpo_dir)]
+    print("$ " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    table = read_markdown_table(grpo_dir / "results.md")
+    table["caption"] = "the pipeline's results.md (200 held-out digit triples; reward 1 for an exactly reversed answer)"
+    text = ["The prompt is 'reverse 381:' and the answer is checked exactly (rlhf/verifiable.py), so the "
+            "reward cannot be gamed. SFT on noisy demonstrations (half of them wrong) gives a policy that "
+            "is right part of the time; GRPO samples 4 answers per prompt, rewards the right ones relative "
+            "to their group, and makes the policy right far more often on triples it never trained on."]
+    return _section("5. GRPO: critic-free RL from a checkable reward", text=text, tables=[table])
+
+
+# ---------------------------------------------------------------------------------------------------- main
+def write_results(out: Path, sections: list[dict[str, Any]], seconds: float) -> None:
+    from classic_rl.safe_io import atomic_write_json, atomic_write_text
+
+    manifest = {"title": "rl-course-toolkit demo", "seconds": round(seconds, 1), "sections": sections}
+    atomic_write_json(out / "demo.json", manifest)
+    lines = ["# Results of `make demo`", ""]
+    for section in sections:
+        lines += [f"## {section['title']}", ""]
+        for table in section["tables"]:
+            lines += [f"{table.get('caption', '')}:", "", markdown_table(table["header"], table["rows"]), ""]
+    atomic_write_text(out / "results.md", "\n".join(lines))
+    build_report(out)
+
+
+def _show_notes(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (e.g. an evaluation stopped at its step cap) as one 'note:' line, not a code excerpt."""
+    print(f"note: {message}", file=sys.stderr if file is None else file, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = _show_notes
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="runs/demo")
-    parser.add_argument("--skip-deep", action="store_true")
-    parser.add_argument("--skip-rlhf", action="store_true")
-    args = parser.parse_args()
+    parser.add_argument("--out", default="runs/demo", help="output folder (a timestamped sibling if it is not empty)")
+    parser.add_argument("--skip-deep", action="store_true", help="skip PPO on CartPole")
+    parser.add_argument("--skip-rlhf", action="store_true", help="skip the RLHF pipeline")
+    parser.add_argument("--seeds", type=int, default=10, help="Cliff Walking seeds per algorithm")
+    parser.add_argument("--episodes", type=int, default=500, help="Cliff Walking training episodes")
+    parser.add_argument("--ppo-steps", type=int, default=30_000, help="PPO on CartPole environment steps")
+    parser.add_argument("--rlhf-config", default=str(ROOT / "configs/rlhf/tiny.yaml"))
+    parser.add_argument("--skip-grpo", action="store_true", help="skip GRPO on the verifiable task")
+    parser.add_argument("--grpo-config", default=str(ROOT / "configs/rlhf/grpo_tiny.yaml"))
+    args = parser.parse_args(argv)
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        out = out.with_name(f"{out.name}-{stamp}")
+        out = out.with_name(f"{out.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True)
     start = time.perf_counter()
-    tabular(out)
+    sections = [value_iteration_section(out), cliff_section(out, args.seeds, args.episodes)]
     if not args.skip_deep:
-        deep(out)
+        sections.append(ppo_section(out, args.ppo_steps))
     if not args.skip_rlhf:
-        rlhf(out)
-    print(f"\nDemo finished in {time.perf_counter() - start:.0f}s; everything is under {out}/")
+        sections.append(rlhf_section(out, Path(args.rlhf_config)))
+    if not args.skip_grpo:
+        sections.append(grpo_section(out, Path(args.grpo_config)))
+    seconds = time.perf_counter() - start
+    write_results(out, [s for s in sections if s], seconds)
+    print(f"\nDemo finished in {seconds:.0f}s; everything is under {out}/")
+    print(f"All tables and figures on one page: {out / 'index.html'} (tables also in {out / 'results.md'})")
     return 0
 
 

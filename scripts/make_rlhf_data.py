@@ -10,6 +10,8 @@ Files written (JSON Lines, one example per line):
   pairs_eval.jsonl    {prompt, chosen, rejected}: held-out pairs labelled by the exact gold score
   prompts.jsonl       {prompt}: PPO training prompts
   prompts_eval.jsonl  {prompt}: held-out prompts (PPO evaluation)
+  reverse_sft.jsonl, reverse_prompts.jsonl, reverse_prompts_eval.jsonl: the verifiable digit-reversal
+                      task of rlhf/verifiable.py (noisy SFT demonstrations, RL prompts, held-out prompts)
 Training and held-out files use disjoint prompts.
 """
 
@@ -20,6 +22,7 @@ import json
 import random
 from pathlib import Path
 
+from rlhf import verifiable
 from rlhf.task import ResponseNoise, all_prompts, gold_score, sample_review
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "rlhf" / "data"
@@ -113,7 +116,24 @@ def generate(out_dir: Path, seed: int = 0) -> dict[str, int]:
         write_jsonl(out_dir / name, rows)
     corpus = corpus_lines(rng, all_prompts())
     (out_dir / "corpus.txt").write_text("\n".join(corpus) + "\n")
-    return {**{k: len(v) for k, v in files.items()}, "corpus.txt": len(corpus)}
+    reverse = verifiable_files(random.Random(seed + 1))  # its own stream: the files above stay as they were
+    for name, rows in reverse.items():
+        write_jsonl(out_dir / name, rows)
+    return {**{k: len(v) for k, v in files.items()}, **{k: len(v) for k, v in reverse.items()}, "corpus.txt": len(corpus)}
+
+
+N_REVERSE_SFT = 4000
+
+
+def verifiable_files(rng: random.Random) -> dict[str, list[dict]]:
+    """The digit-reversal task (rlhf/verifiable.py): noisy SFT demonstrations on training triples, RL
+    prompts, and held-out prompts on triples never used in training."""
+    train, held_out = verifiable.split_triples(rng)
+    return {
+        "reverse_sft.jsonl": verifiable.sft_rows(rng, train, N_REVERSE_SFT),
+        "reverse_prompts.jsonl": [{"prompt": verifiable.make_prompt(t)} for t in train],
+        "reverse_prompts_eval.jsonl": [{"prompt": verifiable.make_prompt(t)} for t in held_out],
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

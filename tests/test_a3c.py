@@ -17,7 +17,7 @@ def _no_live_workers(agent) -> bool:
 
 
 def test_a3c_two_workers_learn_cartpole_and_exit():
-    agent = A3C("CartPole-v1", seed=0, num_workers=2, start_method="fork")  # fork: quick to start
+    agent = A3C("CartPole-v1", seed=0, n_workers=2, start_method="fork")  # fork: quick to start
     # Asynchronous updates make the result depend on how the OS interleaves the workers, so the
     # budget and margin are wide: 6k steps scored 26-500 over 10 runs; 20k steps 90-500 over 8 seeds
     # and once below 80 on a loaded machine; 30k steps 138-500 (seeds 0-5, load ~3.5).
@@ -47,17 +47,20 @@ def _interrupt_once_running(agent, timeout_s: float = 120.0) -> threading.Thread
 
 
 def test_ctrl_c_stops_the_workers_and_reraises():
-    agent = A3C("CartPole-v1", seed=0, num_workers=2)  # default start method: spawn
+    # A shell that starts the suite in the background makes SIGINT ignored; Ctrl-C is what we test.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    agent = A3C("CartPole-v1", seed=0, n_workers=2)  # default start method: spawn
     thread = _interrupt_once_running(agent)
     with pytest.raises(KeyboardInterrupt):
         agent.learn(total_steps=10_000_000, progress=False)
     thread.join()
+    signal.signal(signal.SIGINT, previous)
     assert _no_live_workers(agent)
     assert 0 < agent.num_timesteps < 10_000_000
 
 
 def test_a3c_continuous_actions_run():
-    agent = A3C("Pendulum-v1", seed=0, num_workers=2, n_steps=8, action_bound="tanh", start_method="fork")
+    agent = A3C("Pendulum-v1", seed=0, n_workers=2, n_steps=8, action_bound="tanh", start_method="fork")
     agent.learn(total_steps=800, progress=False)
     assert _no_live_workers(agent) and all(w.exitcode == 0 for w in agent.workers)
     assert agent.act(agent.env.observation_space.sample()).shape == (1,)

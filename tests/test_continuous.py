@@ -149,16 +149,16 @@ def test_discrete_env_is_rejected_with_a_clear_error():
 
 
 def test_d4pg_actor_processes_refuse_learner_side_vector_envs():
-    with pytest.raises(ValueError, match="n_envs=2.*only with n_actors=0.*scale collection with n_actors"):
-        classic_rl.make("d4pg", env="Pendulum-v1", n_actors=2, n_envs=2)
-    with pytest.raises(ValueError, match="vec_env='async'.*only with n_actors=0"):
-        classic_rl.make("d4pg", env="Pendulum-v1", n_actors=2, vec_env="async")
-    assert classic_rl.make("d4pg", env="Pendulum-v1", n_actors=0, n_envs=2, vec_env="sync").runner.n == 2
+    with pytest.raises(ValueError, match="n_envs=2.*only with n_workers=0.*scale collection with n_workers"):
+        classic_rl.make("d4pg", env="Pendulum-v1", n_workers=2, n_envs=2)
+    with pytest.raises(ValueError, match="vec_env='async'.*only with n_workers=0"):
+        classic_rl.make("d4pg", env="Pendulum-v1", n_workers=2, vec_env="async")
+    assert classic_rl.make("d4pg", env="Pendulum-v1", n_workers=0, n_envs=2, vec_env="sync").runner.n == 2
 
 
 def test_save_and_load_keep_the_policy(tmp_path):
     for algo in ("ddpg", "sac", "d4pg"):
-        agent = classic_rl.make(algo, env="Pendulum-v1", seed=0, n_actors=0, **SMALL) if algo == "d4pg" else \
+        agent = classic_rl.make(algo, env="Pendulum-v1", seed=0, n_workers=0, **SMALL) if algo == "d4pg" else \
             classic_rl.make(algo, env="Pendulum-v1", seed=0, **SMALL)
         agent.learn(total_steps=80, progress=False)
         agent.save(tmp_path / algo)
@@ -224,7 +224,7 @@ def test_d4pg_projects_targets_with_the_shared_c51_projection(monkeypatch):
         return real(next_probs, rewards, discounts, support)
 
     monkeypatch.setattr(d4pg_module, "categorical_projection", spy)
-    agent = classic_rl.make("d4pg", env="Pendulum-v1", seed=0, n_actors=0, n_step=3, v_min=-10, v_max=10,
+    agent = classic_rl.make("d4pg", env="Pendulum-v1", seed=0, n_workers=0, n_step=3, v_min=-10, v_max=10,
                             n_atoms=21, gamma=0.9, **SMALL)
     agent.learn(total_steps=60, progress=False)
     assert calls, "train_step did not use classic_rl.core.distributional.categorical_projection"
@@ -238,7 +238,7 @@ def test_d4pg_projects_targets_with_the_shared_c51_projection(monkeypatch):
 
 def test_d4pg_critic_learns_a_terminal_return_distribution():
     torch.manual_seed(0)
-    agent = classic_rl.make("d4pg", env="Pendulum-v1", seed=0, n_actors=0, v_min=-10, v_max=10, n_atoms=21,
+    agent = classic_rl.make("d4pg", env="Pendulum-v1", seed=0, n_workers=0, v_min=-10, v_max=10, n_atoms=21,
                             learning_rate=3e-3, **SMALL)
     batch = d4pg_module.Batch(
         obs=torch.randn(64, 3), actions=torch.rand(64, 1) * 4 - 2, rewards=torch.full((64,), 3.0),
@@ -254,7 +254,7 @@ def test_d4pg_critic_learns_a_terminal_return_distribution():
 
 
 def test_d4pg_parallel_actors_are_reproducible_and_store_n_step_transitions():
-    kwargs = dict(env="Pendulum-v1", seed=4, n_actors=2, actor_steps=50, n_step=4, gamma=0.9, **SMALL)
+    kwargs = dict(env="Pendulum-v1", seed=4, n_workers=2, actor_steps=50, n_step=4, gamma=0.9, **SMALL)
     a = classic_rl.make("d4pg", **kwargs).learn(total_steps=300, progress=False)
     b = classic_rl.make("d4pg", **kwargs).learn(total_steps=300, progress=False)
     assert a.num_timesteps == 300 and len(a.buffer) == 300 - 2 * 3  # windows still open: 3 steps per actor
@@ -264,7 +264,7 @@ def test_d4pg_parallel_actors_are_reproducible_and_store_n_step_transitions():
 
 
 def test_d4pg_prioritized_replay_takes_the_cross_entropies_as_priorities():
-    agent = classic_rl.make("d4pg", env="Pendulum-v1", seed=0, n_actors=0, replay="proportional", v_min=-10,
+    agent = classic_rl.make("d4pg", env="Pendulum-v1", seed=0, n_workers=0, replay="proportional", v_min=-10,
                             v_max=10, n_atoms=21, **SMALL)
     agent.learn(total_steps=80, progress=False)
     priorities = agent.buffer.tree.get(np.arange(len(agent.buffer)))
@@ -282,7 +282,7 @@ BUDGETS = {
     "ddpg": (3000, dict(learning_rate=1e-3, tau=0.02)),  # DDPG is the least stable at 2000-2500 steps
     "td3": (2000, {}),
     "sac": (2000, {}),
-    "d4pg": (2000, dict(v_min=-400.0, v_max=0.0, n_atoms=51, n_actors=2, actor_steps=50)),
+    "d4pg": (2000, dict(v_min=-400.0, v_max=0.0, n_atoms=51, n_workers=2, actor_steps=50)),
 }
 
 

@@ -15,13 +15,13 @@ def _linears(seq):
     return [m for m in seq if isinstance(m, torch.nn.Linear)]
 
 
-@pytest.mark.parametrize("analytic_grad", [True, False])
-def test_ddpg_update_equals_sb3_from_the_same_weights_and_batch(analytic_grad):
+@pytest.mark.parametrize("update_backend", ["fused", "autograd"])
+def test_ddpg_update_equals_sb3_from_the_same_weights_and_batch(update_backend):
     from stable_baselines3.common.type_aliases import ReplayBufferSamples
 
     hidden = [32, 32]
     ours = classic_rl.make("ddpg", "Pendulum-v1", seed=0, hidden=hidden, learning_starts=300,
-                           analytic_grad=analytic_grad)
+                           update_backend=update_backend)
     ours.learn(total_steps=300, progress=False)  # random warm-up: replay only, no update
     peer = sb3.DDPG("MlpPolicy", gym.make("Pendulum-v1"), learning_starts=10**9, batch_size=64, seed=0,
                     device="cpu", learning_rate=1e-3, tau=0.005, gamma=ours.config.gamma,

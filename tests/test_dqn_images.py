@@ -37,7 +37,7 @@ def test_image_observations_get_the_nature_cnn_and_uint8_replay():
     agent = classic_rl.make("dqn", env=FakeFrames(), seed=0, hidden=[], buffer_size=200, learning_starts=16,
                             batch_size=8, train_freq=4, gradient_steps=1, target_update_interval=20)
     assert isinstance(agent.q_net.cnn, NatureCNN)
-    assert agent.analytic_loss is None  # the hand-written gradient covers MLPs only
+    assert agent.loss_and_gradient == agent.autograd_loss_and_gradient  # the fused backend covers MLPs only
     before = agent.q_flat.detach().clone()
     agent.learn(total_steps=40, progress=False)
     assert agent.buffer.obs.dtype == np.uint8 and agent.buffer.obs.shape == (200, 4, 84, 84)

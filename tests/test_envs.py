@@ -140,3 +140,23 @@ def test_random_walk_dynamics():
     assert env.P[2][1] == [(1.0, 3, 0.0, False)]
     with pytest.raises(ValueError, match="n_states"):
         RandomWalkEnv(0)
+
+
+def test_importing_the_package_registers_the_environments():
+    # A fresh interpreter: `import classic_rl` alone must make gym.make("GridWorld4x3-v0") work.
+    import subprocess
+    import sys
+
+    code = (
+        "import gymnasium as gym\n"
+        "assert 'GridWorld4x3-v0' not in gym.envs.registry\n"
+        "import classic_rl\n"
+        "from gymnasium.utils.env_checker import check_env\n"
+        "for env_id in ('GridWorld-v0', 'GridWorld4x3-v0', 'RandomWalk-v0', 'RandomWalk19-v0'):\n"
+        "    env = gym.make(env_id)\n"
+        "    check_env(env.unwrapped, skip_render_check=True)\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

@@ -116,3 +116,56 @@ def test_grid_values_for_gymnasium_grids_and_bad_shapes():
         grid_values_figure(np.zeros(5), None, gridworld_4x3())
     with pytest.raises(ValueError, match="env_or_layout"):
         grid_values_figure(np.zeros(4), None, gym.make("CartPole-v1"))
+
+
+def test_curves_over_episodes_with_a_fixed_y_range(runs):
+    # Sutton & Barto's Figure 6.4: sum of rewards per episode vs episode, y from -100 to 0.
+    fig = learning_curves_figure(runs[:4], x="episodes", ylim=(-100, 0), smooth_window=1)
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "episodes" and "sum of rewards per episode" in ax.get_ylabel()
+    assert ax.get_ylim() == (-100, 0)
+    q_line = next(line for line in ax.get_lines() if line.get_label().startswith("q_learning"))
+    # q0 has 60 episodes, q1 50: both curves end at episode 50, whatever their step counts.
+    np.testing.assert_array_equal(q_line.get_xdata(), np.arange(1, 51))
+    np.testing.assert_allclose(q_line.get_ydata(), 2.0)
+    sarsa = next(line for line in ax.get_lines() if line.get_label().startswith("sarsa"))
+    np.testing.assert_allclose(sarsa.get_ydata(), -50.0)  # a ramp up and a ramp down average out
+    with pytest.raises(ValueError, match="x must be one of"):
+        learning_curves_figure(runs, x="time")
+
+
+def test_every_axis_is_labelled(runs):
+    V, policy = value_iteration(gridworld_4x3().P, 1.0)
+    for fig in (learning_curves_figure(runs), grid_values_figure(V, policy, gridworld_4x3())):
+        for ax in fig.axes:
+            if ax.get_visible() and ax.get_label() != "<colorbar>":
+                assert ax.get_xlabel() and ax.get_ylabel(), ax.get_title()
+
+
+def test_ppo_curves_have_labelled_axes(tmp_path):
+    import json
+
+    from rlhf.pipeline import plot_ppo_curves
+
+    metrics = tmp_path / "metrics.jsonl"
+    rows = [{"episode": 64 * (i + 1), "objective/kl": 0.1 * i, "objective/scores": 0.5 * i,
+             "objective/rlhf_reward": 0.4 * i} for i in range(5)]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    import matplotlib.pyplot as plt
+
+    captured = []
+    original = plt.Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        captured.append(fig)
+        return original(fig, *args, **kwargs)
+
+    plt.Figure.savefig = spy
+    try:
+        assert plot_ppo_curves(metrics, tmp_path / "ppo_curves.png")
+    finally:
+        plt.Figure.savefig = original
+    assert (tmp_path / "ppo_curves.png").exists()
+    (fig,) = captured
+    for ax in fig.axes:
+        assert ax.get_xlabel() and ax.get_ylabel(), ax.get_title()

@@ -21,7 +21,7 @@ fixtures = importlib.import_module(pytest_plugins[0])  # its flag helpers
 def test_help_lists_every_command(capsys):
     assert cli.main(["--help"]) == 0
     out = capsys.readouterr().out
-    for command in ("tiny-model", "sft", "reward", "ppo", "pipeline"):
+    for command in ("tiny-model", "sft", "reward", "ppo", "grpo", "rloo", "pipeline"):
         assert command in out
 
 
@@ -32,7 +32,7 @@ def test_python_dash_m_rlhf_runs_the_cli():
 
 def test_unknown_command_is_rejected_with_the_valid_names(capsys):
     assert cli.main(["train"]) == 2
-    assert "unknown command 'train'; valid: tiny-model, sft, reward, ppo, pipeline" in capsys.readouterr().err
+    assert "unknown command 'train'; valid: tiny-model, sft, reward, ppo, grpo, rloo, pipeline" in capsys.readouterr().err
 
 
 def test_a_command_whose_module_is_missing_says_so(monkeypatch, capsys):

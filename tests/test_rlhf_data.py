@@ -68,7 +68,7 @@ def test_empty_dataset_is_an_error():
 def test_rankings_need_two_responses_and_text_values():
     with pytest.raises(ValueError, match="at least 2 responses"):
         validate_dataset(Dataset.from_list([{"prompt": "p", "responses": ["only one"]}]), "reward")
-    with pytest.raises(ValueError, match="column 'completion', row 0"):
+    with pytest.raises(ValueError, match="dataset, row 0: column 'completion'"):
         validate_dataset(Dataset.from_list([{"prompt": "p", "completion": 3}]), "sft")
 
 

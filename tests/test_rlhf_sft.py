@@ -102,9 +102,11 @@ def test_failure_during_training_keeps_the_previous_output_intact(rlhf_tiny_mode
 
     monkeypatch.setattr(trl.SFTTrainer, "train", boom)
     with pytest.raises(RuntimeError, match="disk full"):
-        main(_short(rlhf_tiny_model, out, DATA / "sft_eval.jsonl", "--eval_holdout_fraction", "0"))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no .out.partial left behind
+        main(_short(rlhf_tiny_model, out, DATA / "sft_eval.jsonl", "--eval_holdout_fraction", "0",
+                    "--overwrite_output_dir"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert json.loads((out / "summary.json").read_text()) == {"previous": True}
+    assert not (out / "model.safetensors").exists() and not (out / ".rlhf-staging").exists()
 
 
 def test_missing_model_path_mentions_the_offline_hub(tmp_path, monkeypatch):

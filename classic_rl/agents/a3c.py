@@ -1,7 +1,7 @@
 """A3C: asynchronous advantage actor-critic with worker processes (Mnih et al., 2016).
 
 The agent's policy lives in shared memory (``share_memory()``), and so does the state of one
-Adam optimizer. Each of ``num_workers`` processes (``torch.multiprocessing``) loops::
+Adam optimizer. Each of ``n_workers`` processes (``torch.multiprocessing``) loops::
 
     copy the shared weights into its local network
     collect n_steps in its own environment (the shared RolloutCollector)
@@ -14,16 +14,19 @@ stop. The main process only relays finished episodes to the logger. Workers igno
 Ctrl-C the main process sets the stop event, joins every worker (terminating stragglers) and
 re-raises, so no process outlives ``learn``. Worker results depend on scheduling, so A3C runs
 are not bit-reproducible even with a fixed seed.
+
+The workers must share memory, so they are always local processes: ``worker_backend=ray`` is
+refused (:data:`classic_rl.workers.A3C_RAY_REFUSAL`). ``num_workers`` is the deprecated old
+name of ``n_workers``.
 """
 
 from __future__ import annotations
 
 import queue as queue_lib
-import signal
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.multiprocessing as mp
@@ -34,6 +37,13 @@ from classic_rl.agents.on_policy import OnPolicyAgent, OnPolicyConfig, RolloutCo
 from classic_rl.env_utils import make_env
 from classic_rl.logger import RunLogger
 from classic_rl.policies import ActorCritic
+from classic_rl.workers import (
+    A3C_RAY_REFUSAL,
+    DEFAULT_TIMEOUT_S,
+    start_processes,
+    stop_processes,
+    validate_worker_settings,
+)
 
 __all__ = ["A3C", "A3CConfig"]
 
@@ -45,8 +55,13 @@ JOIN_TIMEOUT_S = 10.0
 class A3CConfig(OnPolicyConfig):
     """Settings of ``a3c``."""
 
-    num_workers: int = 2
+    renamed: ClassVar[dict[str, str]] = {"num_workers": "n_workers"}
+    """Old setting names still accepted (with a warning)."""
+
+    n_workers: int = 2
     """Worker processes, each with its own environment."""
+    worker_backend: str = "process"
+    """Only ``process``: Hogwild workers share memory, which Ray actors cannot (see the module docstring)."""
     n_steps: int = 5
     """Steps per worker rollout (t_max of the paper): the n of the n-step targets."""
     learning_rate: float = 1e-3
@@ -56,8 +71,9 @@ class A3CConfig(OnPolicyConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.num_workers < 1:
-            raise ValueError(f"num_workers must be at least 1, got {self.num_workers}")
+        validate_worker_settings(
+            "a3c", self.n_workers, self.worker_backend, DEFAULT_TIMEOUT_S, min_workers=1, ray_refusal=A3C_RAY_REFUSAL
+        )
         if self.start_method not in START_METHODS:
             raise ValueError(
                 f"start_method={self.start_method!r} is not valid; use one of {', '.join(START_METHODS)}"
@@ -194,34 +210,12 @@ class A3C(OnPolicyAgent):
         optim_state = [opt.state[p] for p in self.policy.parameters()]
         messages, stop = ctx.Queue(), ctx.Event()
         base_seed = self.seed + 7919 * (self.num_timesteps + 1)  # fresh worker seeds when learning again
-        workers = [
-            ctx.Process(
-                target=_worker,
-                args=(
-                    rank,
-                    self._env_arg,
-                    self.env_kwargs,
-                    cfg,
-                    base_seed + 1000 * rank,
-                    self.policy,
-                    optim_state,
-                    counters,
-                    limits,
-                    messages,
-                    stop,
-                ),
-                daemon=True,
-                name=f"a3c-worker-{rank}",
-            )
-            for rank in range(cfg.num_workers)
+        args = [
+            (rank, self._env_arg, self.env_kwargs, cfg, base_seed + 1000 * rank, self.policy, optim_state, counters,
+             limits, messages, stop)
+            for rank in range(cfg.n_workers)
         ]
-        # Workers inherit an ignored SIGINT (kept across spawn's exec): Ctrl-C reaches only this process.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            for w in workers:
-                w.start()
-        finally:
-            signal.signal(signal.SIGINT, previous)
+        workers = start_processes(ctx, _worker, args, "a3c")
         self.workers = workers
         self.worker_stats = []
         errors: list[str] = []
@@ -273,10 +267,7 @@ class A3C(OnPolicyAgent):
         deadline = time.monotonic() + JOIN_TIMEOUT_S
         while any(w.is_alive() for w in workers) and time.monotonic() < deadline:
             self._drain(messages, counters, logger, errors, timeout=0.05)
-        for w in workers:
-            if w.is_alive():
-                w.terminate()
-            w.join()
+        stop_processes(workers, timeout_s=0.0)
         self._drain(messages, counters, logger, errors, timeout=0.0)
         messages.close()
         messages.join_thread()

@@ -15,8 +15,6 @@ MLP; it runs in numpy, so rollouts in worker processes need no torch.
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +25,7 @@ import torch
 from classic_rl.agents.base import Agent, register
 from classic_rl.env_utils import make_env
 from classic_rl.logger import RunLogger
+from classic_rl.workers import DEFAULT_TIMEOUT_S, WorkerPool, make_pool, validate_worker_settings
 
 VERSIONS = ("v1", "v2")
 
@@ -48,7 +47,12 @@ class ARSConfig:
     reward_shift: float = 0.0
     """Subtracted from every reward for the update (the paper's alive-bonus shift, e.g. 1 for Hopper)."""
     n_workers: int = 2
-    """Rollout processes; 0 runs the rollouts in this process."""
+    """Rollout workers (processes or Ray actors); 0 runs the rollouts in the learner's process.
+    Directions are split evenly between workers, so results do not depend on n_workers."""
+    worker_backend: str = "process"
+    """``process`` (local processes) or ``ray`` (Ray actors; joins ``RAY_ADDRESS`` when set)."""
+    worker_timeout_s: float = DEFAULT_TIMEOUT_S
+    """Seconds one iteration's rollouts may take before a silent worker counts as hung."""
 
     def validate(self) -> None:
         if self.version not in VERSIONS:
@@ -60,8 +64,7 @@ class ARSConfig:
             raise ValueError(f"ars: top_directions must be in [1, n_directions={self.n_directions}], got {b}")
         if self.delta_std <= 0 or self.step_size <= 0:
             raise ValueError("ars: delta_std and step_size must be positive")
-        if self.n_workers < 0:
-            raise ValueError(f"ars: n_workers must be >= 0 (0 = in-process), got {self.n_workers}")
+        validate_worker_settings("ars", self.n_workers, self.worker_backend, self.worker_timeout_s)
 
 
 # ---------------------------------------------------------------------------------- the math
@@ -173,16 +176,6 @@ class RolloutSpec:
     collect_stats: bool
 
 
-_WORKER: dict[str, Any] = {}
-
-
-def _init_worker(spec: RolloutSpec) -> None:
-    import copy
-
-    env = copy.deepcopy(spec.env) if isinstance(spec.env, gym.Env) else make_env(spec.env, spec.env_kwargs)
-    _WORKER.update(spec=spec, env=env)
-
-
 def rollout(env: gym.Env, spec: RolloutSpec, params: np.ndarray, mean: np.ndarray, std: np.ndarray, seed: int) -> tuple:
     """One episode with policy ``params`` on normalised inputs ``(x - mean) / std``.
 
@@ -207,11 +200,38 @@ def rollout(env: gym.Env, spec: RolloutSpec, params: np.ndarray, mean: np.ndarra
     return total, shifted, steps, obs_sum, obs_sq
 
 
-def _direction_task(args: tuple) -> tuple:
-    """Worker job: the + and - rollouts of one direction (same seed for both)."""
-    theta, delta, nu, mean, std, seed = args
-    env, spec = _WORKER["env"], _WORKER["spec"]
-    return rollout(env, spec, theta + nu * delta, mean, std, seed), rollout(env, spec, theta - nu * delta, mean, std, seed)
+class RolloutWorker:
+    """A rollout worker: its own copy of the environment; runs the + and - rollouts of directions."""
+
+    def __init__(self, spec: RolloutSpec) -> None:
+        import copy
+
+        self.spec = spec
+        self.env = copy.deepcopy(spec.env) if isinstance(spec.env, gym.Env) else make_env(spec.env, spec.env_kwargs)
+
+    def run(self, tasks: list[tuple]) -> list[tuple]:
+        """Per task ``(theta, delta, nu, mean, std, seed)``: the rollouts of ``theta +- nu delta``
+        (same seed for both: common random numbers)."""
+        results = []
+        for theta, delta, nu, mean, std, seed in tasks:
+            plus = rollout(self.env, self.spec, theta + nu * delta, mean, std, seed)
+            minus = rollout(self.env, self.spec, theta - nu * delta, mean, std, seed)
+            results.append((plus, minus))
+        return results
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def split_evenly(items: list, n: int) -> list[list]:
+    """``items`` in ``n`` contiguous chunks whose sizes differ by at most one (order kept)."""
+    size, extra = divmod(len(items), n)
+    chunks, start = [], 0
+    for i in range(n):
+        end = start + size + (1 if i < extra else 0)
+        chunks.append(items[start:end])
+        start = end
+    return chunks
 
 
 # ---------------------------------------------------------------------------------- the agent
@@ -255,20 +275,19 @@ class ARS(Agent):
             reward_shift=self.config.reward_shift, collect_stats=self.config.version == "v2",
         )
 
-    def _make_pool(self):
-        """A process pool whose workers each hold their own env, or None for in-process rollouts."""
-        if self.config.n_workers == 0:
-            _init_worker(self._spec())
+    def _make_pool(self) -> WorkerPool | None:
+        """Workers that each hold their own env, or None for in-process rollouts."""
+        cfg = self.config
+        if cfg.n_workers == 0:
             return None
-        # fork starts workers in milliseconds on Linux; elsewhere use the safe default.
-        ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-        return ctx.Pool(self.config.n_workers, initializer=_init_worker, initargs=(self._spec(),))
+        return make_pool(RolloutWorker, [(self._spec(),)] * cfg.n_workers, cfg.worker_backend, "ars", cfg.worker_timeout_s)
 
     def _learn(self, total_steps: int | None, episodes: int | None, logger: RunLogger) -> None:
         cfg = self.config
         n, b = cfg.n_directions, cfg.top_directions or cfg.n_directions
         start_steps, start_episodes = self.num_timesteps, self.num_episodes
         pool = self._make_pool()
+        local = RolloutWorker(self._spec()) if pool is None else None
         try:
             while (total_steps is None or self.num_timesteps - start_steps < total_steps) and (
                 episodes is None or self.num_episodes - start_episodes < episodes
@@ -278,9 +297,10 @@ class ARS(Agent):
                 mean, std = self._norm()
                 tasks = [(self.theta, deltas[k], cfg.delta_std, mean, std, int(seeds[k])) for k in range(n)]
                 if pool is None:
-                    results = [_direction_task(t) for t in tasks]
+                    results = local.run(tasks)
                 else:
-                    results = pool.map(_direction_task, tasks, chunksize=max(1, n // (2 * cfg.n_workers)))
+                    chunks = split_evenly(tasks, pool.n)
+                    results = [pair for part in pool.call("run", [(c,) for c in chunks]) for pair in part]
                 self._record(results, logger)
                 r_plus = np.array([plus[1] for plus, _ in results])
                 r_minus = np.array([minus[1] for _, minus in results])
@@ -296,8 +316,8 @@ class ARS(Agent):
         finally:
             if pool is not None:
                 pool.close()
-                pool.join()
-            _WORKER.clear()
+            if local is not None:
+                local.close()
 
     def _record(self, results: list, logger: RunLogger) -> None:
         """Count steps, log every rollout as a training episode, merge observation statistics."""

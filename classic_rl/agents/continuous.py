@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from classic_rl.agents.off_policy import OffPolicyAgent, OffPolicyConfig
-from classic_rl.nets import flat_parameters
-from classic_rl.optim import FlatAdam
+from classic_rl.fused.adam import make_adam
+from classic_rl.nets import flat_parameters, zero_flat_grad_
 
 
 class GroupedMLP(nn.Module):
@@ -148,16 +148,19 @@ class NumpyMLP:
 
 
 class Flat:
-    """A module's parameters as one flat tensor with its Adam optimizer (see the module docstring)."""
+    """A module's parameters as one flat tensor with its Adam optimizer (see the module docstring).
 
-    def __init__(self, module: nn.Module, lr: float | None = None) -> None:
+    ``backend`` picks the optimizer class (:func:`classic_rl.fused.adam.make_adam`: the same numbers either way).
+    """
+
+    def __init__(self, module: nn.Module, lr: float | None = None, backend: str = "fused") -> None:
         self.module = module
         self.param = flat_parameters(module)
-        self.optimizer = FlatAdam(self.param, lr=lr) if lr is not None else None
+        self.optimizer = make_adam(self.param, lr=lr, backend=backend) if lr is not None else None
 
     def step(self, loss: torch.Tensor) -> None:
         """Zero the gradient, backpropagate ``loss``, take one Adam step."""
-        self.param.grad.zero_()
+        zero_flat_grad_(self.param)
         loss.backward()
         self.optimizer.step()
 
@@ -167,10 +170,10 @@ class Flat:
         self.param.lerp_(source.param, tau)
 
 
-def online_and_target(module: nn.Module, lr: float) -> tuple[Flat, Flat]:
+def online_and_target(module: nn.Module, lr: float, backend: str = "fused") -> tuple[Flat, Flat]:
     """A trainable flat module and its frozen target copy (initialised to the same weights)."""
     target = copy.deepcopy(module).requires_grad_(False)
-    return Flat(module, lr), Flat(target)
+    return Flat(module, lr, backend), Flat(target)
 
 
 class ContinuousAgent(OffPolicyAgent):

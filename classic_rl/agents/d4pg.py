@@ -10,20 +10,18 @@ The critic outputs a distribution over ``n_atoms`` fixed returns ``z_j`` in ``[v
     actor_loss  = -mean sum_j softmax Z(s, mu(s))_j z_j                      -E[Z(s, mu(s))]
     theta' <- (1 - tau) theta' + tau theta;  new priorities: the per-sample cross-entropies
 
-Actors (``n_actors`` processes) run the policy with Gaussian noise and compute n-step
+Actors (``n_workers`` processes or Ray actors, :mod:`classic_rl.workers`) run the policy with Gaussian noise and compute n-step
 transitions (:class:`classic_rl.buffers.NStepWindow`); the learner stores them in its replay and
 trains. Collection is synchronous and pipelined: in round k every actor gathers
 ``actor_steps`` steps with the weights of round k while the learner trains on round k-1's
 transitions, so runs stay reproducible (same seed, same numbers) and actors lag one round.
-``n_actors=0`` runs the shared single-process off-policy loop instead.
+``n_workers=0`` runs the shared single-process off-policy loop instead.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -44,10 +42,13 @@ from classic_rl.env_utils import make_env
 from classic_rl.logger import RunLogger
 from classic_rl.nets import mlp
 from classic_rl.policies import run_mlp
+from classic_rl.workers import DEFAULT_TIMEOUT_S, make_pool, validate_worker_settings
 
 
 @dataclass
 class D4PGConfig(ContinuousConfig):
+    renamed: ClassVar[dict[str, str]] = {"n_actors": "n_workers"}
+    """Old setting names still accepted (with a warning)."""
     n_step: int = 5
     noise_std: float = 0.2
     """Gaussian exploration noise, in [-1, 1] action units."""
@@ -55,23 +56,29 @@ class D4PGConfig(ContinuousConfig):
     v_min: float = -150.0
     v_max: float = 150.0
     """Support of the return distribution: set it to cover the (discounted) returns of the task."""
-    n_actors: int = 2
-    """Actor processes; 0 collects in the learner's process with the shared loop."""
+    n_workers: int = 2
+    """Actors (processes or Ray actors); 0 collects in the learner's process with the shared loop.
+    (``n_actors`` is accepted as a deprecated alias.)"""
+    worker_backend: str = "process"
+    """``process`` (local processes) or ``ray`` (Ray actors; joins ``RAY_ADDRESS`` when set)."""
+    worker_timeout_s: float = DEFAULT_TIMEOUT_S
+    """Seconds one round of collection may take before a silent actor counts as hung."""
     actor_steps: int = 100
     """Environment steps per actor per round (the learner syncs weights to actors once per round)."""
 
     def validate(self) -> None:
         super().validate()
         make_support(self.v_min, self.v_max, self.n_atoms)
-        if self.n_actors < 0 or self.actor_steps < 1:
-            raise ValueError(f"n_actors must be >= 0 and actor_steps >= 1, got {self.n_actors}, {self.actor_steps}")
+        validate_worker_settings("d4pg", self.n_workers, self.worker_backend, self.worker_timeout_s)
+        if self.actor_steps < 1:
+            raise ValueError(f"actor_steps must be >= 1, got {self.actor_steps}")
         if self.noise_std < 0:
             raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
-        if self.n_actors > 0 and (self.n_envs != 1 or self.vec_env != "none"):
+        if self.n_workers > 0 and (self.n_envs != 1 or self.vec_env != "none"):
             # the actor processes collect (one env each); the learner's own envs would sit idle
             raise ValueError(
-                f"n_envs={self.n_envs}, vec_env={self.vec_env!r} apply only with n_actors=0 (the shared "
-                f"single-process loop); with n_actors={self.n_actors} scale collection with n_actors instead"
+                f"n_envs={self.n_envs}, vec_env={self.vec_env!r} apply only with n_workers=0 (the shared "
+                f"single-process loop); with n_workers={self.n_workers} scale collection with n_workers instead"
             )
 
 
@@ -107,23 +114,29 @@ def _numpy_policy(weights: list[np.ndarray], obs: np.ndarray) -> np.ndarray:
     return x
 
 
-def _actor_process(conn: Any, spec: ActorSpec, seed: int) -> None:
-    """Loop: receive (steps, weights or None for random actions), collect, send the n-step transitions."""
-    import copy
+class ActorWorker:
+    """One actor: its own env, noise generator and n-step window, kept between rounds."""
 
-    env = copy.deepcopy(spec.env) if isinstance(spec.env, gym.Env) else make_env(spec.env, spec.env_kwargs)
-    rng = np.random.default_rng(seed)
-    window = NStepWindow(spec.n_step, spec.gamma)
-    obs, _ = env.reset(seed=int(rng.integers(2**31 - 1)))
-    ep_return, ep_length = 0.0, 0
-    shape = env.action_space.shape
-    while True:
-        message = conn.recv()
-        if message is None:
-            break
-        steps, weights = message
+    def __init__(self, spec: ActorSpec, seed: int) -> None:
+        import copy
+
+        self.spec = spec
+        self.env = copy.deepcopy(spec.env) if isinstance(spec.env, gym.Env) else make_env(spec.env, spec.env_kwargs)
+        self.rng = np.random.default_rng(seed)
+        self.window = NStepWindow(spec.n_step, spec.gamma)
+        self.obs, _ = self.env.reset(seed=int(self.rng.integers(2**31 - 1)))
+        self.ep_return, self.ep_length = 0.0, 0
+
+    def collect(self, steps: int, weights: list[np.ndarray] | None) -> tuple:
+        """``steps`` steps with the policy ``weights`` plus noise (None: uniform random actions).
+
+        Returns (n-step transitions as arrays or None, finished episodes as (return, length)).
+        """
+        spec, env, rng = self.spec, self.env, self.rng
+        shape = env.action_space.shape
         rows: list[tuple] = []
         episodes: list[tuple[float, int]] = []
+        obs = self.obs
         for _ in range(steps):
             x = np.asarray(obs, dtype=np.float32).reshape(-1)
             if weights is None:
@@ -133,59 +146,20 @@ def _actor_process(conn: Any, spec: ActorSpec, seed: int) -> None:
                 u = np.clip(u, -1.0, 1.0)
             action = (spec.action_center + spec.action_half * u).reshape(shape).astype(np.float32)
             next_obs, reward, terminated, truncated, _ = env.step(action)
-            ep_return += float(reward)
-            ep_length += 1
+            self.ep_return += float(reward)
+            self.ep_length += 1
             nxt = np.asarray(next_obs, dtype=np.float32).reshape(-1)
-            rows += window.push(x, action, float(reward), nxt, bool(terminated), bool(truncated))
+            rows += self.window.push(x, action, float(reward), nxt, bool(terminated), bool(truncated))
             if terminated or truncated:
-                episodes.append((ep_return, ep_length))
-                ep_return, ep_length = 0.0, 0
+                episodes.append((self.ep_return, self.ep_length))
+                self.ep_return, self.ep_length = 0.0, 0
                 next_obs, _ = env.reset(seed=int(rng.integers(2**31 - 1)))
             obs = next_obs
-        if rows:
-            o, a, g, n, d = zip(*rows)
-            data = (np.stack(o), np.stack(a), np.asarray(g, np.float32), np.stack(n), np.asarray(d, np.float32))
-        else:
-            data = None
-        conn.send((data, episodes))
-    conn.close()
-
-
-class ActorPool:
-    """``n`` actor processes driven round by round over pipes (see the module docstring)."""
-
-    def __init__(self, n: int, spec: ActorSpec, seeds: list[int]) -> None:
-        ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-        self.conns, self.procs = [], []
-        for i in range(n):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_actor_process, args=(child, spec, seeds[i]), daemon=True)
-            proc.start()
-            child.close()
-            self.conns.append(parent)
-            self.procs.append(proc)
-
-    def request(self, steps: int, weights: list[np.ndarray] | None) -> None:
-        for conn in self.conns:
-            conn.send((steps, weights))
-
-    def collect(self) -> list[tuple]:
-        """Every actor's (transitions, finished episodes), in actor order."""
-        return [conn.recv() for conn in self.conns]
-
-    def close(self) -> None:
-        for conn in self.conns:
-            try:
-                conn.send(None)
-            except (BrokenPipeError, OSError):
-                pass
-        for proc in self.procs:
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join()
-        for conn in self.conns:
-            conn.close()
+        self.obs = obs
+        if not rows:
+            return None, episodes
+        o, a, g, n, d = zip(*rows)
+        return (np.stack(o), np.stack(a), np.asarray(g, np.float32), np.stack(n), np.asarray(d, np.float32)), episodes
 
 
 # ---------------------------------------------------------------------------------- the agent
@@ -244,7 +218,7 @@ class D4PG(ContinuousAgent):
 
     def _learn(self, total_steps: int | None, episodes: int | None, logger: RunLogger) -> None:
         cfg = self.config
-        if cfg.n_actors == 0:
+        if cfg.n_workers == 0:
             super()._learn(total_steps, episodes, logger)
             return
         stop_steps = None if total_steps is None else self.num_timesteps + int(total_steps)
@@ -254,21 +228,22 @@ class D4PG(ContinuousAgent):
             env=self._env_arg, env_kwargs=self.env_kwargs, obs_dim=self.obs_dim, action_center=self.action_center,
             action_half=self.action_half, noise_std=cfg.noise_std, n_step=cfg.n_step, gamma=cfg.gamma,
         )
-        seeds = [int(s) for s in self.rng.integers(2**31 - 1, size=cfg.n_actors)]
-        round_steps = cfg.actor_steps * cfg.n_actors
+        seeds = [int(s) for s in self.rng.integers(2**31 - 1, size=cfg.n_workers)]
+        round_steps = cfg.actor_steps * cfg.n_workers
         updates_per_round = max(1, round(round_steps * abs(cfg.gradient_steps) / cfg.train_freq))
-        pool = ActorPool(cfg.n_actors, spec, seeds)
+        pool = make_pool(ActorWorker, [(spec, seed) for seed in seeds], cfg.worker_backend, "d4pg", cfg.worker_timeout_s)
         try:
             while (stop_steps is None or self.num_timesteps < stop_steps) and (
                 stop_episodes is None or self.num_episodes < stop_episodes
             ):
                 warmup = self.num_timesteps < cfg.learning_starts
-                pool.request(cfg.actor_steps, None if warmup else self._actor_weights())
+                weights = None if warmup else self._actor_weights()
+                pool.submit("collect", [(cfg.actor_steps, weights)] * pool.n)
                 # while the actors collect round k, learn from everything up to round k-1
                 if len(self.buffer) >= max(cfg.batch_size, cfg.learning_starts):
                     self.train(updates_per_round, logger)
                 before = self.num_timesteps
-                self._ingest(pool.collect(), round_steps, logger)
+                self._ingest(pool.gather(), round_steps, logger)
                 if cfg.eval_freq and self.num_timesteps // cfg.eval_freq > before // cfg.eval_freq:
                     self.evaluate_during_training(logger)
                 self._safe_point()

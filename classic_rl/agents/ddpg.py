@@ -9,9 +9,9 @@ The update (one screen; actions normalised to [-1, 1])::
         actor_loss = -mean Q_1(s, mu(s))
         theta' <- (1 - tau) theta' + tau theta                  (actor and critic targets)
 
-By default (``analytic_grad=True``) the gradients of both losses are written out by hand
-(:mod:`classic_rl.agents.continuous_backprop`): the same numbers as the autograd update below
-up to float rounding, in less CPU time (``scripts/bench_update.py`` measures it).
+:meth:`DDPG.autograd_update` is the definition. With ``update_backend: fused`` (the default) the
+agent runs :class:`classic_rl.fused.updates.FusedDDPGUpdate` instead: the same update with the
+gradients written out by hand, equal up to float rounding (its speed: ``docs/benchmarks.md``).
 
 Exploration adds Gaussian or Ornstein-Uhlenbeck noise (:mod:`classic_rl.noise`) to ``mu(s)``.
 TD3 (:mod:`classic_rl.agents.td3`) is this class with twin critics, the delay and target
@@ -36,9 +36,9 @@ from classic_rl.agents.continuous import (
     online_and_target,
     weighted_mean,
 )
-from classic_rl.agents.continuous_backprop import CriticStacks, critic_regression_, tanh_actor_gradient_
 from classic_rl.buffers import Batch
-from classic_rl.mlp_backprop import DenseStack
+from classic_rl.fused import DEFAULT_UPDATE_BACKEND, resolve_update_backend, select_update
+from classic_rl.fused.updates import FusedDDPGUpdate
 from classic_rl.nets import mlp
 from classic_rl.noise import NOISE_TYPES, make_noise
 from classic_rl.policies import run_mlp
@@ -59,12 +59,15 @@ class DDPGConfig(ContinuousConfig):
     target_policy_noise: float = 0.0
     """Std of the noise added to the target action (TD3's target policy smoothing; 0 = off)."""
     target_noise_clip: float = 0.5
-    analytic_grad: bool = True
-    """Compute the gradients by hand (:mod:`classic_rl.agents.continuous_backprop`: the same numbers
-    up to float rounding, in less time); False runs the plain autograd update."""
+    update_backend: str = DEFAULT_UPDATE_BACKEND
+    """``fused`` (gradients by hand and a bare fused-Adam step, :mod:`classic_rl.fused`) or ``autograd``
+    (the plain torch update): the same numbers up to float rounding; see docs/benchmarks.md for the speed."""
+    analytic_grad: bool | None = None
+    """Deprecated alias of ``update_backend`` (true = fused, false = autograd)."""
 
     def validate(self) -> None:
         super().validate()
+        resolve_update_backend(self)
         if self.noise_type.lower().replace("_", "-") not in (*NOISE_TYPES, "ou", "gaussian"):
             raise ValueError(f"noise_type must be one of {', '.join(NOISE_TYPES)}; got {self.noise_type!r}")
         if self.n_critics < 1 or self.policy_delay < 1:
@@ -99,21 +102,18 @@ class DDPG(ContinuousAgent):
 
     def build(self) -> None:
         cfg = self.config
-        self.actor, self.actor_target = online_and_target(mlp(self.obs_dim, cfg.hidden, self.act_dim), cfg.learning_rate)
+        backend = resolve_update_backend(cfg)
+        actor = mlp(self.obs_dim, cfg.hidden, self.act_dim)
+        self.actor, self.actor_target = online_and_target(actor, cfg.learning_rate, backend)
         critic = QEnsemble(cfg.n_critics, self.obs_dim, self.act_dim, cfg.hidden)
-        self.critic, self.critic_target = online_and_target(critic, cfg.learning_rate)
+        self.critic, self.critic_target = online_and_target(critic, cfg.learning_rate, backend)
         self.noises = [
             make_noise(cfg.noise_type, self.act_dim, cfg.noise_std, self.rng, cfg.ou_theta, cfg.ou_dt)
             for _ in range(self.n_envs)
         ]
         self.critic_updates = 0
         self.actor_numpy = NumpyMLP(self.actor.module)
-        self.by_hand = cfg.analytic_grad
-        if self.by_hand:  # views of the flat parameters and gradients made above
-            self.actor_stack = DenseStack.from_sequential(self.actor.module)
-            self.actor_target_stack = DenseStack.from_sequential(self.actor_target.module)
-            self.critic_stacks = CriticStacks(self.critic.module)
-            self.critic_target_stacks = CriticStacks(self.critic_target.module)
+        self.update = select_update(backend, self.autograd_update, fused=lambda: FusedDDPGUpdate(self))
 
     # ------------------------------------------------------------------ acting
     def policy_actions(self, obs: np.ndarray, explore: bool) -> np.ndarray:
@@ -127,41 +127,29 @@ class DDPG(ContinuousAgent):
 
     # ------------------------------------------------------------------ learning
     def train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        if self.by_hand:  # the same update, gradients written out (classic_rl.agents.continuous_backprop)
-            with torch.no_grad():
-                return self._update(batch)
-        return self._update(batch)
+        """One update by the backend chosen in :meth:`build` (:meth:`autograd_update` is the definition)."""
+        return self.update(batch)
 
-    def _update(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def autograd_update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """The update of the module docstring, with autograd."""
         cfg = self.config
         obs = batch.obs
         with torch.no_grad():
             td_target = td3_target(
-                batch.next_obs, batch.rewards, batch.discounts,
-                self.actor_target_stack.forward if self.by_hand else partial(run_mlp, self.actor_target.module),
-                self.critic_target_stacks.values if self.by_hand else self.critic_target.module,
-                cfg.target_policy_noise, cfg.target_noise_clip,
+                batch.next_obs, batch.rewards, batch.discounts, partial(run_mlp, self.actor_target.module),
+                self.critic_target.module, cfg.target_policy_noise, cfg.target_noise_clip,
             )
-        actions = self.normalize_actions(batch.actions)
-        if self.by_hand:
-            critic_loss, q = critic_regression_(self.critic_stacks, obs, actions, td_target, batch.weights)
-            self.critic.optimizer.step()
-        else:
-            q = self.critic.module(obs, actions)  # (n_critics, B)
-            critic_loss = weighted_mean((q - td_target).pow(2).sum(0), batch.weights)
-            self.critic.step(critic_loss)
+        q = self.critic.module(obs, self.normalize_actions(batch.actions))  # (n_critics, B)
+        critic_loss = weighted_mean((q - td_target).pow(2).sum(0), batch.weights)
+        self.critic.step(critic_loss)
         self.critic_updates += 1
         stats = {"critic_loss": critic_loss.detach(), "td_error": (q[0] - td_target).detach().abs()}
         if self.critic_updates % cfg.policy_delay == 0:
-            if self.by_hand:
-                actor_loss = tanh_actor_gradient_(self.actor_stack, self.critic_stacks, obs)
-                self.actor.optimizer.step()
-            else:
-                critic = self.critic.module
-                critic.requires_grad_(False)  # the actor's gradient flows through Q, not into it
-                actor_loss = -critic(obs, torch.tanh(run_mlp(self.actor.module, obs)), members=slice(0, 1)).mean()
-                critic.requires_grad_(True)
-                self.actor.step(actor_loss)
+            critic = self.critic.module
+            critic.requires_grad_(False)  # the actor's gradient flows through Q, not into it
+            actor_loss = -critic(obs, torch.tanh(run_mlp(self.actor.module, obs)), members=slice(0, 1)).mean()
+            critic.requires_grad_(True)
+            self.actor.step(actor_loss)
             self.critic_target.polyak_(self.critic, cfg.tau)
             self.actor_target.polyak_(self.actor, cfg.tau)
             stats["actor_loss"] = actor_loss.detach()

@@ -24,6 +24,11 @@ regression by the cross-entropy to the projected target distribution
 (:func:`classic_rl.core.distributional.categorical_projection`). Noisy nets replace epsilon-greedy
 by learned parameter noise (the presets set epsilon to 0). Prioritized replay takes ``|q - y|``
 (or the C51 cross-entropy) as the new priority of each sampled transition.
+
+:meth:`DQN.autograd_loss_and_gradient` is the definition of the loss and its gradient. With
+``update_backend: fused`` (the default) plain MLP heads with uniform replay use
+:class:`classic_rl.fused.updates.FusedQRegression` instead (the same gradient written out by hand,
+equal up to float rounding) and every variant steps Adam through :class:`classic_rl.fused.adam.FlatAdam`.
 """
 
 from __future__ import annotations
@@ -39,9 +44,10 @@ from classic_rl.agents.base import register, space_kind
 from classic_rl.agents.off_policy import OffPolicyAgent, OffPolicyConfig, linear_schedule
 from classic_rl.buffers import Batch
 from classic_rl.core.distributional import categorical_projection, make_support
-from classic_rl.mlp_backprop import MLPQRegression, supports_analytic_grad
-from classic_rl.nets import QNetwork, clip_grad_norm_flat, flat_parameters, is_image_space
-from classic_rl.optim import FlatAdam
+from classic_rl.fused import DEFAULT_UPDATE_BACKEND, resolve_update_backend, select_update
+from classic_rl.fused.adam import make_adam
+from classic_rl.fused.updates import FusedQRegression
+from classic_rl.nets import QNetwork, clip_grad_norm_flat, flat_parameters, is_image_space, zero_flat_grad_
 
 LOSSES = ("huber", "mse")
 
@@ -76,12 +82,16 @@ class DQNConfig(OffPolicyConfig):
     noisy: bool = False
     """Factorised Gaussian noisy linear layers (explore through weight noise)."""
     noisy_std: float = 0.5
-    analytic_grad: bool = True
-    """Plain MLP Q-nets with uniform replay: backpropagate by hand (:mod:`classic_rl.mlp_backprop`),
-    the same gradient as autograd at about two thirds of the cost on a CPU; False forces autograd."""
+    update_backend: str = DEFAULT_UPDATE_BACKEND
+    """``fused``: the gradient by hand for plain MLP Q-nets with uniform replay, FlatAdam for all
+    (:mod:`classic_rl.fused`); ``autograd``: the plain torch update. The same numbers up to float
+    rounding; see docs/benchmarks.md for the speed."""
+    analytic_grad: bool | None = None
+    """Deprecated alias of ``update_backend`` (true = fused, false = autograd)."""
 
     def validate(self) -> None:
         super().validate()
+        resolve_update_backend(self)
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}; got {self.loss!r}")
         if self.learning_rate <= 0:
@@ -151,11 +161,12 @@ class DQN(OffPolicyAgent):
         self.target_net.requires_grad_(False)
         self.q_flat = flat_parameters(self.q_net)
         self.target_flat = flat_parameters(self.target_net)
-        # one flat tensor and the fused kernel, called directly: Adam is a single op per update
-        self.optimizer = FlatAdam(self.q_flat, lr=cfg.learning_rate, eps=cfg.adam_eps)
+        backend = resolve_update_backend(cfg)
+        # one flat tensor: Adam, clipping and target copies are a single op each
+        self.optimizer = make_adam(self.q_flat, lr=cfg.learning_rate, eps=cfg.adam_eps, backend=backend)
         self.support = support
-        analytic = cfg.analytic_grad and not self.buffer.prioritized and supports_analytic_grad(self.q_net, cfg.loss)
-        self.analytic_loss = MLPQRegression(self.q_net, cfg.loss) if analytic else None
+        fused = (lambda: FusedQRegression(self)) if FusedQRegression.applies(self) else None
+        self.loss_and_gradient = select_update(backend, self.autograd_loss_and_gradient, fused)
         self._noisy_snapshot: tuple[int, list[np.ndarray]] = (-1, [])
 
     def networks(self) -> dict[str, torch.nn.Module]:
@@ -249,14 +260,25 @@ class DQN(OffPolicyAgent):
             self.target_net.reset_noise()
         actions = batch.actions - self.action_start if self.action_start else batch.actions
         targets = batch.targets if batch.targets is not None else self.compute_targets(batch)
-        by_hand = self.analytic_loss is not None  # set only for plain MLP heads and uniform replay
+        loss, td_error = self.loss_and_gradient(batch, actions, targets)  # the backend's, chosen in setup
+        grad_norm = clip_grad_norm_flat(self.q_flat, cfg.max_grad_norm)
+        self.optimizer.step()
+        stats = {"loss": loss.detach(), "grad_norm": grad_norm}
+        if td_error is not None:
+            stats["td_error"] = td_error
+        return stats
+
+    def autograd_loss_and_gradient(
+        self, batch: Batch, actions: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The loss (module docstring) and its gradient in ``q_flat.grad``; returns ``(loss, td_error)``,
+        td_error (the new priorities) only with prioritized replay."""
+        cfg = self.config
         if cfg.distributional:  # cross-entropy between the projected target and p(s, a)
             log_p = self.q_net(batch.obs)[torch.arange(len(actions)), actions].log_softmax(dim=-1)
             per_sample = -(targets * log_p).sum(dim=-1)
             td_error = per_sample.detach()
             loss = per_sample.mean() if batch.weights is None else (per_sample * batch.weights).mean()
-        elif by_hand:  # the loss below, its gradient computed by hand straight into q_flat.grad
-            loss, td_error = self.analytic_loss(batch.obs, actions, targets), None
         else:
             q = self.q_net(batch.obs).gather(1, actions.unsqueeze(1)).squeeze(1)
             loss_fn = F.smooth_l1_loss if cfg.loss == "huber" else F.mse_loss
@@ -265,15 +287,9 @@ class DQN(OffPolicyAgent):
             else:
                 loss = (loss_fn(q, targets, reduction="none") * batch.weights).mean()
             td_error = (q - targets).detach() if self.buffer.prioritized else None
-        if not by_hand:
-            self.q_flat.grad.zero_()
-            loss.backward()
-        grad_norm = clip_grad_norm_flat(self.q_flat, cfg.max_grad_norm)
-        self.optimizer.step()
-        stats = {"loss": loss.detach(), "grad_norm": grad_norm}
-        if td_error is not None:
-            stats["td_error"] = td_error
-        return stats
+        zero_flat_grad_(self.q_flat)
+        loss.backward()
+        return loss, td_error
 
 
 # ---------------------------------------------------------------------------------- presets

@@ -1,6 +1,6 @@
 """The one off-policy training loop: act, store in replay, learn from minibatches, sync targets.
 
-Every replay-based agent (the DQN family here; DDPG, TD3, SAC, D4PG later) subclasses
+Every replay-based agent (the DQN family, DDPG, TD3, SAC, discrete SAC, D4PG) subclasses
 :class:`OffPolicyAgent` and supplies only its own parts:
 
 - ``setup()``: call ``super().setup()`` (environments and replay), then build networks and

@@ -37,9 +37,10 @@ from torch import Tensor
 from classic_rl.agents.base import Agent
 from classic_rl.core.advantages import gae
 from classic_rl.env_utils import VEC_ENV_KINDS, EpisodeRecorder, make_vector_env
+from classic_rl.fused import DEFAULT_UPDATE_BACKEND, resolve_update_backend
+from classic_rl.fused.adam import make_adam
 from classic_rl.logger import RunLogger
-from classic_rl.nets import clip_grad_norm_flat, flat_parameters
-from classic_rl.optim import FlatAdam
+from classic_rl.nets import clip_grad_norm_flat, flat_parameters, zero_flat_grad_
 from classic_rl.policies import ActorCritic, PolicyConfig, obs_to_numpy, obs_to_tensor
 
 __all__ = [
@@ -72,6 +73,9 @@ class OnPolicyConfig(PolicyConfig):
     """Decay the learning rate linearly to 0 over the ``learn`` budget."""
     optimizer: str = "adam"
     """'adam' or 'rmsprop' (RMSprop with alpha=0.99, eps=1e-5 as in A2C / SB3)."""
+    update_backend: str = DEFAULT_UPDATE_BACKEND
+    """``fused``: Adam on a flat parameter tensor (PPO, A2C) steps through :class:`classic_rl.fused.adam.FlatAdam`;
+    ``autograd``: ``torch.optim.Adam``. The same numbers (the gradients come from autograd either way)."""
     ent_coef: float = 0.0
     vf_coef: float = 0.5
     max_grad_norm: float | None = 0.5
@@ -90,6 +94,7 @@ class OnPolicyConfig(PolicyConfig):
 
     def validate(self) -> None:
         self.validate_policy()
+        resolve_update_backend(self)
         if self.eval_freq < 0 or self.eval_episodes < 1:
             raise ValueError(
                 f"eval_freq must be >= 0 and eval_episodes >= 1, got {self.eval_freq}, {self.eval_episodes}"
@@ -439,7 +444,7 @@ class OnPolicyAgent(Agent):
     use_flat_parameters: ClassVar[bool] = False
     """Keep the policy's parameters (and gradients) in one flat tensor (``classic_rl.nets.flat_parameters``):
     the optimizer step, gradient clipping and zeroing are then one op each instead of one per
-    weight tensor -- on a 64x64 network that per-tensor overhead is ~20% of a gradient step. The
+    weight tensor -- on a 64x64 network that per-tensor overhead is a visible share of a gradient step. The
     arithmetic is the same (Adam and RMSprop are elementwise; every parameter gets a gradient)."""
 
     def setup(self) -> None:
@@ -469,12 +474,13 @@ class OnPolicyAgent(Agent):
 
     def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         params = [self.flat_params] if self.flat_params is not None else self.policy.parameters()
-        return {"optimizer": make_optimizer(self.config.optimizer, params, self.config.learning_rate)}
+        cfg = self.config
+        return {"optimizer": make_optimizer(cfg.optimizer, params, cfg.learning_rate, resolve_update_backend(cfg))}
 
     def zero_grad(self) -> None:
         """Clear the policy's gradients before a backward pass (in place when they are flat)."""
         if self.flat_params is not None:
-            self.flat_params.grad.zero_()
+            zero_flat_grad_(self.flat_params)  # also re-attaches grads a module.zero_grad() cut loose
         else:
             self.policy.zero_grad(set_to_none=True)
 
@@ -620,12 +626,13 @@ class OnPolicyAgent(Agent):
             self.reward_scaler.rms.load(tensors, "reward_rms")
 
 
-def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(name: str, params, lr: float, backend: str = "fused") -> torch.optim.Optimizer:
     """Adam (eps=1e-5, as CleanRL/SB3 PPO) or RMSprop (alpha=0.99, eps=1e-5, as SB3 A2C).
 
     Adam uses the fused kernel (one call for all parameters: small networks are dominated by
-    per-tensor overhead) -- for one flat parameter tensor through :class:`~classic_rl.optim.FlatAdam`,
-    the same kernel without ``torch.optim``'s per-step bookkeeping --, RMSprop, which has no fused
+    per-tensor overhead) -- for one flat parameter tensor and the ``fused`` backend through
+    :class:`~classic_rl.fused.adam.FlatAdam`, the same kernel without ``torch.optim``'s per-step
+    bookkeeping --, RMSprop, which has no fused
     kernel, the multi-tensor one.
     """
     params = list(params)
@@ -633,6 +640,6 @@ def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
         return torch.optim.RMSprop(params, lr=lr, alpha=0.99, eps=1e-5, foreach=True)
     if name == "adam":
         if len(params) == 1:
-            return FlatAdam(params[0], lr=lr, eps=1e-5)
+            return make_adam(params[0], lr=lr, eps=1e-5, backend=backend)
         return torch.optim.Adam(params, lr=lr, eps=1e-5, fused=True)
     raise ValueError(f"optimizer={name!r} is not valid; use one of {', '.join(OPTIMIZERS)}")

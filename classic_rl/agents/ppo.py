@@ -12,6 +12,7 @@ be normalised (``normalize_obs``, ``normalize_reward``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -20,7 +21,7 @@ from classic_rl.agents.base import register
 from classic_rl.agents.on_policy import OnPolicyAgent, OnPolicyConfig, Rollout, compute_gae
 from classic_rl.core.losses import clipped_surrogate, masked_mean, masked_whiten, surrogate_stats, value_loss
 
-__all__ = ["PPO", "PPOConfig"]
+__all__ = ["PPO", "PPOConfig", "CoreSettings", "core_settings"]
 
 
 @dataclass
@@ -58,6 +59,22 @@ class PPOConfig(OnPolicyConfig):
             raise ValueError(f"clip_range must be positive, got {self.clip_range}")
 
 
+class CoreSettings(NamedTuple):
+    """PPO's settings in the core's names (:mod:`classic_rl.core.losses`)."""
+
+    epsilon: float
+    epsilon_value: float | None
+    num_epochs: int
+
+
+def core_settings(cfg: PPOConfig, progress_remaining: float = 1.0) -> CoreSettings:
+    """The one place where this agent's (Stable-Baselines3's, the CLI's) names become the core's:
+    ``clip_range`` -> ``epsilon`` (decayed with ``progress_remaining`` under ``anneal_clip``),
+    ``clip_range_vf`` -> ``epsilon_value``, ``n_epochs`` -> ``num_epochs``."""
+    epsilon = cfg.clip_range * progress_remaining if cfg.anneal_clip else cfg.clip_range
+    return CoreSettings(epsilon=epsilon, epsilon_value=cfg.clip_range_vf, num_epochs=cfg.n_epochs)
+
+
 @register
 class PPO(OnPolicyAgent):
     """Proximal policy optimisation (clipped surrogate), see the module docstring."""
@@ -84,13 +101,13 @@ class PPO(OnPolicyAgent):
             "returns": returns.flatten(),
             "mask": rollout.mask.flatten(),
         }
-        clip = cfg.clip_range * progress_remaining if cfg.anneal_clip else cfg.clip_range
-        stats = self.train_epochs(batch, clip)
-        stats["policy/clip_range"] = clip
+        settings = core_settings(cfg, progress_remaining)
+        stats = self.train_epochs(batch, settings)
+        stats["policy/clip_range"] = settings.epsilon
         return stats
 
-    def train_epochs(self, batch: dict[str, Tensor], clip: float) -> dict[str, float]:
-        """``n_epochs`` passes of shuffled minibatches over ``batch``; statistics averaged over the steps.
+    def train_epochs(self, batch: dict[str, Tensor], settings: CoreSettings) -> dict[str, float]:
+        """``num_epochs`` passes of shuffled minibatches over ``batch``; statistics averaged over the steps.
 
         Small networks spend most of a minibatch step on per-op overhead, so the loop keeps the op
         count down without changing the arithmetic: an all-ones mask is dropped (plain means), each
@@ -99,15 +116,16 @@ class PPO(OnPolicyAgent):
         are kept per minibatch and reduced once at the end (one host sync per update).
         """
         cfg = self.config
+        epsilon, epsilon_value = settings.epsilon, settings.epsilon_value
         policy, optimizer = self.policy, self._optimizers["optimizer"]
         n = batch["mask"].shape[0]
         num_minibatches = max(1, n // cfg.batch_size)
         mb_size = n // num_minibatches
         masked = not bool(batch["mask"].all())
-        with_entropy = cfg.ent_coef != 0.0  # else skip it: ~10% of a minibatch step for nothing
+        with_entropy = cfg.ent_coef != 0.0  # else skip it: a measurable share of a minibatch step for nothing
         pieces: dict[str, list[Tensor]] = {k: [] for k in ("log_ratio", "advantages", "mask", "policy", "value", "entropy", "val_clipfrac")}
         epochs_run = 0
-        for _epoch in range(cfg.n_epochs):
+        for _epoch in range(settings.num_epochs):
             epochs_run += 1
             shuffled = batch
             if num_minibatches > 1:
@@ -119,9 +137,9 @@ class PPO(OnPolicyAgent):
                 mask = mb["mask"] if masked else None
                 dist, new_values = policy(mb["obs"])
                 new_logprobs = dist.log_prob(mb["actions"])
-                per_step, log_ratio = clipped_surrogate(new_logprobs, mb["logprobs"], mb["advantages"], epsilon=clip)
+                per_step, log_ratio = clipped_surrogate(new_logprobs, mb["logprobs"], mb["advantages"], epsilon=epsilon)
                 pg_loss = masked_mean(per_step, mask)
-                v_loss, v_clipfrac = value_loss(new_values, mb["values"], mb["returns"], mask, cfg.clip_range_vf)
+                v_loss, v_clipfrac = value_loss(new_values, mb["values"], mb["returns"], mask, epsilon_value)
                 loss = pg_loss + cfg.vf_coef * v_loss
                 if with_entropy:
                     entropy = masked_mean(dist.entropy(), mask)
@@ -138,27 +156,27 @@ class PPO(OnPolicyAgent):
                 pieces["advantages"].append(mb["advantages"])
                 pieces["policy"].append(pg_loss.detach())
                 pieces["value"].append(v_loss.detach())
-                if cfg.clip_range_vf is not None:
+                if epsilon_value is not None:
                     pieces["val_clipfrac"].append(v_clipfrac)
                 if masked:
                     pieces["mask"].append(mask)
-                if cfg.target_kl is not None and surrogate_stats(log_ratio, mb["advantages"], mask, clip)["approx_kl"].item() > cfg.target_kl:
+                if cfg.target_kl is not None and surrogate_stats(log_ratio, mb["advantages"], mask, epsilon)["approx_kl"].item() > cfg.target_kl:
                     stop = True
                     break
             if stop:
                 break
-        return _mean_statistics(pieces, clip, epochs_run)
+        return _mean_statistics(pieces, epsilon, epochs_run)
 
 
 @torch.no_grad()
-def _mean_statistics(pieces: dict[str, list[Tensor]], clip: float, epochs_run: int) -> dict[str, float]:
+def _mean_statistics(pieces: dict[str, list[Tensor]], epsilon: float, epochs_run: int) -> dict[str, float]:
     """Average each statistic over the minibatch steps that ran, all of them in one stacked pass."""
     stats = {"epochs_run": float(epochs_run)}
     if not pieces["policy"]:
         return stats
     log_ratio = torch.stack(pieces["log_ratio"])
     mask = torch.stack(pieces["mask"]).to(log_ratio.dtype) if pieces["mask"] else None
-    surrogate = surrogate_stats(log_ratio, torch.stack(pieces["advantages"]), mask, clip, dim=(1,))
+    surrogate = surrogate_stats(log_ratio, torch.stack(pieces["advantages"]), mask, epsilon, dim=(1,))
 
     def mean(name: str) -> Tensor:
         return torch.stack(pieces[name]).mean() if pieces[name] else torch.zeros(())

@@ -13,9 +13,9 @@ stable form of the correction). The update (one screen)::
     alpha_loss  = -mean log_alpha (logp + target_entropy)   target_entropy = -dim(A) by default
     theta' <- (1 - tau) theta' + tau theta
 
-By default (``analytic_grad=True``) the gradients are written out by hand
-(:meth:`SAC._train_step_by_hand`, :func:`squashed_actor_gradient_`): the same numbers as the
-autograd update up to float rounding, in less CPU time.
+:meth:`SAC.autograd_update` is the definition. With ``update_backend: fused`` (the default) the
+agent runs :class:`classic_rl.fused.updates.FusedSACUpdate` instead: the same update with the
+gradients written out by hand, equal up to float rounding (its speed: ``docs/benchmarks.md``).
 
 As in Stable-Baselines3, alpha is updated first and its value before the step weighs this
 update's targets and actor loss.
@@ -40,11 +40,11 @@ from classic_rl.agents.continuous import (
     online_and_target,
     weighted_mean,
 )
-from classic_rl.agents.continuous_backprop import CriticStacks, critic_regression_
 from classic_rl.buffers import Batch
-from classic_rl.mlp_backprop import DenseStack
-from classic_rl.nets import mlp
-from classic_rl.optim import FlatAdam
+from classic_rl.fused import DEFAULT_UPDATE_BACKEND, resolve_update_backend, select_update
+from classic_rl.fused.adam import make_adam
+from classic_rl.fused.updates import FusedSACUpdate
+from classic_rl.nets import mlp, zero_flat_grad_
 from classic_rl.policies import LOG_STD_MAX, LOG_STD_MIN, run_mlp
 
 
@@ -58,13 +58,15 @@ class SACConfig(ContinuousConfig):
     at 0.1) or a fixed number such as ``0.2``."""
     target_entropy: float | None = None
     """Entropy the learned alpha aims for; None means -dim(A)."""
-    analytic_grad: bool = True
-    """Compute the gradients by hand (:func:`squashed_actor_gradient_` and
-    :mod:`classic_rl.agents.continuous_backprop`: the same numbers up to float rounding, in less
-    time); False runs the plain autograd update."""
+    update_backend: str = DEFAULT_UPDATE_BACKEND
+    """``fused`` (gradients by hand and a bare fused-Adam step, :mod:`classic_rl.fused`) or ``autograd``
+    (the plain torch update): the same numbers up to float rounding; see docs/benchmarks.md for the speed."""
+    analytic_grad: bool | None = None
+    """Deprecated alias of ``update_backend`` (true = fused, false = autograd)."""
 
     def validate(self) -> None:
         super().validate()
+        resolve_update_backend(self)
         parse_ent_coef(self.ent_coef)
         if self.n_critics < 1:
             raise ValueError(f"n_critics must be >= 1, got {self.n_critics}")
@@ -88,15 +90,17 @@ def parse_ent_coef(value: str) -> tuple[bool, float]:
     return learned, init
 
 
-def make_temperature(ent_coef: str, lr: float) -> tuple[bool, torch.Tensor, torch.optim.Optimizer | None]:
+def make_temperature(
+    ent_coef: str, lr: float, backend: str = "fused"
+) -> tuple[bool, torch.Tensor, torch.optim.Optimizer | None]:
     """``(learned, log_alpha, optimizer)`` for an ``ent_coef`` setting (see :func:`parse_ent_coef`).
 
     alpha is learned through ``log_alpha`` (so it stays positive) by Adam at ``lr``; a fixed
-    alpha gets no optimizer. Shared by :mod:`classic_rl.agents.sac` and :mod:`classic_rl.agents.sac_discrete`.
+    alpha gets no optimizer; ``backend`` picks the Adam class (:func:`classic_rl.fused.adam.make_adam`). Shared by :mod:`classic_rl.agents.sac` and :mod:`classic_rl.agents.sac_discrete`.
     """
     learned, init = parse_ent_coef(ent_coef)
     log_alpha = torch.tensor([np.log(init)], dtype=torch.float32, requires_grad=learned)
-    optimizer = FlatAdam(log_alpha, lr=lr) if learned else None
+    optimizer = make_adam(log_alpha, lr=lr, backend=backend) if learned else None
     return learned, log_alpha, optimizer
 
 
@@ -123,7 +127,7 @@ class TemperatureState:
             alpha_loss = -(self.log_alpha * log_prob_gap).mean()
             loss = loss + alpha_loss
             self.log_alpha.grad = None
-        policy.param.grad.zero_()
+        zero_flat_grad_(policy.param)
         loss.backward()
         policy.optimizer.step()
         if self.learn_alpha:
@@ -167,28 +171,6 @@ def squashed_sample(out: torch.Tensor, act_dim: int) -> tuple[torch.Tensor, torc
     return a, logp, log_std, eps
 
 
-def squashed_actor_gradient_(
-    policy: DenseStack, out: torch.Tensor, a: torch.Tensor, log_std: torch.Tensor, eps: torch.Tensor,
-    alpha: torch.Tensor, grad_a: torch.Tensor,
-) -> None:
-    """Backpropagate SAC's ``actor_loss = mean_i (alpha log pi(a_i|s_i) - min_k Q_k(s_i, a_i))`` into ``policy``.
-
-    ``grad_a`` is the Q part's ``dL/da`` (from the critics' input gradient), ``out`` the policy net's
-    output ``[mu, log_sigma_raw]`` saved with its forward pass. With ``u = mu + sigma eps``,
-    ``a = tanh(u)`` and ``d/du log pi = 2 tanh(u) = 2 a`` (:func:`squash_with_log_prob`'s terms)::
-
-        dL/du         = dL/da (1 - a^2) + 2 alpha a / B
-        dL/dmu        = dL/du
-        dL/dlog_sigma = dL/du sigma eps - alpha / B      (zero where the clamp to [-20, 2] was active)
-    """
-    scale = alpha / len(a)
-    grad_u = torch.addcmul(grad_a.mul_(1.0 - a * a), a, 2.0 * scale)
-    grad_log_std = torch.addcmul(-scale, grad_u, log_std.exp() * eps)
-    raw = out[:, a.shape[1]:]
-    grad_log_std.mul_(((raw >= LOG_STD_MIN) & (raw <= LOG_STD_MAX)).to(grad_log_std.dtype))
-    policy.backward(torch.cat([grad_u, grad_log_std], dim=1))
-
-
 class SquashedGaussianActor(torch.nn.Module):
     """``s -> (mu, log_sigma)`` of a tanh-squashed Gaussian, log-std clamped to [-20, 2] (SB3's range)."""
 
@@ -217,18 +199,15 @@ class SAC(TemperatureState, ContinuousAgent):
 
     def build(self) -> None:
         cfg = self.config
+        backend = resolve_update_backend(cfg)
         self.policy = SquashedGaussianActor(self.obs_dim, self.act_dim, cfg.hidden)
-        self.policy_flat = Flat(self.policy, cfg.learning_rate)
+        self.policy_flat = Flat(self.policy, cfg.learning_rate, backend)
         self.policy_numpy = NumpyMLP(self.policy.net)
         critic = QEnsemble(cfg.n_critics, self.obs_dim, self.act_dim, cfg.hidden)
-        self.critic, self.critic_target = online_and_target(critic, cfg.learning_rate)
-        self.learn_alpha, self.log_alpha, self.alpha_opt = make_temperature(cfg.ent_coef, cfg.learning_rate)
+        self.critic, self.critic_target = online_and_target(critic, cfg.learning_rate, backend)
+        self.learn_alpha, self.log_alpha, self.alpha_opt = make_temperature(cfg.ent_coef, cfg.learning_rate, backend)
         self.target_entropy = float(cfg.target_entropy) if cfg.target_entropy is not None else -float(self.act_dim)
-        self.by_hand = cfg.analytic_grad
-        if self.by_hand:  # views of the flat parameters and gradients made above
-            self.policy_stack = DenseStack.from_sequential(self.policy.net)
-            self.critic_stacks = CriticStacks(self.critic.module)
-            self.critic_target_stacks = CriticStacks(self.critic_target.module)
+        self.update = select_update(backend, self.autograd_update, fused=lambda: FusedSACUpdate(self))
 
     # ------------------------------------------------------------------ acting
     def policy_actions(self, obs: np.ndarray, explore: bool) -> np.ndarray:
@@ -240,9 +219,11 @@ class SAC(TemperatureState, ContinuousAgent):
 
     # ------------------------------------------------------------------ learning
     def train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        if self.by_hand:
-            with torch.no_grad():
-                return self._train_step_by_hand(batch)
+        """One update by the backend chosen in :meth:`build` (:meth:`autograd_update` is the definition)."""
+        return self.update(batch)
+
+    def autograd_update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """The update of the module docstring, with autograd."""
         cfg = self.config
         obs = batch.obs
         a_pi, logp = self.policy.sample(obs)
@@ -266,38 +247,6 @@ class SAC(TemperatureState, ContinuousAgent):
                      entropy=-logp.detach().mean(), td_error=(q[0] - td_target).detach().abs())
         if alpha_loss is not None:
             stats["alpha_loss"] = alpha_loss.detach()
-        return stats
-
-    def _train_step_by_hand(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """:meth:`train_step` with the gradients written out (the same numbers up to float rounding)."""
-        cfg = self.config
-        obs, n = batch.obs, len(batch.obs)
-        out = self.policy_stack.forward(obs, save=True)
-        a_pi, logp, log_std, eps = squashed_sample(out, self.act_dim)
-        alpha = self.log_alpha.detach().exp()
-        next_a, next_logp, _, _ = squashed_sample(self.policy_stack.forward(batch.next_obs), self.act_dim)
-        q_next = self.critic_target_stacks.values(batch.next_obs, next_a).min(dim=0).values
-        td_target = batch.rewards + batch.discounts * (q_next - alpha * next_logp)
-        critic_loss, q = critic_regression_(
-            self.critic_stacks, obs, self.normalize_actions(batch.actions), td_target, batch.weights)
-        self.critic.optimizer.step()
-
-        q_pi, argmin = self.critic_stacks.values(obs, a_pi, save=True).min(dim=0)
-        actor_loss = (alpha * logp - q_pi).mean()
-        dq = torch.zeros(self.critic.module.n, n).scatter_(0, argmin[None], -1.0 / n)  # d(-mean min_k Q_k)
-        grad_a = self.critic_stacks.backward(dq, weight_grads=False, action_grad=True)
-        squashed_actor_gradient_(self.policy_stack, out, a_pi, log_std, eps, alpha, grad_a)
-        self.policy_flat.optimizer.step()
-        if self.learn_alpha:  # alpha_loss = -mean log_alpha (logp + target_entropy)
-            entropy_gap = logp + self.target_entropy
-            alpha_loss = -(self.log_alpha.detach() * entropy_gap).mean()
-            self.log_alpha.grad = -entropy_gap.mean().reshape(1)
-            self.alpha_opt.step()
-        self.critic_target.polyak_(self.critic, cfg.tau)
-        stats = dict(critic_loss=critic_loss, actor_loss=actor_loss, alpha=alpha, entropy=-logp.mean(),
-                     td_error=(q[0] - td_target).abs())
-        if self.learn_alpha:
-            stats["alpha_loss"] = alpha_loss
         return stats
 
     # ------------------------------------------------------------------ saving

@@ -40,6 +40,7 @@ from classic_rl.agents.continuous import (
 from classic_rl.agents.off_policy import OffPolicyAgent
 from classic_rl.agents.sac import TemperatureState, make_temperature, parse_ent_coef
 from classic_rl.buffers import Batch
+from classic_rl.fused import DEFAULT_UPDATE_BACKEND, resolve_update_backend
 from classic_rl.nets import mlp
 from classic_rl.policies import run_mlp
 
@@ -59,9 +60,13 @@ class SACDiscreteConfig(ContinuousConfig):
     """The learned alpha aims for an entropy of ``scale * log(n)`` nats (``log(n)``: the uniform
     policy's). The paper uses 0.98, which keeps the policy close to uniform; 0.89 is CleanRL's
     ``sac_atari`` value."""
+    update_backend: str = DEFAULT_UPDATE_BACKEND
+    """``fused`` (Adam through :class:`classic_rl.fused.adam.FlatAdam`; the gradients come from autograd:
+    there is no hand-written one here) or ``autograd`` (``torch.optim.Adam``): the same numbers."""
 
     def validate(self) -> None:
         super().validate()
+        resolve_update_backend(self)
         parse_ent_coef(self.ent_coef)
         if self.n_critics < 1:
             raise ValueError(f"n_critics must be >= 1, got {self.n_critics}")
@@ -102,11 +107,12 @@ class SACDiscrete(TemperatureState, OffPolicyAgent):
         self.obs_dim = int(np.prod(self.obs_shape))
         self.n_actions = int(self.env.action_space.n)
         self.action_start = int(self.env.action_space.start)
-        self.policy = Flat(mlp(self.obs_dim, cfg.hidden, self.n_actions), cfg.learning_rate)
+        backend = resolve_update_backend(cfg)
+        self.policy = Flat(mlp(self.obs_dim, cfg.hidden, self.n_actions), cfg.learning_rate, backend)
         self.policy_numpy = NumpyMLP(self.policy.module)
         critic = GroupedMLP(cfg.n_critics, self.obs_dim, cfg.hidden, self.n_actions)
-        self.critic, self.critic_target = online_and_target(critic, cfg.learning_rate)
-        self.learn_alpha, self.log_alpha, self.alpha_opt = make_temperature(cfg.ent_coef, cfg.learning_rate)
+        self.critic, self.critic_target = online_and_target(critic, cfg.learning_rate, backend)
+        self.learn_alpha, self.log_alpha, self.alpha_opt = make_temperature(cfg.ent_coef, cfg.learning_rate, backend)
         self.target_entropy = cfg.target_entropy_scale * math.log(self.n_actions)
 
     def target_pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -215,11 +215,16 @@ class DynamicProgrammingAgent(Agent):
         self.v = np.zeros(n)
         self.policy = np.zeros(n, dtype=np.int64)
 
-    def solve(self) -> tuple[np.ndarray, np.ndarray]:
+    solve_stats: dict[str, int] | None = None
+    """What the last solve did (``sweeps``, and ``improvements`` for policy iteration): DP takes no
+    environment steps or episodes, so run summaries report these instead."""
+
+    def solve(self, stats: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
     def _learn(self, total_steps: int | None, episodes: int | None, logger: RunLogger) -> None:
-        self.v, self.policy = self.solve()
+        self.solve_stats = {}
+        self.v, self.policy = self.solve(self.solve_stats)
         logger.advance(episodes or total_steps or 1)
         self._safe_point()
 
@@ -239,13 +244,13 @@ class DynamicProgrammingAgent(Agent):
 class ValueIteration(DynamicProgrammingAgent):
     algo = "value_iteration"
 
-    def solve(self) -> tuple[np.ndarray, np.ndarray]:
-        return value_iteration(self.env.unwrapped.P, self.config.gamma, theta=self.config.theta)
+    def solve(self, stats: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+        return value_iteration(self.env.unwrapped.P, self.config.gamma, theta=self.config.theta, stats=stats)
 
 
 @register
 class PolicyIteration(DynamicProgrammingAgent):
     algo = "policy_iteration"
 
-    def solve(self) -> tuple[np.ndarray, np.ndarray]:
-        return policy_iteration(self.env.unwrapped.P, self.config.gamma, theta=self.config.theta)
+    def solve(self, stats: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+        return policy_iteration(self.env.unwrapped.P, self.config.gamma, theta=self.config.theta, stats=stats)

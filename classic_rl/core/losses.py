@@ -16,6 +16,13 @@ Pieces
 - :func:`surrogate_stats` -- approximate KL, clip fraction, mean ratio.
 - :func:`value_loss` -- ``0.5 * (V - R)^2``, optionally clipped around the old values.
 - :func:`kl_penalty` -- the k1 / k2 / k3 estimators of ``KL(pi || pi_ref)`` per token.
+
+One vocabulary for PPO's settings in the core: ``epsilon`` / ``epsilon_high`` (the ratio's lower
+and upper clip widths), ``epsilon_value`` (the value clip around the old values), ``num_epochs``
+and ``num_minibatches`` (the caller's loop). Each front end keeps its users' names and maps them
+in one place: the classic CLI Stable-Baselines3's (``clip_range``, ``clip_range_vf``, ``n_epochs``,
+in :func:`classic_rl.agents.ppo.core_settings`), ``rlhf`` TRL's (``cliprange``, ``cliprange_value``,
+``num_ppo_epochs``; GRPO/RLOO already say ``epsilon``, ``epsilon_high``).
 """
 
 from __future__ import annotations
@@ -200,32 +207,33 @@ def policy_loss(
     old_logprobs: Tensor,
     advantages: Tensor,
     mask: Tensor | None,
-    clip_range: float,
+    epsilon: float,
     epsilon_high: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO's clipped surrogate averaged over valid positions, and its :func:`surrogate_stats`.
 
-    ``loss = mean(max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)))``.
+    ``loss = mean(max(-A * ratio, -A * clip(ratio, 1 - epsilon, 1 + epsilon_high)))``.
     """
     per_token, log_ratio = clipped_surrogate(
-        new_logprobs, old_logprobs, advantages, mask, epsilon=clip_range, epsilon_high=epsilon_high
+        new_logprobs, old_logprobs, advantages, mask, epsilon=epsilon, epsilon_high=epsilon_high
     )
-    stats = surrogate_stats(log_ratio.detach(), advantages, mask, clip_range, epsilon_high)
+    stats = surrogate_stats(log_ratio.detach(), advantages, mask, epsilon, epsilon_high)
     return masked_mean(per_token, mask), stats
 
 
 # ----------------------------------------------------------------------------- value loss
 def value_loss(
-    new_values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor | None, clip_range_value: float | None
+    new_values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor | None, epsilon_value: float | None
 ) -> tuple[Tensor, Tensor]:
-    """``0.5 * mean((V - R)^2)``; with ``clip_range_value`` the pessimistic max of the plain and
-    the clipped error, where ``V_clipped = V_old + clip(V - V_old, -c, c)``. Returns (loss, clipfrac)."""
-    if clip_range_value is None:
+    """``0.5 * mean((V - R)^2)``; with ``epsilon_value`` the pessimistic max of the plain and the
+    clipped error, where ``V_clipped = V_old + clip(V - V_old, -epsilon_value, epsilon_value)``.
+    Returns (loss, clipfrac)."""
+    if epsilon_value is None:
         if mask is None:  # one fused op (and one backward node) instead of three
             return 0.5 * F.mse_loss(new_values, returns), torch.zeros((), device=new_values.device)
         return 0.5 * masked_mean((new_values - returns) ** 2, mask), torch.zeros((), device=new_values.device)
     unclipped = (new_values - returns) ** 2
-    v_clipped = old_values + torch.clamp(new_values - old_values, -clip_range_value, clip_range_value)
+    v_clipped = old_values + torch.clamp(new_values - old_values, -epsilon_value, epsilon_value)
     clipped = (v_clipped - returns) ** 2
     loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask)
     with torch.no_grad():

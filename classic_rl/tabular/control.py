@@ -15,7 +15,7 @@ behaviour, greedy target ("1 x epsilon-greedy"). On a time-limit truncation the 
 bootstraps, since S' is not terminal.
 
 The inner loop keeps Q as Python lists and draws uniforms in blocks: for small tables that is
-several times faster than per-element numpy indexing (see ``scripts/bench_tabular.py``).
+faster than per-element numpy indexing (``scripts/bench_tabular.py``; docs/benchmarks.md, "Measurements moved out of the code").
 """
 
 from __future__ import annotations

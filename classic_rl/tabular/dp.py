@@ -63,11 +63,14 @@ def policy_matrix(policy: np.ndarray | Sequence, n_states: int, n_actions: int) 
 
 
 def _sweep(
-    backup: Callable[[np.ndarray], np.ndarray], V: np.ndarray, theta: float, max_iterations: int, what: str
+    backup: Callable[[np.ndarray], np.ndarray], V: np.ndarray, theta: float, max_iterations: int, what: str,
+    stats: dict | None = None,
 ) -> np.ndarray:
-    """Apply ``V <- backup(V)`` until max |change| < theta."""
+    """Apply ``V <- backup(V)`` until max |change| < theta; counts sweeps in ``stats["sweeps"]``."""
     delta = np.inf
     for _ in range(max_iterations):
+        if stats is not None:
+            stats["sweeps"] = stats.get("sweeps", 0) + 1
         V_new = backup(V)
         delta = float(np.max(np.abs(V_new - V))) if V.size else 0.0
         V = V_new
@@ -101,6 +104,7 @@ def _evaluate(
     theta: float,
     max_iterations: int,
     V0: np.ndarray | None,
+    stats: dict | None = None,
 ) -> np.ndarray:
     r_pi, c_pi, next_pi = model.policy_arrays(pi)
     _check_terminates(model, pi, r_pi, gamma)
@@ -110,7 +114,7 @@ def _evaluate(
         return r_pi + gamma * outcome_expectation(c_pi, next_pi, V)
 
     V = np.zeros(model.n_states) if V0 is None else np.asarray(V0, dtype=np.float64).copy()
-    return _sweep(backup, V, theta, max_iterations, "policy_evaluation")
+    return _sweep(backup, V, theta, max_iterations, "policy_evaluation", stats)
 
 
 def policy_evaluation(
@@ -149,12 +153,13 @@ def greedy_policy(Q: np.ndarray) -> np.ndarray:
 
 
 def value_iteration(
-    P: ModelLike, gamma: float, theta: float = 1e-8, max_iterations: int = 100_000
+    P: ModelLike, gamma: float, theta: float = 1e-8, max_iterations: int = 100_000, stats: dict | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Optimal values and a greedy policy by value iteration.
 
     Iterates the Bellman optimality backup V(s) <- max_a [R(s,a) + gamma sum_s' P(s'|s,a) V(s')]
     until max |change| < theta, then returns ``(V, policy)`` with policy(s) = argmax_a Q(s, a).
+    A dict passed as ``stats`` receives ``sweeps``, the number of backups over all states.
     """
     model = TabularModel.from_P(P)
     gamma = check_gamma(gamma)
@@ -173,19 +178,21 @@ def value_iteration(
         theta,
         max_iterations,
         "value_iteration",
+        stats,
     )
     return V, greedy_policy(model.q_values(V, gamma))
 
 
 def policy_iteration(
-    P: ModelLike, gamma: float, theta: float = 1e-10, max_iterations: int = 1000
+    P: ModelLike, gamma: float, theta: float = 1e-10, max_iterations: int = 1000, stats: dict | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Optimal values and policy by policy iteration (evaluate, improve greedily, repeat).
 
     Starts from a proper policy (one that terminates from every state that can terminate, see
     :meth:`TabularModel.proper_policy`), so that with gamma = 1 the first evaluation is finite.
     The improvement keeps the current action when it is tied with the best one, which guarantees
-    termination of the loop. Returns ``(V, policy)``.
+    termination of the loop. Returns ``(V, policy)``. A dict passed as ``stats`` receives
+    ``improvements`` (policy improvement steps) and ``sweeps`` (evaluation sweeps over all states).
     """
     model = TabularModel.from_P(P)
     gamma = check_gamma(gamma)
@@ -193,8 +200,10 @@ def policy_iteration(
     states = np.arange(model.n_states)
     policy = model.proper_policy()
     V = None
-    for _ in range(max_iterations):
-        V = _evaluate(model, np.eye(model.n_actions)[policy], gamma, theta, 100_000, V)
+    for iteration in range(max_iterations):
+        if stats is not None:
+            stats["improvements"] = iteration + 1
+        V = _evaluate(model, np.eye(model.n_actions)[policy], gamma, theta, 100_000, V, stats)
         Q = model.q_values(V, gamma)
         best = Q.max(axis=1)
         tolerance = 1e-9 * np.maximum(1.0, np.abs(best))

@@ -78,8 +78,8 @@ class TabularModel:
         # R(s, a) = sum_k p_k r_k and c_k = p_k (1 - terminated_k): computed once, used every sweep.
         object.__setattr__(self, "expected_reward", (self.probs * self.rewards).sum(axis=-1))
         object.__setattr__(self, "continue_probs", np.where(self.terminated, 0.0, self.probs))
-        # Outcome-major copies (K, S, A): one contiguous slice per outcome makes each sweep about
-        # twice as fast as gathering the whole (S, A, K) block at once.
+        # Outcome-major copies (K, S, A): one contiguous slice per outcome makes each sweep faster
+        # than gathering the whole (S, A, K) block at once (docs/benchmarks.md, "Measurements moved out of the code").
         object.__setattr__(self, "_c_by_k", np.ascontiguousarray(np.moveaxis(self.continue_probs, -1, 0)))
         object.__setattr__(self, "_next_by_k", np.ascontiguousarray(np.moveaxis(self.next_states, -1, 0)))
 

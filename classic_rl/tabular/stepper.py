@@ -1,10 +1,10 @@
 """Fast, seeded stepping of tabular environments for the model-free methods.
 
-Gymnasium's ``env.step`` costs several microseconds through its wrappers (order enforcing,
-checker, time limit); a tabular learner's own update costs less than that. For toy-text style
+Gymnasium's ``env.step`` goes through its wrappers (order enforcing, checker, time limit), which
+cost more than a tabular learner's own update. For toy-text style
 environments, which expose the model ``P`` and ``initial_state_distrib``, :class:`ModelStepper`
 samples transitions straight from ``P`` with the learner's seeded generator: the same
-distribution of trajectories as ``env.step``, several times faster. It is used only when the env
+distribution of trajectories as ``env.step``, in less time (measured by ``scripts/bench_tabular.py``). It is used only when the env
 is unwrapped or wrapped solely by gymnasium's standard TimeLimit / OrderEnforcing /
 PassiveEnvChecker, so that a reward- or observation-changing wrapper is never bypassed; otherwise
 :class:`EnvStepper` calls ``env.step``. Both honour the env's TimeLimit and an optional

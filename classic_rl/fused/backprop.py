@@ -2,8 +2,8 @@
 
 :class:`DenseStack` is the forward and backward pass of one MLP (Linear layers, ReLU or tanh
 between them); :class:`MLPQRegression` is DQN's loss on top of it, and
-:mod:`classic_rl.agents.continuous_backprop` the continuous-control critics' and actors'. DQN's regression ``loss = mean_i l(Q(s_i, a_i) - y_i)`` (``l`` Huber or squared error) on an
-MLP ``h_0 = s``, ``h_k = f(W_k h_{k-1} + b_k)``, ``Q = W_L h_{L-1} + b_L`` has the textbook
+:mod:`classic_rl.fused.critics` the continuous-control critics' and actors'. DQN's regression
+``loss = mean_i l(Q(s_i, a_i) - y_i)`` (``l`` Huber or squared error) on an MLP ``h_0 = s``, ``h_k = f(W_k h_{k-1} + b_k)``, ``Q = W_L h_{L-1} + b_L`` has the textbook
 gradient, computed here layer by layer from the output back::
 
     delta_L[i, a] = l'(Q(s_i, a_i) - y_i) / B   if a = a_i, else 0     (only the taken action)
@@ -13,7 +13,7 @@ gradient, computed here layer by layer from the output back::
 
 Why by hand: on a CPU with a 256x256 network and one update per environment step (DQN on
 Acrobot), autograd's graph building and bookkeeping, fresh allocations for every activation and
-one badly shaped weight-gradient product cost as much as the matrix products themselves. Here
+one badly shaped weight-gradient product are a large share of the update's time. Here
 the activations live in buffers reused across updates, the gradients are written straight into
 the network's (flat) ``.grad`` tensors, and each product takes its fastest layout. The result
 equals autograd's up to float rounding (tested); anything this does not cover (CNN bodies,

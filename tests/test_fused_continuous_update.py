@@ -5,9 +5,9 @@ import torch
 
 import classic_rl
 from classic_rl.agents.continuous import QEnsemble, weighted_mean
-from classic_rl.agents.continuous_backprop import CriticStacks, critic_regression_, tanh_actor_gradient_
 from classic_rl.agents.sac import LOG_STD_MAX
-from classic_rl.mlp_backprop import DenseStack
+from classic_rl.fused.backprop import DenseStack
+from classic_rl.fused.critics import CriticStacks, critic_regression_, tanh_actor_gradient_
 from classic_rl.nets import flat_parameters, mlp
 
 TOL = dict(rtol=1e-5, atol=1e-6)
@@ -92,8 +92,8 @@ def test_deterministic_actor_gradient_goes_through_q1_and_leaves_the_critics_alo
 def _pair(algo, **settings):
     """The same agent twice, replay filled alike: hand-written gradients and autograd."""
     agents = []
-    for analytic in (True, False):
-        agent = classic_rl.make(algo, seed=4, analytic_grad=analytic, **{**SMALL, **settings})
+    for backend in ("fused", "autograd"):
+        agent = classic_rl.make(algo, seed=4, update_backend=backend, **{**SMALL, **settings})
         agent.learn(total_steps=200, progress=False)  # random actions, no updates yet
         agents.append(agent)
     return agents
@@ -119,7 +119,7 @@ def _train_alike(agents, updates):
 ])
 def test_one_update_gives_autograd_gradients_and_parameters(algo, settings):
     by_hand, autograd = _pair(algo, **settings)
-    assert by_hand.by_hand and not autograd.by_hand
+    assert by_hand.update is not by_hand.autograd_update and autograd.update == autograd.autograd_update
     fast, plain = _train_alike([by_hand, autograd], 2)  # TD3: the second one moves the actor too
     for name in fast:
         torch.testing.assert_close(fast[name], plain[name], **TOL)

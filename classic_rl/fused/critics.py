@@ -1,10 +1,10 @@
-"""The critics' and the deterministic actor's gradients written out by hand (DDPG, TD3, SAC).
+"""The critics' and the actors' gradients written out by hand (DDPG, TD3, SAC).
 
-What autograd would do for these losses, done with :class:`~classic_rl.mlp_backprop.DenseStack`
+What autograd would do for these losses, done with :class:`~classic_rl.fused.backprop.DenseStack`
 (hand-written backprop for one ReLU MLP), for the reasons its module gives: on a CPU with
 batch 256 and [400, 300] layers, graph bookkeeping, fresh activations, the ``expand`` + ``sum``
 of the twin critics' shared input and gradients nobody needs (the critic's weight gradients in
-the actor's loss) cost almost as much as the matrix products. The gradients (tested against
+the actor's loss) are a large share of the update's time. The gradients (tested against
 autograd: equal up to float rounding)::
 
     critic loss  L = mean_i w_i sum_k (Q_k(s_i, a_i) - y_i)^2     (w_i = 1 without prioritized replay)
@@ -23,7 +23,8 @@ from __future__ import annotations
 import torch
 
 from classic_rl.agents.continuous import QEnsemble, weighted_mean
-from classic_rl.mlp_backprop import DenseStack
+from classic_rl.fused.backprop import DenseStack
+from classic_rl.policies import LOG_STD_MAX, LOG_STD_MIN
 
 
 class CriticStacks:
@@ -90,3 +91,26 @@ def tanh_actor_gradient_(actor: DenseStack, critic: CriticStacks, obs: torch.Ten
     grad_u = critic.backward(dq, weight_grads=False, action_grad=True, members=first)
     actor.backward(grad_u.mul_(1.0 - u * u))
     return -q.mean()
+
+
+def squashed_actor_gradient_(
+    policy: DenseStack, out: torch.Tensor, a: torch.Tensor, log_std: torch.Tensor, eps: torch.Tensor,
+    alpha: torch.Tensor, grad_a: torch.Tensor,
+) -> None:
+    """Backpropagate SAC's ``actor_loss = mean_i (alpha log pi(a_i|s_i) - min_k Q_k(s_i, a_i))`` into ``policy``.
+
+    ``grad_a`` is the Q part's ``dL/da`` (from the critics' input gradient), ``out`` the policy net's
+    output ``[mu, log_sigma_raw]`` saved with its forward pass. With ``u = mu + sigma eps``,
+    ``a = tanh(u)`` and ``d/du log pi = 2 tanh(u) = 2 a`` (the terms of
+    :func:`classic_rl.agents.sac.squash_with_log_prob`)::
+
+        dL/du         = dL/da (1 - a^2) + 2 alpha a / B
+        dL/dmu        = dL/du
+        dL/dlog_sigma = dL/du sigma eps - alpha / B      (zero where the clamp to [-20, 2] was active)
+    """
+    scale = alpha / len(a)
+    grad_u = torch.addcmul(grad_a.mul_(1.0 - a * a), a, 2.0 * scale)
+    grad_log_std = torch.addcmul(-scale, grad_u, log_std.exp() * eps)
+    raw = out[:, a.shape[1]:]
+    grad_log_std.mul_(((raw >= LOG_STD_MIN) & (raw <= LOG_STD_MAX)).to(grad_log_std.dtype))
+    policy.backward(torch.cat([grad_u, grad_log_std], dim=1))

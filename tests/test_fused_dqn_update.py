@@ -5,9 +5,10 @@ import torch
 import torch.nn.functional as F
 
 import classic_rl
-from classic_rl.mlp_backprop import MLPQRegression, supports_analytic_grad
+from classic_rl.fused.adam import FlatAdam
+from classic_rl.fused.backprop import MLPQRegression, supports_analytic_grad
+from classic_rl.fused.updates import FusedQRegression
 from classic_rl.nets import QNetwork, flat_parameters
-from classic_rl.optim import FlatAdam
 
 
 def test_flat_adam_matches_torch_adam_bit_for_bit_and_shares_its_state_dict():
@@ -49,10 +50,14 @@ def test_hand_written_backprop_equals_autograd(act, loss):
 
 def test_hand_written_backprop_is_used_only_where_it_applies():
     plain = classic_rl.make("dqn", env="CartPole-v1", seed=0, hidden=[8])
-    assert plain.analytic_loss is not None
-    assert classic_rl.make("dqn", env="CartPole-v1", seed=0, hidden=[8], analytic_grad=False).analytic_loss is None
+    assert isinstance(plain.loss_and_gradient, FusedQRegression) and type(plain.optimizer) is FlatAdam
+    autograd = classic_rl.make("dqn", env="CartPole-v1", seed=0, hidden=[8], update_backend="autograd")
+    assert autograd.loss_and_gradient == autograd.autograd_loss_and_gradient
+    assert type(autograd.optimizer) is torch.optim.Adam
     for name in ("dueling_dqn", "per_dqn", "c51", "noisy_dqn", "rainbow"):
-        assert classic_rl.make(name, env="CartPole-v1", seed=0, hidden=[8]).analytic_loss is None, name
+        agent = classic_rl.make(name, env="CartPole-v1", seed=0, hidden=[8])
+        assert agent.loss_and_gradient == agent.autograd_loss_and_gradient, name
+        assert type(agent.optimizer) is FlatAdam, name
     net = QNetwork((4,), 2, hidden=[8], act="elu")
     flat_parameters(net)
     assert not supports_analytic_grad(net, "huber")
@@ -64,8 +69,8 @@ def test_dqn_trains_the_same_with_and_without_the_hand_written_gradient():
     settings = dict(hidden=[32, 32], learning_starts=100, train_freq=4, gradient_steps=4, batch_size=32,
                     target_update_interval=100, exploration_fraction=0.5)
     weights = []
-    for analytic in (True, False):
-        agent = classic_rl.make("dqn", env="CartPole-v1", seed=3, analytic_grad=analytic, **settings)
+    for backend in ("fused", "autograd"):
+        agent = classic_rl.make("dqn", env="CartPole-v1", seed=3, update_backend=backend, **settings)
         agent.learn(total_steps=600, progress=False)
         weights.append(agent.q_flat.detach().clone())
     # 500 updates apart only by float rounding of the gradients

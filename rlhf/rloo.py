@@ -1,0 +1,84 @@
+"""`rlhf rloo`: REINFORCE Leave-One-Out (Ahmadian et al. 2024; TRL's RLOOTrainer) of a causal LM.
+
+    rlhf rloo --model_name_or_path SFT (--reward_fn module:function [...] | --reward_model_path RM)
+              --dataset_name PROMPTS --output_dir OUT [--config FILE.yaml] [RLOOConfig flags]
+
+One update (:meth:`RLOOTrainer.update_policy`): ``num_generations`` completions per prompt; each
+completion's reward is its score minus ``beta`` x its summed k1 KL to the reference; its advantage is
+that reward minus the mean reward of the other completions of its prompt
+(``classic_rl.core.advantages.rloo_advantages``; whitened over the batch with
+``--normalize_advantages``); then ``num_iterations`` optimizer steps of the clipped surrogate on the
+sequence's log-probability ratio (the sum of its token log ratios), averaged over sequences. No critic.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from classic_rl.core.advantages import rloo_advantages, whiten_advantages
+from classic_rl.core.losses import clipped_surrogate, masked_mean, masked_sum, surrogate_stats
+from rlhf.experience import Rollout
+from rlhf.group_rl import GroupRLTrainer
+from rlhf.rl_trainer import run_trainer
+from rlhf.rloo_config import RLOOConfig, parse_rloo_args
+from rlhf.rollout import logprobs_and_entropy
+
+__all__ = ["RLOOTrainer", "main", "run_rloo"]
+
+
+class RLOOTrainer(GroupRLTrainer):
+    """RLOO for a causal LM; see the module docstring for one update."""
+
+    config: RLOOConfig
+
+    def update_policy(self, batch: Rollout) -> dict[str, Any]:
+        cfg = self.config
+        rewards = self.global_rewards(batch.scores - cfg.beta * batch.kl.sum(1))  # KL in the reward (k1)
+        advantages = rloo_advantages(rewards, cfg.num_generations)
+        if cfg.normalize_advantages:
+            advantages = whiten_advantages(advantages)
+        tensors = self.tensors(batch, self.local_rows(advantages))
+        self.context_length = batch.context_length
+        stats, grad_norms = [], []
+        for _iteration in range(cfg.num_iterations):
+            for micro in self.micro_batches(tensors, shuffle=False):
+                with self.accelerator.accumulate(self.model):
+                    loss, micro_stats = self.loss(micro)
+                    self.accelerator.backward(loss)
+                    norm = self.optimizer_step()
+                stats.append(micro_stats)
+                if norm is not None:
+                    grad_norms.append(norm)
+        return self.group_metrics(batch, rewards, stats, grad_norms)
+
+    def loss(self, micro: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        cfg = self.config
+        logits, _ = self.model(micro["query_responses"], micro["attention_mask"], self.context_length)
+        logprobs, entropy = logprobs_and_entropy(logits, micro["responses"], cfg.temperature)
+        mask = micro["mask"]
+        sequence_logprob = masked_sum(logprobs, mask, dim=1).unsqueeze(1)  # (B, 1): one ratio per completion
+        old = sequence_logprob.detach() if cfg.num_iterations == 1 else masked_sum(micro["old_logprobs"], mask, dim=1).unsqueeze(1)
+        per_sequence, log_ratio = clipped_surrogate(
+            sequence_logprob, old, micro["advantages"], epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high
+        )
+        loss = per_sequence.mean()
+        stats = surrogate_stats(log_ratio.detach(), micro["advantages"], epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high)
+        return loss, {
+            "loss": loss.detach(), "entropy": masked_mean(entropy, mask), "clip_ratio/region_mean": stats["clipfrac"],
+            "approx_kl": stats["approx_kl"],
+        }
+
+
+def run_rloo(config: RLOOConfig) -> dict[str, Any]:
+    return run_trainer(RLOOTrainer, config)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """`rlhf rloo` entry point (also `python -m rlhf.rloo`)."""
+    return run_rloo(parse_rloo_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""The demo's one-page report: every table and figure of a (fast) demo run, all links resolvable."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from classic_rl.safe_io import UserError
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    demo = load_script("demo")
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    assert demo.main(["--out", str(out), "--skip-deep", "--skip-rlhf", "--skip-grpo", "--seeds", "2", "--episodes", "40"]) == 0
+    return out
+
+
+def test_fast_demo_writes_a_page_whose_links_all_exist(demo_dir):
+    report = load_script("demo_report")
+    page = (demo_dir / "index.html").read_text()
+    links = report.referenced_files(page)
+    assert "vi-4x3/values.png" in links and "cliff-curves.png" in links
+    for link in links:
+        assert not link.startswith(("http:", "https:", "/")), link  # offline, relative
+        assert (demo_dir / link).is_file(), link
+    assert page.count("<table>") >= 2
+    assert "Value iteration converged in" in page and "sarsa" in page and "q_learning" in page
+    # results.md holds the same tables, demo.json the manifest the page was rendered from.
+    results = (demo_dir / "results.md").read_text()
+    assert "| sarsa |" in results and "| 2 | ↑ 0.705 |" in results
+    manifest = json.loads((demo_dir / "demo.json").read_text())
+    assert [s["title"][:2] for s in manifest["sections"]] == ["1.", "2."]
+
+
+def test_rlhf_section_with_table_curves_and_samples(tmp_path):
+    demo = load_script("demo")
+    report = load_script("demo_report")
+    (tmp_path / "rlhf").mkdir()
+    (tmp_path / "rlhf" / "results.md").write_text(
+        "| metric | value |\n|--------|-------|\n| RM held-out pairwise accuracy | 0.890 |\n"
+        "| KL(PPO policy || SFT reference) | 3.306 |\n| KL(PPO policy \\|\\| SFT reference) | 3.306 |\n"
+    )
+    (tmp_path / "rlhf" / "ppo_curves.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    table = demo.read_markdown_table(tmp_path / "rlhf" / "results.md")
+    assert table["header"] == ["metric", "value"] and table["rows"][0] == ["RM held-out pairwise accuracy", "0.890"]
+    assert table["rows"][1] == table["rows"][2] == ["KL(PPO policy || SFT reference)", "3.306"]
+    samples = [{"prompt": "Review the cafe <next door>:", "answers": [
+        {"policy": "SFT", "text": "the coffee is cold.", "gold": -0.5},
+        {"policy": "PPO", "text": "the coffee is great.", "gold": 1.0}]}]
+    manifest = {"title": "t", "sections": [demo._section(
+        "4. RLHF", tables=[table], figures=[{"path": "rlhf/ppo_curves.png", "caption": "reward and KL"}],
+        samples=samples)]}
+    (tmp_path / "demo.json").write_text(json.dumps(manifest))
+    page = report.build_report(tmp_path).read_text()
+    assert 'src="rlhf/ppo_curves.png"' in page
+    assert "Review the cafe &lt;next door&gt;:" in page  # escaped, not markup
+    assert "the coffee is great." in page and "+1.00" in page and "0.890" in page
+    # A figure that is not there is an error naming it, and no page is written.
+    manifest["sections"][0]["figures"].append({"path": "rlhf/missing.png", "caption": ""})
+    (tmp_path / "demo.json").write_text(json.dumps(manifest))
+    (tmp_path / "index.html").unlink()
+    with pytest.raises(UserError, match="missing.png"):
+        report.build_report(tmp_path)
+    assert not (tmp_path / "index.html").exists()
+
+
+def test_readme_grid_world_table_is_the_demos(demo_dir):
+    # The README copies the demo's tables; this one is deterministic and cheap, so it is checked.
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    results = (demo_dir / "results.md").read_text()
+    table = results.split("## 1.", 1)[1].split("\n\n")[2]
+    assert table.startswith("| row |") and table in readme
+    manifest = json.loads((demo_dir / "demo.json").read_text())
+    sweeps = manifest["sections"][0]["text"][0].split(" sweeps")[0].rsplit(" ", 1)[1]
+    assert f"converged in {sweeps} sweeps" in readme
+
