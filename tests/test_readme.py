@@ -330,6 +330,7 @@ def test_rlhf_pipeline_resume_skips_finished_steps_and_resumes_the_interrupted_o
         assert resumed["evaluation"][policy] == pytest.approx(row), policy
 
 
+@pytest.mark.slow  # two processes importing torch and DeepSpeed: about 30 s (the first run builds a DeepSpeed op)
 def test_rlhf_zero3_launch_runs_as_printed(rlhf_steps):
     (command,) = shell_commands(marked_blocks()["rlhf-zero3"][1])
     argv = shlex.split(command)
