@@ -2,7 +2,10 @@
 
 Code blocks the README wants tested follow a marker line ``<!-- readme-test: NAME -->``; each is
 run from an empty folder, as a newcomer pasting it into a shell (after ``source .venv/bin/activate``)
-or a Python prompt would (``classic-rl`` commands through the console script's ``main``).
+or a Python prompt would (``classic-rl`` commands through the console script's ``main``). The RLHF
+blocks run the same way, in a folder laid out like the repository whose configs/rlhf/*.yaml have small
+budgets (see ``SMALL_BUDGETS``), so they check that every printed command works and writes what the
+README says, not how well the shipped budgets learn.
 """
 
 import json
