@@ -236,17 +236,27 @@ def rlhf_section(out: Path, config_path: Path) -> dict[str, Any]:
 
 
 def grpo_section(out: Path, config_path: Path) -> dict[str, Any]:
+    import yaml
+
     print("\n== 5. GRPO with a verifiable reward: a tiny model learns to reverse three digits", flush=True)
     grpo_dir = out / "rlhf-grpo"
     cmd = [sys.executable, "-m", "rlhf", "pipeline", "--config", str(config_path), "--output_dir", str(grpo_dir)]
     print("$ " + " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
+    config = yaml.safe_load(config_path.read_text())
     table = read_markdown_table(grpo_dir / "results.md")
-    table["caption"] = "the pipeline's results.md (200 held-out digit triples; reward 1 for an exactly reversed answer)"
+    # The pipeline's table is laid out for PPO: name the RL step, and drop the reward-model rows (no reward
+    # model here, so they read n/a).
+    table["rows"] = [[cell.replace("PPO", "GRPO") for cell in row] for row in table["rows"]
+                     if set(re.split(r"\s*->\s*", row[1])) != {"n/a"}]
+    num_prompts = config.get("evaluation", {}).get("num_prompts")
+    table["caption"] = (f"the pipeline's results.md ({num_prompts} held-out digit triples; gold = reward 1 for an "
+                        "exactly reversed answer)")
+    generations = config.get("grpo", {}).get("num_generations", 8)
     text = ["The prompt is 'reverse 381:' and the answer is checked exactly (rlhf/verifiable.py), so the "
             "reward cannot be gamed. SFT on noisy demonstrations (half of them wrong) gives a policy that "
-            "is right part of the time; GRPO samples 4 answers per prompt, rewards the right ones relative "
-            "to their group, and makes the policy right far more often on triples it never trained on."]
+            f"is right part of the time; GRPO samples {generations} answers per prompt, rewards the right ones "
+            "relative to their group, and makes the policy right far more often on triples it never trained on."]
     return _section("5. GRPO: critic-free RL from a checkable reward", text=text, tables=[table])
 
 
@@ -279,11 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=10, help="Cliff Walking seeds per algorithm")
     parser.add_argument("--episodes", type=int, default=500, help="Cliff Walking training episodes")
     parser.add_argument("--ppo-steps", type=int, default=30_000, help="PPO on CartPole environment steps")
-    parser.add_argument("--rlhf-config", default=str(ROOT / "configs/rlhf/tiny.yaml"))
+    parser.add_argument("--rlhf-config", type=lambda p: Path(p).resolve(), default=ROOT / "configs/rlhf/tiny.yaml")
     parser.add_argument("--skip-grpo", action="store_true", help="skip GRPO on the verifiable task")
-    parser.add_argument("--grpo-config", default=str(ROOT / "configs/rlhf/grpo_tiny.yaml"))
+    parser.add_argument("--grpo-config", type=lambda p: Path(p).resolve(), default=ROOT / "configs/rlhf/grpo_tiny.yaml")
     args = parser.parse_args(argv)
-    out = Path(args.out)
+    out = Path(args.out).resolve()  # the rlhf steps run from the repository root and write here too
     if out.exists() and any(out.iterdir()):
         out = out.with_name(f"{out.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True)

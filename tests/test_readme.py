@@ -2,13 +2,22 @@
 
 Code blocks the README wants tested follow a marker line ``<!-- readme-test: NAME -->``; each is
 run from an empty folder, as a newcomer pasting it into a shell (after ``source .venv/bin/activate``)
-or a Python prompt would (``classic-rl`` commands through the console script's ``main``).
+or a Python prompt would (``classic-rl`` commands through the console script's ``main``). The RLHF
+blocks run the same way, in a folder laid out like the repository whose configs/rlhf/*.yaml have small
+budgets (see ``SMALL_BUDGETS``), so they check that every printed command works and writes what the
+README says, not how well the shipped budgets learn.
 """
 
+import json
+import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -110,3 +119,284 @@ def test_algorithm_table_matches_the_registry():
 def test_make_targets_exist(command):
     result = subprocess.run(["make", "-n", *command.split()[1:]], cwd=README.parent, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+# ------------------------------------------------------------------------------------------ RLHF quick start
+# The RLHF blocks run as printed (same flags, same order) in a copy of the repository's working layout whose
+# configs/rlhf/*.yaml hold the shipped settings with small budgets, so every command finishes in seconds.
+# The shipped budgets are checked by hand (docs: the table in "What `make demo` shows").
+RLHF_BLOCKS = ("rlhf-pipeline", "rlhf-steps", "rlhf-grpo", "rlhf-zero3", "rlhf-rank")
+SMALL_BUDGETS = {
+    "tiny.yaml": {
+        "evaluation": {"num_prompts": 8},
+        "sft": {"max_steps": 4, "save_steps": 2, "logging_steps": 2},
+        "reward": {"max_steps": 4, "save_steps": 2, "logging_steps": 2, "per_device_train_batch_size": 4,
+                   "calibration_num_samples": 8},
+        "ppo": {"total_episodes": 16, "per_device_train_batch_size": 8, "num_mini_batches": 1, "num_ppo_epochs": 1,
+                "response_length": 12, "num_eval_prompts": 8},
+    },
+    "grpo_tiny.yaml": {
+        "evaluation": {"num_prompts": 8},
+        "sft": {"max_steps": 4, "logging_steps": 2},
+        "grpo": {"max_steps": 2, "per_device_train_batch_size": 16, "num_eval_prompts": 8},
+    },
+}
+MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+
+
+def small_layout(root: Path) -> Path:
+    """`root` laid out like the repository for the RLHF commands: configs/ with small-budget rlhf configs."""
+    import yaml
+
+    (root / "configs" / "rlhf").mkdir(parents=True)
+    for name, budgets in SMALL_BUDGETS.items():
+        config = yaml.safe_load((README.parent / "configs" / "rlhf" / name).read_text())
+        for section, values in budgets.items():
+            config[section].update(values)
+        (root / "configs" / "rlhf" / name).write_text(yaml.safe_dump(config, sort_keys=False))
+    shutil.copytree(README.parent / "configs" / "accelerate", root / "configs" / "accelerate")
+    return root
+
+
+@contextmanager
+def working_directory(path: Path):
+    old = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def run_rlhf(command: str) -> None:
+    """One `rlhf ...` line, through the console script's `main` in this process (torch is imported once)."""
+    from rlhf.cli import main
+
+    argv = shlex.split(command)
+    assert argv[0] == "rlhf", f"not an rlhf command: {command}"
+    assert main(argv[1:]) == 0, command
+
+
+def inline_commands(prefix: str) -> list[str]:
+    """Inline code spans of the README starting with `prefix` (line breaks inside a span read as spaces)."""
+    spans = (" ".join(span.split()) for span in re.findall(r"(?<!`)`([^`]+)`(?!`)", README.read_text()))
+    return [span for span in spans if span.startswith(prefix)]
+
+
+def summary(path: Path) -> dict:
+    return json.loads((path / "summary.json").read_text())
+
+
+def test_readme_marks_the_rlhf_blocks():
+    blocks = marked_blocks()
+    assert set(blocks) >= set(RLHF_BLOCKS)
+    for name in RLHF_BLOCKS:
+        lang, code = blocks[name]
+        assert lang == "bash", name
+        for command in shell_commands(code):
+            assert command.split()[0] in ("rlhf", "accelerate", "pip"), f"{name}: {command}"
+    assert shell_commands(blocks["rlhf-pipeline"][1]) == ["rlhf pipeline --config configs/rlhf/tiny.yaml"]
+    assert shell_commands(blocks["rlhf-grpo"][1]) == ["rlhf pipeline --config configs/rlhf/grpo_tiny.yaml"]
+    # Every shipped config the README runs exists with the budgets the small copies replace.
+    import yaml
+
+    for name, budgets in SMALL_BUDGETS.items():
+        config = yaml.safe_load((README.parent / "configs" / "rlhf" / name).read_text())
+        assert set(budgets) <= set(config), name
+
+
+@pytest.fixture(scope="module")
+def rlhf_steps(tmp_path_factory) -> Path:
+    """A small-budget layout in which the README's step-by-step RLHF block ran, command by command."""
+    root = small_layout(tmp_path_factory.mktemp("readme-rlhf"))
+    import rlhf.cli  # noqa: F401  (imported before leaving the repository)
+
+    with working_directory(root):
+        for command in shell_commands(marked_blocks()["rlhf-steps"][1]):
+            run_rlhf(command)
+    return root
+
+
+def test_rlhf_step_by_step_writes_what_the_readme_says(rlhf_steps):
+    runs = rlhf_steps / "runs"
+    commands = shell_commands(marked_blocks()["rlhf-steps"][1])
+    assert [shlex.split(c)[1] for c in commands] == ["tiny-model", "sft", "reward", "ppo", "ppo"]
+    # Each output directory holds the model with its tokenizer, metrics.jsonl and summary.json.
+    for name in ("sft", "rm", "ppo", "ppo-gold"):
+        for file in (*MODEL_FILES, "metrics.jsonl", "summary.json"):
+            assert (runs / name / file).is_file(), f"runs/{name}/{file}"
+    for file in MODEL_FILES:
+        assert (runs / "tiny" / file).is_file(), f"runs/tiny/{file}"
+    for name in ("sft", "rm", "ppo", "ppo-gold"):
+        assert summary(runs / name)["world_size"] == 1 and summary(runs / name)["train_runtime"] > 0
+    sft = summary(runs / "sft")
+    assert sft["eval_loss"] < sft["eval_loss_before"]  # even 4 steps learn something
+    assert 0 <= summary(runs / "rm")["eval_accuracy"] <= 1
+    for name, source in (("ppo", "runs/rm"), ("ppo-gold", "rlhf.task:gold_reward")):
+        ppo = summary(runs / name)
+        assert ppo["reward_source"] == source
+        assert {"reward_mean_before", "reward_mean_after", "kl_mean"} <= set(ppo)
+    metrics = [json.loads(line) for line in (runs / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    assert {"objective/kl", "objective/scores", "policy/approxkl_avg", "loss/value_avg"} <= set(metrics[-1])
+    # Security notes: trust_remote_code is off in every command's resolved settings.
+    for name in ("sft", "rm", "ppo", "ppo-gold"):
+        assert "trust_remote_code: false" in (runs / name / "config.yaml").read_text(), name
+
+
+def test_rlhf_reward_fn_from_a_file_and_the_output_dir_rules(rlhf_steps, capsys):
+    from rlhf.cli import main
+
+    # `--reward_fn file.py:function` (security notes) in the printed gold-reward command.
+    gold_command = shell_commands(marked_blocks()["rlhf-steps"][1])[-1]
+    assert "--reward_fn rlhf.task:gold_reward --output_dir runs/ppo-gold" in gold_command
+    (rlhf_steps / "short_answers.py").write_text(
+        "def brevity(prompts, completions):\n    return [-len(c.split()) / 10 for c in completions]\n")
+    with working_directory(rlhf_steps):
+        run_rlhf(gold_command.replace("rlhf.task:gold_reward", "short_answers.py:brevity")
+                 .replace("runs/ppo-gold", "runs/ppo-file"))
+        assert summary(Path("runs/ppo-file"))["reward_source"] == "short_answers.py:brevity"
+        # An existing non-empty --output_dir is refused (one line, exit 2) unless --overwrite_output_dir.
+        sft_command = shell_commands(marked_blocks()["rlhf-steps"][1])[1]
+        capsys.readouterr()
+        assert main(shlex.split(sft_command)[1:]) == 2
+        error = capsys.readouterr().err.strip()
+        assert error.startswith("rlhf sft: error:") and "--overwrite_output_dir" in error and "\n" not in error
+    assert any("--overwrite_output_dir" in span for span in inline_commands("--overwrite_output_dir"))
+
+
+def test_rlhf_single_command_resumes_from_its_latest_checkpoint(rlhf_steps, tmp_path, capsys):
+    assert "--resume_from_checkpoint true" in inline_commands("--resume_from_checkpoint")
+    root = tmp_path / "layout"
+    shutil.copytree(rlhf_steps, root, ignore=shutil.ignore_patterns("ppo*", "rm"))
+    # Killed after its checkpoint at step 2 (of 4): later checkpoints and the finished model are gone.
+    sft = root / "runs" / "sft"
+    shutil.rmtree(sft / "checkpoint-4")
+    (sft / "summary.json").unlink()
+    sft_command = shell_commands(marked_blocks()["rlhf-steps"][1])[1]
+    with working_directory(root):
+        run_rlhf(sft_command + " --resume_from_checkpoint true")
+    resumed, uninterrupted = summary(sft), summary(rlhf_steps / "runs" / "sft")
+    assert resumed["global_step"] == 4
+    assert resumed["eval_loss"] == pytest.approx(uninterrupted["eval_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("block", ["rlhf-pipeline", "rlhf-grpo"])
+def test_rlhf_pipelines_run_and_report(block, tmp_path):
+    import rlhf.cli  # noqa: F401
+
+    (command,) = shell_commands(marked_blocks()[block][1])
+    root = small_layout(tmp_path)
+    with working_directory(root):
+        run_rlhf(command)
+    rl_step = {"rlhf-pipeline": "ppo", "rlhf-grpo": "grpo"}[block]
+    out = root / {"rlhf-pipeline": "runs/rlhf-tiny", "rlhf-grpo": "runs/rlhf-grpo-tiny"}[block]
+    for step in ("tiny_model", "sft", rl_step):
+        assert (out / step / "config.json").is_file(), step
+    result = summary(out)
+    assert result["steps"][-1] == rl_step and set(result["evaluation"]) == {"sft", rl_step}
+    assert all("gold" in row for row in result["evaluation"].values())
+    table = (out / "results.md").read_text()
+    assert "SFT eval loss (before -> after SFT)" in table and "gold score" in table
+    if block == "rlhf-pipeline":
+        assert (out / "ppo_curves.png").is_file() and (out / "reward" / "summary.json").is_file()
+        # The README's table (What `make demo` shows) has the rows of results.md, in order.
+        assert metric_names(README.read_text()) == metric_names(table)
+
+
+def metric_names(text: str) -> list[str]:
+    """First column of the Markdown table headed `| metric | value |` in `text`."""
+    rows = text.split("| metric", 1)[1].split("\n\n", 1)[0].splitlines()[2:]
+    return [row.strip("|").split(" | ")[0].strip().replace("\\|", "|") for row in rows]
+
+
+def test_rlhf_pipeline_resume_skips_finished_steps_and_resumes_the_interrupted_one(tmp_path, capsys):
+    (resume_command,) = inline_commands("rlhf pipeline --config configs/rlhf/tiny.yaml --resume")
+    (command,) = shell_commands(marked_blocks()["rlhf-pipeline"][1])
+    root = small_layout(tmp_path)
+    out = root / "runs" / "rlhf-tiny"
+    with working_directory(root):
+        run_rlhf(command)
+        finished = summary(out)
+        # Killed in the reward step after its checkpoint at step 2: no later checkpoint, no summary, no ppo.
+        shutil.rmtree(out / "reward" / "checkpoint-4")
+        (out / "reward" / "summary.json").unlink()
+        shutil.rmtree(out / "ppo")
+        for name in ("summary.json", "results.md", "ppo_curves.png"):
+            (out / name).unlink()
+        capsys.readouterr()
+        run_rlhf(resume_command)
+    printed = capsys.readouterr().out
+    assert "tiny_model already done" in printed and "sft already done" in printed
+    resumed = summary(out)
+    assert resumed["summaries"]["reward"]["global_step"] == 4
+    for policy, row in finished["evaluation"].items():  # the uninterrupted run's numbers
+        assert resumed["evaluation"][policy] == pytest.approx(row), policy
+
+
+@pytest.mark.slow  # two processes importing torch and DeepSpeed: about 30 s (the first run builds a DeepSpeed op)
+def test_rlhf_zero3_launch_runs_as_printed(rlhf_steps):
+    (command,) = shell_commands(marked_blocks()["rlhf-zero3"][1])
+    argv = shlex.split(command)
+    assert argv[:3] == ["accelerate", "launch", "--config_file"]
+    # `accelerate` from the environment running the tests (on PATH after `source .venv/bin/activate`).
+    launcher = Path(sys.executable).with_name("accelerate")
+    run([str(launcher), *argv[1:]], rlhf_steps)
+    out = rlhf_steps / "runs" / "ppo-zero3"
+    for file in (*MODEL_FILES, "metrics.jsonl", "summary.json"):
+        assert (out / file).is_file(), file
+    result = summary(out)
+    assert (result["distributed_type"], result["zero_stage"], result["world_size"]) == ("DEEPSPEED", 3, 2)
+
+
+def test_rlhf_rank_your_own_data_runs_as_printed(rlhf_steps, tmp_path, monkeypatch):
+    """`rlhf label` as printed, ranked through its JSON API, then the printed reward and ppo commands."""
+    import httpx  # installed with gradio (the `label` extra, also in `dev`)
+
+    from rlhf import label
+    from rlhf.cli import main
+
+    install, label_command, reward_command, ppo_command = shell_commands(marked_blocks()["rlhf-rank"][1])
+    assert install == 'pip install -e ".[label]"'
+    assert re.search(r"^label = ", (README.parent / "pyproject.toml").read_text(), re.M), "no `label` extra"
+    # The working layout: runs/sft from the step-by-step block, and the first 12 shipped prompts.
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "sft").symlink_to(rlhf_steps / "runs" / "sft")
+    (tmp_path / "rlhf" / "data").mkdir(parents=True)
+    shipped = (README.parent / "rlhf" / "data" / "prompts.jsonl").read_text().splitlines()
+    (tmp_path / "rlhf" / "data" / "prompts.jsonl").write_text("\n".join(shipped[:12]) + "\n")
+    servers = []
+    real_serve = label.serve
+
+    def serve_on_a_free_port(app, host, port):
+        assert (host, port) == ("127.0.0.1", 7860)  # the page the README says to open, on 127.0.0.1 only
+        servers.append(real_serve(app, host, 0))  # any free port: tests run side by side
+        return servers[-1]
+
+    monkeypatch.setattr(label, "serve", serve_on_a_free_port)
+    monkeypatch.chdir(tmp_path)
+    exit_codes = []
+    thread = threading.Thread(target=lambda: exit_codes.append(main(shlex.split(label_command)[1:])), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 180
+    while not (servers and servers[0].started):
+        assert thread.is_alive() and time.monotonic() < deadline, "rlhf label did not start its server"
+        time.sleep(0.1)
+    port = servers[0].servers[0].sockets[0].getsockname()[1]
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+            while not (item := client.get("/api/next").json()).get("done"):
+                assert len(item["responses"]) == 4  # --num_responses 4
+                order = sorted(range(4), key=lambda i: len(item["responses"][i]))  # a taste: shortest first
+                assert client.post("/api/rank", json={"id": item["id"], "order": order}).status_code == 200
+    finally:
+        servers[0].should_exit = True
+        thread.join(60)
+    assert exit_codes == [0]
+    rankings = [json.loads(line) for line in Path("my_rankings.jsonl").read_text().splitlines()]
+    assert len(rankings) == 12
+    assert all(len(r["responses"]) == 4 and r["responses"] == sorted(r["responses"], key=len) for r in rankings)
+    run_rlhf(reward_command)
+    assert 0 <= summary(Path("runs/my_rm"))["eval_accuracy"] <= 1
+    run_rlhf(ppo_command)
+    ppo = summary(Path("runs/my_ppo"))
+    assert ppo["reward_source"] == "runs/my_rm" and {"reward_mean_before", "reward_mean_after"} <= set(ppo)
