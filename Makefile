@@ -18,7 +18,7 @@ export MKL_NUM_THREADS ?= 1
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-fast lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	@echo "== [1/3] creating $(VENV) with $(PYTHON)"
@@ -39,6 +39,11 @@ test: install
 	$(BIN)/ruff check .
 	@echo "== pytest: collecting the suite first (importing torch and transformers takes up to a minute on a small machine)"
 	$(BIN)/python -m pytest tests -v -p no:cacheprovider --durations=15
+
+# While developing: everything but the learning and multi-process tests (marked `slow`), a few minutes.
+test-fast: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest tests -m "not slow" -q -p no:cacheprovider --durations=10
 
 bench: install
 	$(BIN)/python scripts/bench_tabular.py

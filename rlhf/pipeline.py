@@ -202,18 +202,21 @@ def _fmt(value: Any) -> str:
 
 
 def results_table(summaries: dict[str, dict[str, Any]], evaluation: dict[str, dict[str, float]]) -> str:
-    """A short Markdown table of the run's headline numbers."""
+    """A short Markdown table of the run's headline numbers, named after the run's RL step (PPO, GRPO
+    or RLOO); rows with nothing to show (no reward model in a reward-function run) are left out."""
     rl_step = next((s for s in RL_STEPS if s in evaluation or s in summaries), "ppo")
+    rl = rl_step.upper()
     sft, rm, ppo = summaries.get("sft", {}), summaries.get("reward", {}), summaries.get(rl_step, {})
     before, after = evaluation.get("sft", {}), evaluation.get(rl_step, {})
     rows = [
         ("SFT eval loss (before -> after SFT)", f"{_fmt(sft.get('eval_loss_before'))} -> {_fmt(sft.get('eval_loss'))}"),
         ("RM held-out pairwise accuracy", _fmt(rm.get("eval_accuracy"))),
-        ("gold score (SFT -> PPO policy)", f"{_fmt(before.get('gold'))} -> {_fmt(after.get('gold'))}"),
-        ("learned reward (SFT -> PPO policy)", f"{_fmt(before.get('reward'))} -> {_fmt(after.get('reward'))}"),
-        ("KL(PPO policy || SFT reference)", _fmt(ppo.get("kl_mean"))),
-        ("responses ending with EOS (SFT -> PPO)", f"{_fmt(before.get('eos_fraction'))} -> {_fmt(after.get('eos_fraction'))}"),
+        (f"gold score (SFT -> {rl} policy)", f"{_fmt(before.get('gold'))} -> {_fmt(after.get('gold'))}"),
+        (f"learned reward (SFT -> {rl} policy)", f"{_fmt(before.get('reward'))} -> {_fmt(after.get('reward'))}"),
+        (f"KL({rl} policy \\|\\| SFT reference)", _fmt(ppo.get("kl_mean"))),
+        (f"responses ending with EOS (SFT -> {rl})", f"{_fmt(before.get('eos_fraction'))} -> {_fmt(after.get('eos_fraction'))}"),
     ]
+    rows = [(name, value) for name, value in rows if set(value.split(" -> ")) != {"n/a"}]
     width = max(len(name) for name, _ in rows)
     lines = [f"| {'metric':<{width}} | value |", f"|{'-' * (width + 2)}|-------|"]
     lines += [f"| {name:<{width}} | {value} |" for name, value in rows]

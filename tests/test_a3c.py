@@ -16,6 +16,7 @@ def _no_live_workers(agent) -> bool:
     return all(not w.is_alive() and w.exitcode is not None for w in agent.workers)
 
 
+@pytest.mark.slow
 def test_a3c_two_workers_learn_cartpole_and_exit():
     agent = A3C("CartPole-v1", seed=0, n_workers=2, start_method="fork")  # fork: quick to start
     # Asynchronous updates make the result depend on how the OS interleaves the workers, so the

@@ -81,6 +81,7 @@ def _assert_same_run(resumed: Path, full: Path) -> None:
     assert json.loads((resumed / "state.json").read_text())["run"]["status"] == "complete"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_sigkill_then_resume_equals_the_uninterrupted_run(name, tmp_path):
     args = CASES[name]
@@ -248,6 +249,7 @@ class _HiddenRandomnessEnv:
         return Env()
 
 
+@pytest.mark.slow
 def test_a_resume_that_cannot_rebuild_the_episodes_keeps_the_learning(tmp_path):
     import gymnasium as gym
 

@@ -148,6 +148,7 @@ def test_discrete_env_is_rejected_with_a_clear_error():
             classic_rl.make(algo, env="CartPole-v1")
 
 
+@pytest.mark.slow
 def test_d4pg_actor_processes_refuse_learner_side_vector_envs():
     with pytest.raises(ValueError, match="n_envs=2.*only with n_workers=0.*scale collection with n_workers"):
         classic_rl.make("d4pg", env="Pendulum-v1", n_workers=2, n_envs=2)
@@ -236,6 +237,7 @@ def test_d4pg_projects_targets_with_the_shared_c51_projection(monkeypatch):
     assert torch.isclose(discounts, torch.tensor(0.9**3)).any()
 
 
+@pytest.mark.slow
 def test_d4pg_critic_learns_a_terminal_return_distribution():
     torch.manual_seed(0)
     agent = classic_rl.make("d4pg", env="Pendulum-v1", seed=0, n_workers=0, v_min=-10, v_max=10, n_atoms=21,

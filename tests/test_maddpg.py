@@ -77,6 +77,7 @@ class RandomAgents:
         return self.space.sample()
 
 
+@pytest.mark.slow
 def test_maddpg_beats_random_agents_on_simple_spread():
     env_kwargs = {"N": 2}
     agent = MADDPG("mpe2:simple_spread_v3", seed=0, env_kwargs=env_kwargs, batch_size=256, learning_starts=250,

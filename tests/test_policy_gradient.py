@@ -145,16 +145,19 @@ def _learn_and_eval(agent, steps):
     return agent.evaluate(episodes=5, seed=1000)[0]
 
 
+@pytest.mark.slow
 def test_reinforce_with_baseline_beats_random_on_cartpole():
     agent = Reinforce("CartPole-v1", seed=0)
     assert _learn_and_eval(agent, 10_000) > 100  # random play: ~22
 
 
+@pytest.mark.slow
 def test_actor_critic_beats_random_on_cartpole():
     agent = ActorCriticAgent("CartPole-v1", seed=0)
     assert _learn_and_eval(agent, 10_000) > 100
 
 
+@pytest.mark.slow
 def test_a2c_beats_random_on_cartpole():
     agent = A2C("CartPole-v1", seed=0)
     assert _learn_and_eval(agent, 15_000) > 100

@@ -28,12 +28,14 @@ def test_ppo_trains_through_the_shared_core(monkeypatch):
     assert calls == {"gae": 2, "clipped_surrogate": 4}
 
 
+@pytest.mark.slow
 def test_ppo_beats_random_on_cartpole():
     agent = PPO("CartPole-v1", seed=0)  # tuned settings from configs/classic/ppo.yaml
     agent.learn(total_steps=10_000, progress=False)
     assert agent.evaluate(episodes=5, seed=1000)[0] > 100  # random play: ~22
 
 
+@pytest.mark.slow
 def test_ppo_improves_pendulum():
     # settings that learn fast (large steps, normalised inputs and rewards, a narrow initial std)
     fast = dict(
@@ -53,6 +55,7 @@ def test_ppo_improves_pendulum():
     assert before < -1000 and after > -900  # random play: ~ -1200
 
 
+@pytest.mark.slow
 def test_learning_rate_and_clip_range_anneal_linearly():
     agent = PPO(
         "CartPole-v1",

@@ -1,5 +1,6 @@
 """The shared PPO core: GAE, clipped losses, masking and the update loop."""
 
+import pytest
 import torch
 
 from classic_rl.core.advantages import gae
@@ -106,6 +107,7 @@ def test_masked_statistics_ignore_padding():
     assert abs(masked_mean(w, m).item()) < 1e-6
 
 
+@pytest.mark.slow
 def test_clipped_surrogate_in_a_plain_loop_improves_a_bandit_policy_and_kl_grows():
     """The core's losses are enough for a caller's own loop (no update function in the core)."""
     torch.manual_seed(0)

@@ -84,6 +84,7 @@ def test_ppo_in_bf16_on_cuda_starts_at_kl_zero_and_runs(rlhf_tiny_model, tmp_pat
     assert all(math.isfinite(v) for row in rows for v in row.values() if isinstance(v, float))
 
 
+@pytest.mark.slow
 def test_sft_in_bf16_on_cuda_with_gradient_checkpointing_learns(rlhf_tiny_model, tmp_path):
     from rlhf.sft import main
 

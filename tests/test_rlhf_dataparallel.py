@@ -20,6 +20,8 @@ from classic_rl.core.ppo import masked_whiten
 from rlhf.distributed import masked_whiten_across_processes, prepare_frozen_model, unwrap_for_generation
 from rlhf.tiny_model import TinyModelConfig, build_tiny_model
 
+pytestmark = pytest.mark.slow  # multi-process runs: part of `make test`, not `make test-fast`
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "accelerate"
 STEP_SCRIPT = REPO / "tests" / "rlhf_dp_step.py"

@@ -187,6 +187,7 @@ def _learn(command: str, warm_start: Path, out: Path, *extra: str) -> dict:
                  "--learning_rate", "1e-3", "--num_eval_prompts", "200", "--seed", "0", *QUIET, *extra])
 
 
+@pytest.mark.slow
 def test_grpo_learns_the_verifiable_task(warm_start, tmp_path):
     summary = _learn("grpo", warm_start, tmp_path / "grpo")
     assert summary["world_size"] == 1 and summary["episodes"] == 100 * 64
@@ -199,6 +200,7 @@ def test_grpo_learns_the_verifiable_task(warm_start, tmp_path):
     assert list((tmp_path / "grpo" / "runs").glob("events.*")) == []  # --report_to none
 
 
+@pytest.mark.slow
 def test_rloo_learns_the_verifiable_task(warm_start, tmp_path):
     summary = _learn("rloo", warm_start, tmp_path / "rloo", "--report_to", "tensorboard")
     assert summary["reward_mean_after"] > summary["reward_mean_before"] + 0.1, summary
@@ -206,6 +208,7 @@ def test_rloo_learns_the_verifiable_task(warm_start, tmp_path):
 
 
 # ----------------------------------------------------------------------------- two processes
+@pytest.mark.slow
 def test_two_process_grpo_run(tiny, tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}

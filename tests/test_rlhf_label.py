@@ -254,6 +254,7 @@ def test_the_next_prompts_are_sampled_ahead_with_the_same_responses(rlhf_tiny_mo
     fresh.close()
 
 
+@pytest.mark.slow
 def test_rankings_train_the_reward_model(rlhf_tiny_model, prompts_file, tmp_path):
     """The file `rlhf label` writes is a dataset `rlhf reward` trains on."""
     from rlhf.reward import main as reward_main

@@ -313,6 +313,7 @@ def test_ppo_update_goes_through_the_classic_rl_core(tiny, reward_fn_file, tmp_p
     assert metrics["episode"] == 32
 
 
+@pytest.mark.slow
 def test_ppo_raises_the_reward_of_a_tiny_model(tiny, reward_fn_file, tmp_path):
     out = tmp_path / "run"
     summary = main(_argv(tiny, reward_fn_file, out, "--total_episodes", "480", "--learning_rate", "3e-3",
@@ -350,6 +351,7 @@ def test_ppo_with_reward_model_critic_and_with_lora_value_head(tiny, reward_mode
     assert first["objective/kl"] == pytest.approx(0.0, abs=1e-5) and abs(second["objective/kl"]) > 1e-4
 
 
+@pytest.mark.slow
 def test_two_process_run_under_accelerate(tiny, reward_fn_file, tmp_path):
     out, log = tmp_path / "out", tmp_path / "log"
     log.mkdir()

@@ -163,6 +163,7 @@ def test_held_out_evaluation_gives_every_rank_the_same_work_and_counts_each_prom
     assert total[4].item() == 5 and total[0].item() == pytest.approx(10 + 11 + 12 + 13 + 14)
 
 
+@pytest.mark.slow
 def test_lora_under_sharded_training_is_refused_before_loading_anything(tmp_path):
     config = PPOConfig(output_dir=str(tmp_path), model_name_or_path="never-loaded", dataset_name="d", reward_fn="a:b",
                        use_peft=True, use_cpu=True)

@@ -84,6 +84,7 @@ def test_non_empty_output_dir_is_refused_and_overwrite_keeps_unrelated_files(tmp
     assert (out / "model.safetensors").exists() and not (out / ".rlhf-staging").exists()
 
 
+@pytest.mark.slow
 def test_sft_killed_after_a_checkpoint_then_resumed_equals_the_uninterrupted_run(rlhf_tiny_model, tmp_path):
     flags = fixtures.sft_flags(rlhf_tiny_model, "OUT", "--max_steps", "24", "--save_steps", "8",
                                "--logging_steps", "4", "--per_device_train_batch_size", "8")
@@ -122,6 +123,7 @@ def cli_run(flags: list[str], out: Path) -> dict:
     return main([a if a != "OUT" else str(out) for a in flags])
 
 
+@pytest.mark.slow
 def test_reward_resumed_from_a_checkpoint_equals_the_uninterrupted_run(rlhf_sft_run, tmp_path):
     from rlhf.reward import main
 
@@ -337,6 +339,7 @@ def test_sft_ends_with_a_summary_line(rlhf_tiny_model, tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------------------------- step by step
+@pytest.mark.slow
 def test_step_by_step_sft_learns_with_the_pipeline_yaml_section(rlhf_tiny_model, tmp_path):
     from rlhf.sft import main
 

@@ -20,6 +20,8 @@ from rlhf.tiny_model import TinyModelConfig, build_tiny_model
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "rlhf" / "data"
 
+pytestmark = pytest.mark.slow  # multi-process runs: part of `make test`, not `make test-fast`
+
 # A dense reward, and a way to die mid-run: once the folder named by KILL_AFTER exists (a checkpoint the
 # run has just written), the next reward call SIGKILLs its own process (no cleanup, like a power cut).
 REWARD_MODULE = '''
@@ -89,6 +91,7 @@ def _metrics(out: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in rows]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command, processes", [("ppo", 1), ("ppo", 2), ("grpo", 1)])
 def test_killed_and_resumed_run_ends_like_the_uninterrupted_run(setup, tmp_path, command, processes):
     full, broken = tmp_path / "full", tmp_path / "broken"

@@ -81,6 +81,7 @@ def test_batch_layout_and_pair_accuracy():
     assert right.tolist() == [2, 0] and total.tolist() == [3, 1]
 
 
+@pytest.mark.slow
 def test_reward_model_learns_the_preference_from_rankings(rlhf_reward_run):
     path, summary = rlhf_reward_run
     assert summary["dataset_format"] == "ranking" and summary["world_size"] == 1

@@ -23,6 +23,7 @@ def _short(model, out, data, *extra):
     ]
 
 
+@pytest.mark.slow
 def test_sft_loss_falls_and_the_policy_learns_the_format(rlhf_sft_run, rlhf_tiny_model):
     path, summary = rlhf_sft_run
     assert summary["eval_loss"] < summary["eval_loss_before"] - 3.0  # from about 6.5 (uniform) to below 3.5

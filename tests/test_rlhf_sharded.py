@@ -21,6 +21,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.slow  # multi-process runs: part of `make test`, not `make test-fast`
+
 pytest.importorskip("deepspeed", reason="the sharded tests need `pip install -e '.[deepspeed]'` (make test does it)")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -183,6 +185,7 @@ def test_lora_trains_under_zero2_and_is_refused_clearly_under_zero3_and_fsdp(run
         assert "--use_peft" in message and "ZeRO-2" in message, message
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "kind"), [("cpu_zero2", "DEEPSPEED"), ("cpu_zero3", "DEEPSPEED"), ("cpu_fsdp", "FSDP")])
 def test_cpu_sharded_configs_load_and_never_force_the_cpu(name, kind):
     """Forcing the CPU (use_cpu) would silently drop DeepSpeed / start one process; fp32 on the CPU."""
@@ -201,6 +204,7 @@ def test_cpu_sharded_configs_load_and_never_force_the_cpu(name, kind):
         assert config.fsdp_config["fsdp_version"] == 2
 
 
+@pytest.mark.slow
 def test_one_process_summary_fields_and_no_sharding_requested(monkeypatch):
     from accelerate import Accelerator
 

@@ -12,6 +12,7 @@ from classic_rl.logger import RunLogger
 TINY = dict(learning_starts=50, hidden=[16], buffer_size=1000)
 
 
+@pytest.mark.slow
 def test_learn_leaves_the_signal_handlers_alone(monkeypatch):
     seen = []
     advance = RunLogger.advance

@@ -46,6 +46,7 @@ def runs():
     }
 
 
+@pytest.mark.slow
 def test_sarsa_earns_more_online_than_q_learning(runs):
     # Q-learning walks the edge while exploring with epsilon = 0.1 and falls off; SARSA keeps away.
     for s_run, q_run in zip(runs["sarsa"], runs["q_learning"]):
@@ -54,6 +55,7 @@ def test_sarsa_earns_more_online_than_q_learning(runs):
     assert mean_sarsa > -35  # measured about -28; a random policy scores below -1000
 
 
+@pytest.mark.slow
 def test_q_learning_greedy_path_is_the_13_step_edge_path(runs):
     edge_path = [START, 24, *range(25, 36), GOAL]
     for run in runs["q_learning"]:
@@ -74,6 +76,7 @@ def test_sarsa_greedy_path_keeps_away_from_the_edge(runs):
     assert states[-1] == GOAL and len(states) - 1 == 17 and total == -17
 
 
+@pytest.mark.slow
 def test_expected_sarsa_learns_a_safe_path_and_earns_most(runs):
     for e_run, s_run in zip(runs["expected_sarsa"], runs["sarsa"]):
         states, total = greedy_rollout(e_run.policy)
@@ -101,6 +104,7 @@ def test_same_seed_repeats_exactly():
     assert not np.array_equal(a.episode_returns, c.episode_returns)
 
 
+@pytest.mark.slow
 def test_stepping_through_env_step_learns_the_same_edge_path():
     run = q_learning(CLIFF, 200, 0.5, 0.1, 1.0, seed=0, use_model=False)
     assert greedy_rollout(run.policy)[1] == -13
@@ -157,12 +161,14 @@ def test_episode_and_step_limits():
     assert greedy_rollout(more.policy)[0][-1] == GOAL
 
 
+@pytest.mark.slow
 def test_learns_taxi():
     run = q_learning(gym.make("Taxi-v4"), 1500, 0.5, 0.1, 0.99, seed=0)
     assert run.episode_returns[:100].mean() < -150
     assert run.episode_returns[-100:].mean() > -10
 
 
+@pytest.mark.slow
 def test_learned_4x3_policy_is_near_optimal():
     env = gridworld_4x3()
     V_star, _ = value_iteration(env.P, 1.0)

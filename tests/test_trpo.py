@@ -40,6 +40,7 @@ def test_line_search_shrinks_the_step_until_the_kl_bound_holds():
     assert kl <= max_kl and objective > evaluate(x0)[0]
 
 
+@pytest.mark.slow
 def test_line_search_keeps_the_old_point_when_no_step_improves():
     x0, d, evaluate = _toy_problem(-1.0)  # every step along d lowers the objective
     x, frac = kl_line_search(evaluate, x0, d / d.norm(), max_kl=10.0)
@@ -58,6 +59,7 @@ def test_policy_step_respects_the_trust_region_on_real_data():
     assert any(not torch.equal(a, b) for a, b in zip(before, agent.policy.actor_parameters()))
 
 
+@pytest.mark.slow
 def test_trpo_beats_random_on_cartpole():
     agent = TRPO("CartPole-v1", seed=0)
     agent.learn(total_steps=10_000, progress=False)

@@ -121,6 +121,7 @@ def test_a_hung_worker_times_out(backend):
             pool.call("hang", [(0.0,), (60.0,)])
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("local_ray")
 def test_ars_learns_through_ray_workers_with_the_process_backends_numbers():
     kwargs = dict(env="CartPole-v1", seed=0, n_directions=4, step_size=0.05, delta_std=0.1)
