@@ -27,6 +27,7 @@ import random
 import shutil
 import time
 import warnings
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,10 @@ class RLTrainer:
         acc.gradient_accumulation_steps = config.gradient_accumulation_steps
         configure_deepspeed_batch(acc, config.per_device_train_batch_size, config.gradient_accumulation_steps)
         self.model, self.optimizer = acc.prepare(self.model, optimizer)
+        # The wrapper (DDP, a DeepSpeed engine) never changes after prepare, so unwrap once: accelerate's
+        # unwrap_model costs milliseconds a call (and imports DeepSpeed on the first).
+        self._plain_model = acc.unwrap_model(self.model)
+        self._sharded = sharded(acc)
         check_deepspeed_settings(acc, config.gradient_accumulation_steps, config.max_grad_norm)
         # Frozen models: one copy per device under DDP, sharded like the policy under ZeRO-3 / FSDP. The
         # reference keeps the policy's weight dtype, so pi == pi_ref gives KL exactly 0 at the start; the
@@ -347,7 +352,14 @@ class RLTrainer:
     # ------------------------------------------------------------------ rollout
     @property
     def policy(self) -> nn.Module:
-        return self.accelerator.unwrap_model(self.model).policy
+        return self._plain_model.policy
+
+    def _unwrapped(self, gather_deepspeed3_params: bool) -> AbstractContextManager[nn.Module]:
+        """The trainable module for many small forwards: ``rlhf.distributed.unwrap_for_generation`` when the
+        parameters are sharded (ZeRO-3, FSDP), else the plain module (all that function would do)."""
+        if self._sharded:
+            return unwrap_for_generation(self.model, self.accelerator, gather_deepspeed3_params)
+        return nullcontext(self._plain_model)
 
     def _reference_logits(
         self, query_responses: Tensor, attention_mask: Tensor, context_length: int, policy: nn.Module | None = None
@@ -366,11 +378,12 @@ class RLTrainer:
         cfg = self.config
         queries, query_mask = left_pad(query_ids, self.pad_id, self.device)
         chunks = []
-        self.model.eval()
+        if self.model.training:  # a transformers model's train()/eval() is not free; only switch when needed
+            self.model.eval()
         acc = self.accelerator
         all_finished = all_processes_finished if self._sync_generation else None
         # Under ZeRO-3 the policy's parameters are gathered once for the whole batch (not once per token).
-        with unwrap_for_generation(self.model, acc, cfg.ds3_gather_for_generation) as unwrapped, acc.autocast():
+        with self._unwrapped(cfg.ds3_gather_for_generation) as unwrapped, acc.autocast():
             for start in range(0, queries.shape[0], cfg.local_rollout_forward_batch_size):
                 end = start + cfg.local_rollout_forward_batch_size
                 chunks.append(sample_responses(
@@ -400,7 +413,7 @@ class RLTrainer:
         # No one-off gather here (one forward per chunk); under FSDP the root's own parameters are
         # materialised so the policy's and critic's submodules can be called directly.
         acc = self.accelerator
-        with unwrap_for_generation(self.model, acc, gather_deepspeed3_params=False) as unwrapped, acc.autocast():
+        with self._unwrapped(gather_deepspeed3_params=False) as unwrapped, acc.autocast():
             # A value head on the policy needs the full forward anyway; a separate critic does not.
             head_on_policy = self.uses_critic and unwrapped.critic is None
             for start in range(0, queries.shape[0], step):
