@@ -75,13 +75,15 @@ class PolicyOnly(nn.Module):
     """The trainable module of the critic-free methods (GRPO, RLOO): the policy alone, with the interface
     of ``rlhf.ppo_models.PolicyAndValue`` (``.policy``, ``.critic``; forward gives logits and no values)."""
 
-    def __init__(self, policy: nn.Module):
+    def __init__(self, policy: nn.Module, share_prompts: bool = False):
         super().__init__()
         self.policy = policy
         self.critic = None
+        self.share_prompts = share_prompts  # run each distinct prompt once (rlhf.rollout.logits_for_responses)
 
     def forward(self, query_responses: Tensor, attention_mask: Tensor, context_length: int) -> tuple[Tensor, None]:
-        return logits_for_responses(self.policy, query_responses, attention_mask, context_length), None
+        logits = logits_for_responses(self.policy, query_responses, attention_mask, context_length, self.share_prompts)
+        return logits, None
 
 
 class RLTrainer:
@@ -112,6 +114,9 @@ class RLTrainer:
             raise ConfigError("--save_steps / --resume_from_checkpoint are not supported under "
                               "DeepSpeed ZeRO-3 or FSDP yet; use DDP or ZeRO-2, or drop the flags")
         self.repeats = getattr(config, "num_generations", 1)  # completions per prompt
+        # Repeated prompts are computed once in sampling and no-grad forwards; not when a forward is a
+        # collective (ZeRO-3, FSDP), where every rank must run the same forwards whatever its prompts.
+        self.share_prompts = self.repeats > 1 and not sharded(acc)
         if (config.local_batch_size * self.world_size) % self.repeats:
             raise ConfigError(
                 "the generation batch (per_device_train_batch_size x gradient_accumulation_steps x "
@@ -366,11 +371,12 @@ class RLTrainer:
     ) -> Tensor:
         """Logits of the frozen reference: its own model, or ``policy`` (default: the trained one) with
         the LoRA adapter disabled."""
+        args = (query_responses, attention_mask, context_length, self.share_prompts)
         if self.ref_policy is not None:
-            return logits_for_responses(self.ref_policy, query_responses, attention_mask, context_length)
+            return logits_for_responses(self.ref_policy, *args)
         policy = self.policy if policy is None else policy
         with policy.disable_adapter():
-            return logits_for_responses(policy, query_responses, attention_mask, context_length)
+            return logits_for_responses(policy, *args)
 
     @torch.no_grad()
     def generate(self, query_ids: list[list[int]], generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -390,7 +396,7 @@ class RLTrainer:
                     unwrapped.policy, queries[start:end], query_mask[start:end],
                     max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, pad_token_id=self.pad_id,
                     stop_token_ids=() if self.stop_id is None else (self.stop_id,), generator=generator,
-                    all_finished=all_finished,
+                    all_finished=all_finished, share_prompts=self.share_prompts,
                 ))
         width = max(c.responses.shape[1] for c in chunks)
         responses = torch.cat([nn.functional.pad(c.responses, (0, width - c.responses.shape[1]), value=self.pad_id) for c in chunks])
