@@ -11,13 +11,18 @@ from torch import Tensor
 
 from classic_rl.core.losses import masked_mean
 from rlhf.experience import Rollout
-from rlhf.rl_trainer import RLTrainer
+from rlhf.rl_trainer import PolicyOnly, RLTrainer
 
 __all__ = ["GroupRLTrainer"]
 
 
 class GroupRLTrainer(RLTrainer):
     """A critic-free trainer whose advantages compare the completions of one prompt."""
+
+    def build_trainable(self, policy: torch.nn.Module, same_vocab: bool) -> torch.nn.Module:
+        # The loss's forward runs each distinct prompt once too (its activations then collect the gradients
+        # of the whole group), except with gradient checkpointing, which turns the KV cache off in training.
+        return PolicyOnly(policy, share_prompts=self.share_prompts and not self.config.gradient_checkpointing)
 
     def global_rewards(self, local_rewards: Tensor) -> Tensor:
         """Every rank's rewards ``(world x B,)`` in global order: groups are contiguous there."""

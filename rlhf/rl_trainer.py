@@ -27,6 +27,7 @@ import random
 import shutil
 import time
 import warnings
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -74,13 +75,15 @@ class PolicyOnly(nn.Module):
     """The trainable module of the critic-free methods (GRPO, RLOO): the policy alone, with the interface
     of ``rlhf.ppo_models.PolicyAndValue`` (``.policy``, ``.critic``; forward gives logits and no values)."""
 
-    def __init__(self, policy: nn.Module):
+    def __init__(self, policy: nn.Module, share_prompts: bool = False):
         super().__init__()
         self.policy = policy
         self.critic = None
+        self.share_prompts = share_prompts  # run each distinct prompt once (rlhf.rollout.logits_for_responses)
 
     def forward(self, query_responses: Tensor, attention_mask: Tensor, context_length: int) -> tuple[Tensor, None]:
-        return logits_for_responses(self.policy, query_responses, attention_mask, context_length), None
+        logits = logits_for_responses(self.policy, query_responses, attention_mask, context_length, self.share_prompts)
+        return logits, None
 
 
 class RLTrainer:
@@ -111,6 +114,9 @@ class RLTrainer:
             raise ConfigError("--save_steps / --resume_from_checkpoint are not supported under "
                               "DeepSpeed ZeRO-3 or FSDP yet; use DDP or ZeRO-2, or drop the flags")
         self.repeats = getattr(config, "num_generations", 1)  # completions per prompt
+        # Repeated prompts are computed once in sampling and no-grad forwards; not when a forward is a
+        # collective (ZeRO-3, FSDP), where every rank must run the same forwards whatever its prompts.
+        self.share_prompts = self.repeats > 1 and not sharded(acc)
         if (config.local_batch_size * self.world_size) % self.repeats:
             raise ConfigError(
                 "the generation batch (per_device_train_batch_size x gradient_accumulation_steps x "
@@ -141,6 +147,10 @@ class RLTrainer:
         acc.gradient_accumulation_steps = config.gradient_accumulation_steps
         configure_deepspeed_batch(acc, config.per_device_train_batch_size, config.gradient_accumulation_steps)
         self.model, self.optimizer = acc.prepare(self.model, optimizer)
+        # The wrapper (DDP, a DeepSpeed engine) never changes after prepare, so unwrap once: accelerate's
+        # unwrap_model costs milliseconds a call (and imports DeepSpeed on the first).
+        self._plain_model = acc.unwrap_model(self.model)
+        self._sharded = sharded(acc)
         check_deepspeed_settings(acc, config.gradient_accumulation_steps, config.max_grad_norm)
         # Frozen models: one copy per device under DDP, sharded like the policy under ZeRO-3 / FSDP. The
         # reference keeps the policy's weight dtype, so pi == pi_ref gives KL exactly 0 at the start; the
@@ -347,18 +357,26 @@ class RLTrainer:
     # ------------------------------------------------------------------ rollout
     @property
     def policy(self) -> nn.Module:
-        return self.accelerator.unwrap_model(self.model).policy
+        return self._plain_model.policy
+
+    def _unwrapped(self, gather_deepspeed3_params: bool) -> AbstractContextManager[nn.Module]:
+        """The trainable module for many small forwards: ``rlhf.distributed.unwrap_for_generation`` when the
+        parameters are sharded (ZeRO-3, FSDP), else the plain module (all that function would do)."""
+        if self._sharded:
+            return unwrap_for_generation(self.model, self.accelerator, gather_deepspeed3_params)
+        return nullcontext(self._plain_model)
 
     def _reference_logits(
         self, query_responses: Tensor, attention_mask: Tensor, context_length: int, policy: nn.Module | None = None
     ) -> Tensor:
         """Logits of the frozen reference: its own model, or ``policy`` (default: the trained one) with
         the LoRA adapter disabled."""
+        args = (query_responses, attention_mask, context_length, self.share_prompts)
         if self.ref_policy is not None:
-            return logits_for_responses(self.ref_policy, query_responses, attention_mask, context_length)
+            return logits_for_responses(self.ref_policy, *args)
         policy = self.policy if policy is None else policy
         with policy.disable_adapter():
-            return logits_for_responses(policy, query_responses, attention_mask, context_length)
+            return logits_for_responses(policy, *args)
 
     @torch.no_grad()
     def generate(self, query_ids: list[list[int]], generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -366,18 +384,19 @@ class RLTrainer:
         cfg = self.config
         queries, query_mask = left_pad(query_ids, self.pad_id, self.device)
         chunks = []
-        self.model.eval()
+        if self.model.training:  # a transformers model's train()/eval() is not free; only switch when needed
+            self.model.eval()
         acc = self.accelerator
         all_finished = all_processes_finished if self._sync_generation else None
         # Under ZeRO-3 the policy's parameters are gathered once for the whole batch (not once per token).
-        with unwrap_for_generation(self.model, acc, cfg.ds3_gather_for_generation) as unwrapped, acc.autocast():
+        with self._unwrapped(cfg.ds3_gather_for_generation) as unwrapped, acc.autocast():
             for start in range(0, queries.shape[0], cfg.local_rollout_forward_batch_size):
                 end = start + cfg.local_rollout_forward_batch_size
                 chunks.append(sample_responses(
                     unwrapped.policy, queries[start:end], query_mask[start:end],
                     max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, pad_token_id=self.pad_id,
                     stop_token_ids=() if self.stop_id is None else (self.stop_id,), generator=generator,
-                    all_finished=all_finished,
+                    all_finished=all_finished, share_prompts=self.share_prompts,
                 ))
         width = max(c.responses.shape[1] for c in chunks)
         responses = torch.cat([nn.functional.pad(c.responses, (0, width - c.responses.shape[1]), value=self.pad_id) for c in chunks])
@@ -400,7 +419,7 @@ class RLTrainer:
         # No one-off gather here (one forward per chunk); under FSDP the root's own parameters are
         # materialised so the policy's and critic's submodules can be called directly.
         acc = self.accelerator
-        with unwrap_for_generation(self.model, acc, gather_deepspeed3_params=False) as unwrapped, acc.autocast():
+        with self._unwrapped(gather_deepspeed3_params=False) as unwrapped, acc.autocast():
             # A value head on the policy needs the full forward anyway; a separate critic does not.
             head_on_policy = self.uses_critic and unwrapped.critic is None
             for start in range(0, queries.shape[0], step):

@@ -12,6 +12,12 @@ recomputed from the attention mask (``cumsum(mask) - 1``), so a padded batch giv
 numbers as each sequence alone. The logits that predict response token t sit in column
 ``P - 1 + t`` (the last prompt token predicts the first response token).
 
+Shared prompts (GRPO, RLOO: ``num_generations`` completions of each prompt): with ``share_prompts=True``
+each distinct prompt row goes through the model once and its KV cache is copied to the rows that repeat
+it, then only the response tokens are run against that cache -- the same logits (and gradients: the
+copy is an index, so each prompt's activations collect the gradients of all its completions) for
+about ``1 / num_generations`` of the prompt's compute.
+
 Reward shaping (Ziegler et al. 2019; InstructGPT)::
 
     r_t = -beta * KL_t               for every real response token t
@@ -37,6 +43,7 @@ __all__ = [
     "Sampled",
     "Truncated",
     "apply_missing_stop_penalty",
+    "distinct_rows",
     "entropy_from_logits",
     "kl_per_token",
     "left_pad",
@@ -72,6 +79,39 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int, device: torc
 def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
     """``cumsum(mask) - 1`` clamped at 0: position 0 is each sequence's first real token."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def distinct_rows(query_ids: Tensor, query_mask: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+    """The distinct rows of a left-padded prompt batch ``(ids, mask)`` and, for every row, the index of
+    its distinct row (``ids[i] == distinct_ids[index[i]]``); None when no row repeats another."""
+    width = query_ids.shape[1]
+    rows = torch.cat([query_ids, query_mask.to(query_ids.dtype)], dim=1)
+    unique, index = torch.unique(rows, dim=0, return_inverse=True)
+    if unique.shape[0] == rows.shape[0]:
+        return None
+    return unique[:, :width], unique[:, width:].to(query_mask.dtype), index
+
+
+def _cache_arg(model: nn.Module) -> str:
+    """The KV cache's keyword: transformers >= 5.x names it `cache`; earlier versions `past_key_values`."""
+    return "cache" if _accepts(model, "cache") else "past_key_values"
+
+
+def prefill(model: nn.Module, query_ids: Tensor, query_mask: Tensor, share_prompts: bool = False) -> tuple[Tensor, object]:
+    """Run the prompts once: the logits at the last prompt column ``(B, V)`` (they predict the first new
+    token) and the KV cache of all ``B`` rows. With ``share_prompts`` each distinct prompt is computed once
+    and its cache rows copied to its repeats (:func:`distinct_rows`; differentiable)."""
+    kwargs = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+    cache_arg = _cache_arg(model)
+    distinct = distinct_rows(query_ids, query_mask) if share_prompts else None
+    ids, mask = (query_ids, query_mask) if distinct is None else distinct[:2]
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True, **kwargs)
+    logits, cache = out.logits[:, -1], out[cache_arg]
+    if distinct is not None:
+        index = distinct[2]
+        cache.reorder_cache(index)  # every layer's keys and values: index_select over the batch
+        logits = logits[index]
+    return logits, cache
 
 
 def _accepts(model: nn.Module, name: str) -> bool:
@@ -117,14 +157,20 @@ def logprobs_and_entropy(logits: Tensor, tokens: Tensor, temperature: float = 1.
 
 
 def logits_for_responses(
-    model: nn.Module, query_responses: Tensor, attention_mask: Tensor, context_length: int, **forward_kwargs
+    model: nn.Module, query_responses: Tensor, attention_mask: Tensor, context_length: int,
+    share_prompts: bool = False, **forward_kwargs
 ) -> Tensor:
     """Logits ``(B, R, V)`` that predict each response token (columns ``P - 1 .. P + R - 2``).
 
     Only the last ``R + 1`` positions go through the LM head when the model supports
     ``logits_to_keep``; pad columns are never read (left pads are before P - 1, right pads are masked
-    by the caller).
+    by the caller). ``share_prompts``: each distinct prompt runs once (see the module docstring; not
+    with gradient checkpointing, which turns the KV cache off in training).
     """
+    if share_prompts and not forward_kwargs:
+        shared = _logits_with_shared_prompts(model, query_responses, attention_mask, context_length)
+        if shared is not None:
+            return shared
     response_length = query_responses.shape[1] - context_length
     kwargs = dict(forward_kwargs)
     if _accepts(model, "logits_to_keep"):
@@ -137,6 +183,25 @@ def logits_for_responses(
         **kwargs,
     )
     return out.logits[:, -(response_length + 1) : -1]
+
+
+def _logits_with_shared_prompts(
+    model: nn.Module, query_responses: Tensor, attention_mask: Tensor, context_length: int
+) -> Tensor | None:
+    """:func:`logits_for_responses` with each distinct prompt computed once (None: no prompt repeats)."""
+    P = context_length
+    if distinct_rows(query_responses[:, :P], attention_mask[:, :P]) is None:
+        return None
+    first, cache = prefill(model, query_responses[:, :P], attention_mask[:, :P], share_prompts=True)
+    if query_responses.shape[1] - P == 1:
+        return first.unsqueeze(1)
+    # Response tokens 0 .. R-2 against the prompts' cache predict tokens 1 .. R-1.
+    mask = attention_mask[:, :-1]
+    out = model(
+        input_ids=query_responses[:, P:-1], attention_mask=mask, position_ids=position_ids_from_mask(mask)[:, P:],
+        use_cache=True, **{_cache_arg(model): cache},
+    )
+    return torch.cat([first.unsqueeze(1), out.logits], dim=1)
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -182,6 +247,7 @@ def sample_responses(
     stop_token_ids: Sequence[int] = (),
     generator: torch.Generator | None = None,
     all_finished: Callable[[Tensor], bool] | None = None,
+    share_prompts: bool = False,
 ) -> Sampled:
     """Sample up to ``max_new_tokens`` tokens for a left-padded batch with the model's KV cache.
 
@@ -191,23 +257,21 @@ def sample_responses(
     ``pad_token_id``; the loop ends when ``all_finished(done)`` says so -- by default when every row
     of this batch is done. When the model's forward is a collective (FSDP, ZeRO-3 without gathering),
     pass a function that agrees over all processes (``rlhf.distributed.all_processes``), so every
-    rank runs the same number of forwards and none waits forever (trlX #373).
+    rank runs the same number of forwards and none waits forever (trlX #373). ``share_prompts``: each
+    distinct prompt is prefilled once (:func:`prefill`); the same tokens for the same generator.
     """
     all_finished = all_finished or (lambda d: bool(d.all()))
     batch = query_ids.shape[0]
     device = query_ids.device
     stops = torch.as_tensor(list(stop_token_ids), dtype=torch.long, device=device)
     mask = query_mask.long()
-    positions = position_ids_from_mask(mask)
-    kwargs = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
-    # transformers >= 5.x names the KV cache `cache`; earlier versions `past_key_values`.
-    cache_arg = "cache" if _accepts(model, "cache") else "past_key_values"
-    out = model(input_ids=query_ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
-    next_position = positions[:, -1:] + 1
+    cache_arg = _cache_arg(model)
+    logits, cache = prefill(model, query_ids, mask, share_prompts)
+    next_position = position_ids_from_mask(mask)[:, -1:] + 1
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens, logprobs = [], []
     for step in range(max_new_tokens):
-        token, logp = sample_from_logits(out.logits[:, -1], temperature, generator)
+        token, logp = sample_from_logits(logits, temperature, generator)
         token = token.masked_fill(done, pad_token_id)
         tokens.append(token)
         logprobs.append(logp.gather(1, token.unsqueeze(1)).squeeze(1))
@@ -223,8 +287,9 @@ def sample_responses(
             attention_mask=mask,
             position_ids=next_position,
             use_cache=True,
-            **{cache_arg: out[cache_arg]},
+            **{cache_arg: cache},
         )
+        logits, cache = out.logits[:, -1], out[cache_arg]
         next_position = next_position + 1
     return Sampled(torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1))
 

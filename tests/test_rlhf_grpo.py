@@ -144,6 +144,7 @@ def test_grpo_update_uses_the_core_group_advantages_and_loss(tiny, tmp_path, mon
             "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "2", "--max_completion_length", "4",
             "--max_steps", "2", "--learning_rate", "1e-3", "--num_eval_prompts", "8", "--seed", "0", *QUIET]
     trainer = GRPOTrainer(parse_grpo_args(argv))
+    assert trainer.share_prompts and trainer.policy is trainer.model.policy and trainer.model.share_prompts
     prompts, _ = trainer.next_batch()
     assert len(prompts) == 16 and all(prompts[i] == prompts[i // 4 * 4] for i in range(16))  # 4 groups of 4
     metrics, batch = trainer.step(*trainer.next_batch())
@@ -154,6 +155,42 @@ def test_grpo_update_uses_the_core_group_advantages_and_loss(tiny, tmp_path, mon
                 "completions/mean_length", "rewards/reward/mean", "frac_reward_zero_std", "lr", "episode"):
         assert key in metrics, key
     assert metrics["episode"] == 16 and metrics["kl"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_shared_prompts_give_the_logits_gradients_and_samples_of_separate_rows(tiny):
+    """Each distinct prompt computed once (KV cache copied to its repeats) = every row computed alone."""
+    import torch
+
+    from rlhf.models import load_causal_lm
+    from rlhf.rollout import distinct_rows, left_pad, logits_for_responses, sample_responses, token_logprobs
+
+    model = load_causal_lm(str(tiny)).eval()
+    torch.manual_seed(0)
+    rows = [[5, 6, 7, 8]] * 3 + [[9, 10]] * 3  # two groups of 3, left-padded to different lengths
+    queries, query_mask = left_pad(rows, pad_token_id=1)
+    assert distinct_rows(queries[[0, 3]], query_mask[[0, 3]]) is None  # nothing repeats: plain path
+    responses = torch.randint(2, 300, (6, 5))
+    real = torch.ones_like(responses, dtype=torch.bool)
+    real[1, 3:] = False  # a completion cut after its stop token
+    qr, am, P = torch.cat([queries, responses], 1), torch.cat([query_mask, real.long()], 1), queries.shape[1]
+
+    def logprobs_and_grads(share: bool):
+        model.zero_grad()
+        logprobs = token_logprobs(logits_for_responses(model, qr, am, P, share), responses, 0.7)
+        (logprobs * real).sum().backward()
+        return logprobs.detach()[real], [p.grad.clone() for p in model.parameters()]
+
+    (alone, alone_grads), (shared, shared_grads) = logprobs_and_grads(False), logprobs_and_grads(True)
+    torch.testing.assert_close(shared, alone, atol=1e-5, rtol=1e-5)
+    for a, b in zip(alone_grads, shared_grads):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+    assert max(g.abs().max() for g in alone_grads) > 1e-3  # the gradients compared are not zeros
+    kwargs = dict(max_new_tokens=6, temperature=1.0, pad_token_id=1, stop_token_ids=(0,))
+    with torch.no_grad():
+        a = sample_responses(model, queries, query_mask, generator=torch.Generator().manual_seed(0), **kwargs)
+        b = sample_responses(model, queries, query_mask, generator=torch.Generator().manual_seed(0), share_prompts=True, **kwargs)
+    assert torch.equal(a.responses, b.responses)
+    torch.testing.assert_close(b.logprobs, a.logprobs, atol=1e-5, rtol=1e-5)
 
 
 def test_checkpoints_are_pruned_to_the_limit_and_long_prompts_warned(tiny, tmp_path):
