@@ -217,7 +217,7 @@ def results_table(summaries: dict[str, dict[str, Any]], evaluation: dict[str, di
         (f"responses ending with EOS (SFT -> {rl})", f"{_fmt(before.get('eos_fraction'))} -> {_fmt(after.get('eos_fraction'))}"),
     ]
     rows = [(name, value) for name, value in rows if set(value.split(" -> ")) != {"n/a"}]
-    width = max(len(name) for name, _ in rows)
+    width = max([len("metric")] + [len(name) for name, _ in rows])
     lines = [f"| {'metric':<{width}} | value |", f"|{'-' * (width + 2)}|-------|"]
     lines += [f"| {name:<{width}} | {value} |" for name, value in rows]
     return "\n".join(lines)
