@@ -49,6 +49,8 @@ from typing import Any
 
 import numpy as np
 
+from classic_rl.safe_io import dumps_strict
+
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
@@ -454,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(run_one(json.loads(args.worker))))
+        print(dumps_strict(run_one(json.loads(args.worker))))
         return 0
     unknown = [a for a in args.algos if a not in BENCHMARKS]
     if unknown:
@@ -487,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"to threshold {result['steps_to_threshold']}", file=sys.stderr, flush=True)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=2)
+            fh.write(dumps_strict(results, indent=2))
     print(markdown_table(summarize(results)))
     if sb3_overrides:
         print(f"\nSB3's settings differ from ours by: {', '.join(f'{k}={v!r}' for k, v in sb3_overrides.items())}")

@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+from classic_rl.safe_io import dumps_strict
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "rlhf" / "data"
 MODES = {"ddp": "cpu_2proc.yaml", "zero2": "cpu_zero2.yaml", "zero3": "cpu_zero3.yaml", "fsdp": "cpu_fsdp.yaml"}
@@ -138,7 +140,7 @@ def worker(args: argparse.Namespace) -> None:
         "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "rss_before": rss_before,
         "update_peak_rss": update_peak, "update_seconds": seconds,
     }
-    Path(args.out).with_suffix(f".rank{trainer.rank}.json").write_text(json.dumps(result))
+    Path(args.out).with_suffix(f".rank{trainer.rank}.json").write_text(dumps_strict(result))
     trainer.accelerator.wait_for_everyone()
 
 
@@ -174,7 +176,7 @@ def main() -> None:
         results[mode] = [json.loads(out.with_suffix(f".rank{r}.json").read_text()) for r in range(2)]
         print(f"[{mode}] done in {time.perf_counter() - started:.0f}s", flush=True)
 
-    (work / "results.json").write_text(json.dumps({"parameters": n_params, "results": results}, indent=1))
+    (work / "results.json").write_text(dumps_strict({"parameters": n_params, "results": results}, indent=1))
     def state(r: dict) -> int:  # what ZeRO / FSDP shard: parameters, Adam states, fp32 master copies
         return r["params"] + r["optimizer"] + r["masters"]
 

@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from classic_rl.safe_io import dumps_strict
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "rlhf" / "data"
 TRAINERS = ("ours", "ours-vhead", "trl-rloo", "trl-ppo")
@@ -284,7 +286,7 @@ def child_main(spec_path: str, result_path: str) -> None:
     result = RUNNERS[spec["trainer"]](spec, out_dir)
     result["peak_memory_mb"] = _peak_memory_mb(spec["device"])
     result["policy"] = str(out_dir / "policy")
-    Path(result_path).write_text(json.dumps(result))
+    Path(result_path).write_text(dumps_strict(result))
 
 
 # ============================================================================ parent: models, runs, table
@@ -350,7 +352,7 @@ def run_child(cfg: BenchConfig, trainer: str, policy: Path, reward_model: Path, 
             "out_dir": str(run_dir)}
     run_dir.mkdir(parents=True, exist_ok=True)
     spec_path, result_path = run_dir / "spec.json", run_dir / "result.json"
-    spec_path.write_text(json.dumps(spec, indent=1))
+    spec_path.write_text(dumps_strict(spec, indent=1))
     result_path.unlink(missing_ok=True)
     python = cfg.trl112_python if trainer == "trl-ppo" else sys.executable
     env = _quiet_env()
@@ -513,7 +515,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     load = os.getloadavg()
     report = {"config": dataclasses.asdict(cfg), "reward_before": before, "rows": rows, "runs": runs, "table": table,
               "loadavg": load, "torch": torch.__version__, "cpu_count": os.cpu_count()}
-    (work / "results.json").write_text(json.dumps(report, indent=1))
+    (work / "results.json").write_text(dumps_strict(report, indent=1))
     print(f"\n[bench] load average {load[0]:.1f} on {os.cpu_count()} CPUs; results in {work / 'results.json'}")
     return report
 

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from classic_rl.safe_io import dumps_strict
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "rlhf" / "data"
 TRAINERS = ("ours-grpo", "trl-grpo", "ours-rloo", "trl-rloo")
@@ -159,7 +161,7 @@ def child_main(spec_path: str, result_path: str) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     result = (_run_ours if spec["trainer"].startswith("ours") else _run_trl)(spec, out_dir)
     result.update(peak_memory_mb=_peak_rss_mb(), policy=str(out_dir / "policy"))
-    Path(result_path).write_text(json.dumps(result))
+    Path(result_path).write_text(dumps_strict(result))
 
 
 # ============================================================================ parent
@@ -190,7 +192,7 @@ def run_child(cfg: BenchConfig, trainer: str, seed: int, policy: Path, run_dir: 
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = {**dataclasses.asdict(cfg), "trainer": trainer, "seed": seed, "policy": str(policy), "out_dir": str(run_dir)}
     spec_path, result_path = run_dir / "spec.json", run_dir / "result.json"
-    spec_path.write_text(json.dumps(spec, indent=1))
+    spec_path.write_text(dumps_strict(spec, indent=1))
     result_path.unlink(missing_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "_child", str(spec_path), str(result_path)]
     proc = subprocess.run(cmd, env=_env(), cwd=REPO, capture_output=True, text=True)
@@ -312,7 +314,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print("\n" + text)
     report = {"config": dataclasses.asdict(cfg), "seeds": seeds, "held_out_before": before, "rows": rows, "runs": runs,
               "table": text, "loadavg_at_starts": loads, "torch": torch.__version__}
-    (work / "results.json").write_text(json.dumps(report, indent=1))
+    (work / "results.json").write_text(dumps_strict(report, indent=1))
     print(f"\n[bench] load average at the runs' starts {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} CPUs; "
           f"results in {work / 'results.json'}")
     return report
