@@ -24,7 +24,6 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 import warnings
 from contextlib import AbstractContextManager, nullcontext
@@ -63,7 +62,15 @@ from rlhf.rollout import (
     token_logprobs,
     truncate_after_stop,
 )
-from rlhf.utils import METRICS_FILE, SUMMARY_FILE, seed_everything, to_plain, write_config, write_json
+from rlhf.utils import (
+    METRICS_FILE,
+    SUMMARY_FILE,
+    seed_everything,
+    staged_output,
+    to_plain,
+    write_config,
+    write_json,
+)
 
 __all__ = ["PolicyOnly", "RLTrainer", "run_trainer"]
 
@@ -826,27 +833,12 @@ def run_trainer(trainer_class: type[RLTrainer], config: RLConfig) -> dict[str, A
 
 
 def save_final(trainer: RLTrainer, out: Path, summary: dict[str, Any]) -> None:
-    """The model, tokenizer, config.yaml and summary.json into OUT: written into a hidden folder first, then
-    moved in file by file, so OUT never holds a half-written model file."""
+    """The model, tokenizer, config.yaml and summary.json into OUT, through the same staging folder as
+    sft and reward (``rlhf.utils.staged_output``): OUT never holds a half-written model file."""
     main = trainer.accelerator.is_main_process
-    staging = out / ".final.tmp"
+    with staged_output(out) as staging:
+        trainer.save(staging)  # every rank joins (the gather under ZeRO-3 / FSDP); rank 0 writes
+        if main:
+            write_config(staging, {trainer.command: trainer.config})
     if main:
-        shutil.rmtree(staging, ignore_errors=True)  # our own leftover from a killed save
-        staging.mkdir()
-    trainer.accelerator.wait_for_everyone()
-    trainer.save(staging)
-    if not main:
-        return
-    write_config(staging, {trainer.command: trainer.config})
-    for entry in sorted(staging.iterdir()):
-        target = out / entry.name
-        if entry.is_dir() and target.is_dir():  # a LoRA adapter folder of an earlier run (--overwrite_output_dir)
-            old = out / f".{entry.name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            target.rename(old)
-            entry.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(entry, target)
-    staging.rmdir()
-    write_json(out / SUMMARY_FILE, summary)
+        write_json(out / SUMMARY_FILE, summary)
