@@ -9,8 +9,8 @@
 # script carries on -- it never aborts half-way. Stages:
 #   env      GPU, driver, Python, torch / CUDA, deepspeed
 #   setup    a Python with torch (an existing one if it imports, else a fresh venv with
-#            `pip install torch==2.13.0`, the CUDA build from PyPI) and the missing third-party packages
-#            (from ./wheelhouse when it exists: see below); only when something is missing
+#            `pip install torch==2.13.0`, the CUDA build from PyPI) and the third-party packages: every
+#            wheel in ./wheelhouse when it exists (see below), else the missing ones from the index
 #   pytest   tests/test_rlhf_cuda.py: bf16 autocast, gradient checkpointing, rlhf ppo / sft on CUDA
 #   ppo      `rlhf ppo` in bf16 on a ~150M-parameter random-init Llama: episodes/s, response tokens/s,
 #            torch.cuda.max_memory_allocated
@@ -18,6 +18,9 @@
 #   zero3    `rlhf ppo` under DeepSpeed ZeRO-3 on the one GPU (configs/accelerate/deepspeed_zero3.yaml,
 #            --num_processes 1), if deepspeed imports
 #   fsdp     `rlhf ppo` under FSDP2 on the one GPU (configs/accelerate/fsdp.yaml, --num_processes 1)
+#   bench    scripts/bench_rlhf.py --model gpu-150m --device cuda: our PPO against TRL's RLOOTrainer and
+#            (with a TRL 1.12 Python: ./wheelhouse/trl112 or .venv-trl112) TRL 1.12's PPOTrainer;
+#            its results.json is copied next to the results file as bench_rlhf_gpu.json
 # The last line of the file is a one-line verdict per stage.
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -63,37 +66,50 @@ log "gpu_check $(date -u +%Y-%m-%dT%H:%M:%SZ) in $REPO (git $(git rev-parse --sh
 
 # ------------------------------------------------------------------------------------------ python
 # The rlhf package is imported from this checkout (PYTHONPATH); only third-party packages are installed.
-# Without internet, put wheels in ./wheelhouse (e.g. `pip download -d wheelhouse trl datasets` and
-# `pip wheel --no-deps -w wheelhouse "deepspeed>=0.19.8,<0.20"` on a connected machine) and they are
-# installed from there with --no-index.
+# Offline (a lent GPU machine usually is), bring them as wheels in ./wheelhouse: every wheel there is
+# installed with --no-deps into a private folder on PYTHONPATH (ahead of site-packages), so the machine's
+# own Python is left as it was. Wheels in ./wheelhouse/trl112 (TRL 1.12, the last TRL with PPO) go to a second folder
+# that only the benchmark's trl-ppo row sees. To fill it on a connected machine (Python 3.12 shown):
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
+#       -d wheelhouse trl datasets peft hjson dill multiprocess pydantic pydantic_core
+#   pip wheel --no-deps -w wheelhouse "deepspeed>=0.19.8,<0.20"
+#   pip download --no-deps -d wheelhouse/trl112 trl==1.12.0
+# Without ./wheelhouse, missing packages are installed from the package index.
 PY=""
 for candidate in "${PYTHON:-}" "$REPO/.venv/bin/python" python3 python; do
   [ -n "$candidate" ] || continue
   if "$candidate" -c "import torch" > /dev/null 2>&1; then PY=$(command -v "$candidate"); break; fi
 done
-pip_install() {
-  if [ -d "$REPO/wheelhouse" ]; then
-    "$PY" -m pip install --quiet --no-index --find-links "$REPO/wheelhouse" "$@"
-  else
-    "$PY" -m pip install --quiet "$@"
-  fi
-}
 if [ -z "$PY" ]; then
   setup_venv() { python3 -m venv "$REPO/.venv-gpu" && "$REPO/.venv-gpu/bin/pip" install --quiet torch==2.13.0; }
   stage setup-torch 300 bash -c "$(declare -f setup_venv); setup_venv"
   PY=$REPO/.venv-gpu/bin/python
 fi
-MISSING=$("$PY" -c "
+TRL112_PY=""
+if [ -d "$REPO/wheelhouse" ]; then
+  SITE=$WORK/site
+  stage setup-wheelhouse 120 bash -c "'$PY' -m pip install --quiet --no-index --no-deps --target '$SITE' '$REPO'/wheelhouse/*.whl \
+    && { [ ! -d '$REPO/wheelhouse/trl112' ] || '$PY' -m pip install --quiet --no-index --no-deps --target '$WORK/trl112' '$REPO'/wheelhouse/trl112/*.whl; }"
+  export PYTHONPATH=$PYTHONPATH:$SITE
+  if [ -d "$WORK/trl112" ]; then
+    TRL112_PY=$WORK/trl112_python
+    printf '#!/usr/bin/env bash\nPYTHONPATH=%s:$PYTHONPATH exec %s "$@"\n' "$WORK/trl112" "$PY" > "$TRL112_PY"
+    chmod +x "$TRL112_PY"
+  fi
+else
+  MISSING=$("$PY" -c "
 import importlib.util as u
 print(' '.join(p for m, p in [('transformers', 'transformers>=4.56'), ('trl', 'trl>=0.20'), ('accelerate', 'accelerate>=1.0'),
       ('peft', 'peft>=0.13'), ('datasets', 'datasets>=3.0'), ('safetensors', 'safetensors'), ('yaml', 'pyyaml'),
       ('tqdm', 'tqdm'), ('pytest', 'pytest')] if u.find_spec(m) is None))" 2>/dev/null)
-if [ -n "$MISSING" ]; then
-  stage setup-packages 180 bash -c "$(declare -f pip_install); PY='$PY' REPO='$REPO' pip_install $MISSING"
+  if [ -n "$MISSING" ]; then
+    stage setup-packages 180 "$PY" -m pip install --quiet $MISSING
+  fi
+  if ! "$PY" -c "import deepspeed" > /dev/null 2>&1; then
+    stage setup-deepspeed 150 "$PY" -m pip install --quiet "deepspeed>=0.19.8,<0.20"
+  fi
 fi
-if ! "$PY" -c "import deepspeed" > /dev/null 2>&1; then
-  stage setup-deepspeed 150 bash -c "$(declare -f pip_install); PY='$PY' REPO='$REPO' pip_install 'deepspeed>=0.19.8,<0.20'"
-fi
+[ -z "$TRL112_PY" ] && [ -x "$REPO/.venv-trl112/bin/python" ] && TRL112_PY=$REPO/.venv-trl112/bin/python
 log "python: $PY"
 
 stage env 60 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; \"$PY\" -c '
@@ -183,9 +199,19 @@ if "$PY" -c "import deepspeed" > /dev/null 2>&1; then
 else
   skip zero3-1gpu "deepspeed does not import"
 fi
-stage fsdp-1gpu 30 "$PY" -m accelerate.commands.launch --config_file configs/accelerate/fsdp.yaml \
+stage fsdp-1gpu 45 "$PY" -m accelerate.commands.launch --config_file configs/accelerate/fsdp.yaml \
   --num_processes 1 "$WORK/measure.py" ppo "${PPO_FLAGS[@]}" --output_dir "$WORK/fsdp" \
   --per_device_train_batch_size 32 --num_ppo_epochs 1 --total_episodes 64
+
+# ------------------------------------------------------------------------------------------ vs TRL
+# scripts/bench_rlhf.py's GPU rows: our PPO (separate critic and value-head variant) against TRL's
+# RLOOTrainer and, when a TRL 1.12 Python is at hand, TRL 1.12's PPOTrainer, same 150M policy and reward
+# model, bf16, same episodes/update, response length and optimizer passes. The table goes to the results.
+BENCH_TRAINERS=(ours ours-vhead trl-rloo)
+[ -n "$TRL112_PY" ] && BENCH_TRAINERS+=(trl-ppo)
+stage bench-rlhf-gpu 200 "$PY" scripts/bench_rlhf.py --model gpu-150m --device cuda --work_dir "$WORK/bench" \
+  --trainers "${BENCH_TRAINERS[@]}" ${TRL112_PY:+--trl112_python "$TRL112_PY"}
+[ -f "$WORK/bench/results.json" ] && cp "$WORK/bench/results.json" "$OUT_DIR/bench_rlhf_gpu.json"
 
 log ""
 log "VERDICT:$VERDICT"
