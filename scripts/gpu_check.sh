@@ -14,7 +14,7 @@
 #   pytest   tests/test_rlhf_cuda.py: bf16 autocast, gradient checkpointing, rlhf ppo / sft on CUDA
 #   ppo      `rlhf ppo` in bf16 on a ~150M-parameter random-init Llama: episodes/s, response tokens/s,
 #            torch.cuda.max_memory_allocated
-#   grpo     the same for `rlhf grpo`, if `rlhf grpo --help` works
+#   grpo     the same for `rlhf grpo` (8 prompts x 8 completions per update), and rloo for `rlhf rloo`
 #   zero3    `rlhf ppo` under DeepSpeed ZeRO-3 on the one GPU (configs/accelerate/deepspeed_zero3.yaml,
 #            --num_processes 1), if deepspeed imports
 #   fsdp     `rlhf ppo` under FSDP2 on the one GPU (configs/accelerate/fsdp.yaml, --num_processes 1)
@@ -32,6 +32,8 @@ RESULTS=$OUT_DIR/gpu_check_results.txt
 WORK=$(mktemp -d /tmp/gpu_check.XXXXXX)
 STAGE_LOG=$WORK/stage.log
 VERDICT=""
+# GPU_CHECK_ONLY="build-150m grpo-bf16-150m" reruns just those stages (set-up always runs).
+ONLY=${GPU_CHECK_ONLY:-}
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} PYTHONUNBUFFERED=1
 trap 'rm -rf "$WORK"' EXIT
@@ -42,6 +44,7 @@ log() { echo "$*" | tee -a "$RESULTS"; }
 stage() {
   local name=$1 limit=$2
   shift 2
+  if [ -n "$ONLY" ] && [[ $name != setup-* ]] && [[ " $ONLY " != *" $name "* ]]; then return 0; fi
   log ""
   local cmd="$*"
   log "=== [$name] limit ${limit}s: ${cmd:0:200}"
@@ -170,10 +173,14 @@ print(f"RESULT {command} wall {wall:.1f}s, torch.cuda.max_memory_allocated {peak
 out = Path(argv[argv.index("--output_dir") + 1])
 rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()] if (out / "metrics.jsonl").exists() else []
 if rows:
-    tokens = [r.get("val/response_length", 0) * summary.get("episodes", 0) / max(len(rows), 1) for r in rows]
+    # PPO logs the mean response length as val/response_length, GRPO/RLOO as completions/mean_length
+    lengths = [r.get("val/response_length", r.get("completions/mean_length", 0)) for r in rows]
+    tokens = sum(lengths) * summary.get("episodes", 0) / len(rows)
     step_time = sum(r.get("time/step", 0) for r in rows)
-    print(f"RESULT {command} updates {len(rows)}, response tokens/s {sum(tokens) / max(step_time, 1e-9):.0f}, "
-          f"last update {json.dumps({k: rows[-1].get(k) for k in ('objective/kl', 'objective/scores', 'time/rollout', 'time/update')})}")
+    last = {k: rows[-1][k] for k in ("objective/kl", "kl", "objective/scores", "reward", "time/rollout", "time/update")
+            if k in rows[-1]}
+    print(f"RESULT {command} updates {len(rows)}, response tokens/s {tokens / max(step_time, 1e-9):.0f}, "
+          f"last update {json.dumps(last)}")
 EOF
 stage build-150m 50 "$PY" "$WORK/measure.py" build "$MODEL"
 
@@ -184,12 +191,14 @@ PPO_FLAGS=(--model_name_or_path "$MODEL" --reward_fn rlhf.task:gold_reward --dat
 stage ppo-bf16-150m 90 "$PY" "$WORK/measure.py" ppo "${PPO_FLAGS[@]}" --output_dir "$WORK/ppo" --bf16 true \
   --per_device_train_batch_size 64 --num_ppo_epochs 2 --total_episodes 256
 
-if "$PY" -m rlhf grpo --help > /dev/null 2>&1; then
-  stage grpo-bf16-150m 60 "$PY" "$WORK/measure.py" grpo "${PPO_FLAGS[@]}" --output_dir "$WORK/grpo" --bf16 true \
-    --per_device_train_batch_size 64 --total_episodes 256
-else
-  skip grpo-bf16-150m "rlhf grpo --help does not work here"
-fi
+# GRPO takes TRL's GRPOConfig names: completions per update = per_device_train_batch_size (8 prompts x 8).
+GRPO_FLAGS=(--model_name_or_path "$MODEL" --reward_fn rlhf.task:gold_reward --dataset_name "$DATA/prompts.jsonl"
+            --eval_dataset_name "$DATA/prompts_eval.jsonl" --num_eval_prompts 64 --num_sample_generations 0
+            --disable_tqdm --max_completion_length 64 --temperature 0.7 --learning_rate 1e-5 --seed 0)
+stage grpo-bf16-150m 60 "$PY" "$WORK/measure.py" grpo "${GRPO_FLAGS[@]}" --output_dir "$WORK/grpo" --bf16 true \
+  --per_device_train_batch_size 64 --num_generations 8 --max_steps 4
+stage rloo-bf16-150m 60 "$PY" "$WORK/measure.py" rloo "${GRPO_FLAGS[@]}" --output_dir "$WORK/rloo" --bf16 true \
+  --per_device_train_batch_size 64 --num_generations 8 --max_steps 4
 
 # ------------------------------------------------------------------------------------------ sharded
 if "$PY" -c "import deepspeed" > /dev/null 2>&1; then
