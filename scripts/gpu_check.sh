@@ -181,6 +181,9 @@ if rows:
             if k in rows[-1]}
     print(f"RESULT {command} updates {len(rows)}, response tokens/s {tokens / max(step_time, 1e-9):.0f}, "
           f"last update {json.dumps(last)}")
+    for i, (row, length) in enumerate(zip(rows, lengths), 1):
+        print(f"RESULT {command} update {i}: mean response length {length:.1f}, rollout {row.get('time/rollout', 0):.2f}s, "
+              f"update {row.get('time/update', 0):.2f}s, kl {row.get('objective/kl', row.get('kl', float('nan'))):.4f}")
 EOF
 stage build-150m 50 "$PY" "$WORK/measure.py" build "$MODEL"
 
