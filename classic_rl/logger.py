@@ -19,6 +19,16 @@ from tqdm.auto import tqdm
 EPISODE_COLUMNS = ("step", "episode", "return", "length", "wall_s")
 
 
+def _wait_to_sort_after(tb_dir: Path) -> None:
+    """TensorBoard reads a folder's event files in name order, and a name starts with the second the
+    file was made: wait (under a second, only for a resume made within the second the interrupted run's
+    file was) so that the resumed run's file sorts last and its purge applies to the older events."""
+    stamps = [int(part[3]) for part in (p.name.split(".") for p in tb_dir.glob("events.out.tfevents.*"))
+              if len(part) > 3 and part[3].isdigit()]
+    while stamps and time.time() < max(stamps) + 1:
+        time.sleep(0.05)
+
+
 class RunLogger:
     """Collects training progress.
 
@@ -28,6 +38,9 @@ class RunLogger:
         unit: ``"step"`` or ``"episode"``: what :meth:`advance` counts.
         progress: show a progress bar.
         tensorboard: write TensorBoard event files under ``out_dir/tb``.
+        resume: the log position saved with the checkpoint a resumed run starts from.
+        purge_step: on resume, the first step after that checkpoint; TensorBoard then drops the
+            events the interrupted run logged from this step on (they are logged again).
     """
 
     def __init__(
@@ -38,6 +51,7 @@ class RunLogger:
         progress: bool = True,
         tensorboard: bool = True,
         resume: dict | None = None,
+        purge_step: int | None = None,
     ) -> None:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         resume = resume or {}
@@ -64,7 +78,11 @@ class RunLogger:
                 try:
                     from torch.utils.tensorboard import SummaryWriter
 
-                    self._tb = SummaryWriter(log_dir=str(self.out_dir / "tb"))
+                    # A resumed run: TensorBoard hides the events a killed run logged after its last
+                    # checkpoint (from purge_step on), so the curves show each step once.
+                    if purge_step is not None:
+                        _wait_to_sort_after(self.out_dir / "tb")
+                    self._tb = SummaryWriter(log_dir=str(self.out_dir / "tb"), purge_step=purge_step)
                 except ImportError:  # tensorboard is optional at run time
                     self._tb = None
         self.unit = unit

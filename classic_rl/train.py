@@ -229,7 +229,7 @@ def train_run(
     logger = RunLogger(
         out, total=left_steps if left_steps is not None else left_episodes,
         unit="step" if left_steps is not None else "episode", progress=not quiet,
-        resume=run.get("log") if run else None,
+        resume=run.get("log") if run else None, purge_step=agent.num_timesteps + 1 if run else None,
     )
     checkpointer = RunCheckpointer(out, save_freq, logger, target,
                                    last_step=agent.num_timesteps if run else None)

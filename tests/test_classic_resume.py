@@ -70,10 +70,20 @@ def _episode_rows(out: Path) -> list[list[str]]:
     return [row[:4] for row in rows[1:]]  # wall_s aside
 
 
+def _tensorboard_curve(out: Path, tag: str = "charts/episodic_return") -> list[tuple[int, float]]:
+    """(step, value) of one scalar as TensorBoard shows it (events purged on resume left out)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tb"), size_guidance={"scalars": 0}).Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)] if tag in events.Tags()["scalars"] else []
+
+
 def _assert_same_run(resumed: Path, full: Path) -> None:
     a, b = json.loads((resumed / "summary.json").read_text()), json.loads((full / "summary.json").read_text())
     assert {k: a[k] for k in SUMMARY_KEYS} == {k: b[k] for k in SUMMARY_KEYS}
     assert _episode_rows(resumed) == _episode_rows(full)
+    # TensorBoard shows each episode once, as in the uninterrupted run (no repeated stretch after a kill)
+    assert _tensorboard_curve(resumed) == _tensorboard_curve(full)
     weights_a, weights_b = load_file(str(resumed / "model.safetensors")), load_file(str(full / "model.safetensors"))
     assert weights_a.keys() == weights_b.keys()
     for key in weights_a:
