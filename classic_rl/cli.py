@@ -215,12 +215,38 @@ def _load_tabular(run_dir: str):
     return classic_rl.load(run_dir)
 
 
+def _notes_as_plain_lines(command: str):
+    """A context in which the evaluation cap's warning prints as one ``classic-rl CMD: note: ...`` line
+    (not Python's ``file:line: Category: ...`` form with a source line); other warnings are unchanged."""
+    import contextlib
+    import warnings
+
+    from classic_rl.evaluation import EvaluationCapWarning
+
+    show = warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, EvaluationCapWarning):
+            print(f"classic-rl {command}: note: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    @contextlib.contextmanager
+    def context():
+        with warnings.catch_warnings():
+            warnings.showwarning = showwarning
+            yield
+
+    return context()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "debug", False):
         os.environ[DEBUG_ENV] = "1"
     try:
-        return _run(args)
+        with _notes_as_plain_lines(args.command):
+            return _run(args)
     except KeyboardInterrupt:
         if debug_enabled():
             raise

@@ -59,3 +59,12 @@ def test_dynamic_programming_reports_sweeps_not_steps(tmp_path, capsys):
     assert f"value iteration converged in {stats['sweeps']} sweeps" in out and "0 steps" not in out
     assert json.loads((tmp_path / "vi" / "summary.json").read_text())["solve"] == {"sweeps": stats["sweeps"]}
     np.testing.assert_allclose(classic_rl.load(tmp_path / "vi").v, V_pi, atol=1e-6)
+
+
+def test_the_cli_prints_the_cap_note_as_one_plain_line(tmp_path, capsys):
+    # five episodes teach Q-learning nothing: its greedy policy walks into a wall until the cap
+    assert cli(["train", "q_learning", "CliffWalking-v1", "--episodes", "5", "--out", str(tmp_path / "r"),
+                "--quiet", "--eval-episodes", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "classic-rl train: note: 2 of 2 evaluation episodes did not end within" in err
+    assert "EvaluationCapWarning" not in err and "return evaluate(" not in err  # not Python's warning form
