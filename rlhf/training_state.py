@@ -4,19 +4,20 @@
 trained weights in ``model.safetensors`` under every backend -- a checkpoint is a usable model -- and
 the optimizer state in the form each backend can load back exactly:
 
-- one process, DDP, ZeRO-2: ``optimizer.pt``, the optimizer's own ``state_dict`` (rank 0 writes both).
+- one process, DDP: ``optimizer.pt``, the optimizer's own ``state_dict`` (rank 0 writes both).
 - FSDP2: every rank joins torch's ``get_model_state_dict`` / ``get_optimizer_state_dict`` with
   ``StateDictOptions(full_state_dict=True, cpu_offload=True)``: the full weights and the full
   optimizer state (keyed by parameter name) are gathered on rank 0, which writes them. Resuming, every
   rank reads both files and ``set_model_state_dict`` / ``set_optimizer_state_dict`` keep its shard.
-- DeepSpeed ZeRO-3: rank 0 writes the gathered weights (``accelerator.get_state_dict``, a collective),
-  and every rank writes ``optimizer_rank<r>.pt``: its partition of the fp32 master weights and of the
-  Adam states, from the ZeRO optimizer's own ``state_dict`` (what ``engine.save_checkpoint`` stores
-  per rank), plus the loss scaler's numbers and the engine's step counters. Resuming, each rank hands
-  its file to the ZeRO optimizer's ``load_state_dict`` (as ``engine.load_checkpoint`` does); the
-  parameters' shards are refreshed from the master weights. The files hold tensors and plain numbers
-  only, so they load with ``torch.load(weights_only=True)`` (DeepSpeed's own checkpoint files pickle
-  Python objects and are read with ``weights_only=False``).
+- DeepSpeed ZeRO (stages 1-3): rank 0 writes the weights (under ZeRO-3 gathered by
+  ``accelerator.get_state_dict``, a collective), and every rank writes ``optimizer_rank<r>.pt``: its
+  partition of the fp32 master weights and of the Adam states, from the ZeRO optimizer's own
+  ``state_dict`` (what ``engine.save_checkpoint`` stores per rank), plus the loss scaler's numbers and
+  the engine's step counters. Resuming, each rank hands its file to the ZeRO optimizer's
+  ``load_state_dict`` (as ``engine.load_checkpoint`` does); under ZeRO-3 the parameters' shards are
+  refreshed from the master weights, below stage 3 the whole weights are loaded first. The files hold
+  tensors and plain numbers only, so they load with ``torch.load(weights_only=True)`` (DeepSpeed's own
+  checkpoint files pickle Python objects and are read with ``weights_only=False``).
 
 Every rank calls :func:`state_files` (collectives) and :func:`write_state_files` (into the shared
 staging folder of ``rlhf.checkpoints.checkpoint_writer``), and :func:`load_state_files` to resume.
@@ -34,18 +35,24 @@ import torch
 from torch import nn
 
 from classic_rl.safe_io import UserError
-from rlhf.distributed import fsdp_version, is_deepspeed_zero3
+from rlhf.distributed import fsdp_version
 
-__all__ = ["MODEL_FILE", "OPTIMIZER_FILE", "load_state_files", "state_files", "write_state_files", "zero3_optimizer_file"]
+__all__ = ["MODEL_FILE", "OPTIMIZER_FILE", "load_state_files", "state_files", "write_state_files", "zero_optimizer_file"]
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 _ENGINE_COUNTERS = ("global_steps", "global_samples", "micro_steps", "skipped_steps")
 
 
-def zero3_optimizer_file(rank: int) -> str:
-    """This rank's ZeRO-3 optimizer partition in a checkpoint folder."""
+def zero_optimizer_file(rank: int) -> str:
+    """This rank's DeepSpeed ZeRO optimizer partition in a checkpoint folder."""
     return f"optimizer_rank{rank}.pt"
+
+
+def _zero_stage(accelerator: Any) -> int:
+    """The DeepSpeed ZeRO stage (0 without DeepSpeed)."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return int(plugin.zero_stage) if plugin is not None else 0
 
 
 def _inner_optimizer(optimizer: Any) -> torch.optim.Optimizer:
@@ -76,17 +83,25 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _zero3_shard(engine: Any) -> dict[str, Any]:
-    """This rank's part of the ZeRO-3 optimizer (fp32 master partition, Adam states), tensors and numbers."""
-    from deepspeed.checkpoint.constants import LOSS_SCALER
+def _checkpoint_event(zero: Any, name: str) -> None:
+    """ZeRO-3's preparation / clean-up around reading or writing its state (engine.save_checkpoint's)."""
+    hook = getattr(zero, name, None)
+    if hook is not None:
+        hook()
+
+
+def _zero_partition(engine: Any) -> dict[str, Any]:
+    """This rank's part of the ZeRO optimizer (fp32 master partition, Adam states), tensors and numbers."""
+    from deepspeed.checkpoint.constants import LOSS_SCALER, PARAM_SLICE_MAPPINGS
 
     zero = engine.optimizer
-    zero.checkpoint_event_prologue()  # parameters partitioned, as engine.save_checkpoint makes sure
+    _checkpoint_event(zero, "checkpoint_event_prologue")  # ZeRO-3: parameters partitioned
     try:
         state = dict(zero.state_dict())
     finally:
-        zero.checkpoint_event_epilogue()
+        _checkpoint_event(zero, "checkpoint_event_epilogue")
     scaler = state.pop(LOSS_SCALER)
+    state.pop(PARAM_SLICE_MAPPINGS, None)  # ZeRO-1/2: objects for universal checkpoints, unused here
     state = _plain(state)
     state["loss_scaler_numbers"] = {k: _plain(v) for k, v in vars(scaler).items()
                                     if isinstance(v, (bool, int, float)) or torch.is_tensor(v)}
@@ -107,9 +122,9 @@ def state_files(accelerator: Any, model: nn.Module, optimizer: Any) -> dict[str,
         return {MODEL_FILE: weights, OPTIMIZER_FILE: optim} if main else {}
     if version is not None:
         raise ValueError("checkpoints under FSDP need fsdp_version: 2 in the accelerate config")
-    if is_deepspeed_zero3(accelerator):
-        weights = accelerator.get_state_dict(model)  # gathered on rank 0 (zero3_save_16bit_model: true)
-        files = {zero3_optimizer_file(accelerator.process_index): _zero3_shard(model)}
+    if _zero_stage(accelerator) > 0:
+        weights = accelerator.get_state_dict(model)  # ZeRO-3: gathered on rank 0 (zero3_save_16bit_model: true)
+        files = {zero_optimizer_file(accelerator.process_index): _zero_partition(model)}
         if main:
             files[MODEL_FILE] = weights
         return files
@@ -140,13 +155,18 @@ def load_state_files(accelerator: Any, model: nn.Module, optimizer: Any, folder:
     """Put the weights and optimizer state of checkpoint ``folder`` back. Every rank must call it."""
     from safetensors.torch import load_file
 
-    version = fsdp_version(accelerator)
-    if is_deepspeed_zero3(accelerator):
-        _load_zero3_shard(model, _load(folder / zero3_optimizer_file(accelerator.process_index)))
+    version, stage = fsdp_version(accelerator), _zero_stage(accelerator)
+    if stage == 3:  # the weights come back with the fp32 master partitions
+        _load_zero_partition(model, _load(folder / zero_optimizer_file(accelerator.process_index)))
         return
     if not (folder / MODEL_FILE).is_file():
         _load(folder / MODEL_FILE)  # raises the explanation
     weights = load_file(str(folder / MODEL_FILE))
+    if stage > 0:  # ZeRO-1/2: whole weights on every rank, then this rank's optimizer partition
+        partition = _load(folder / zero_optimizer_file(accelerator.process_index))
+        accelerator.unwrap_model(model).load_state_dict(weights)
+        _load_zero_partition(model, partition)
+        return
     optim = _load(folder / OPTIMIZER_FILE)
     if version == 2:
         from torch.distributed.checkpoint.state_dict import (
@@ -164,8 +184,8 @@ def load_state_files(accelerator: Any, model: nn.Module, optimizer: Any, folder:
     optimizer.load_state_dict(optim)
 
 
-def _load_zero3_shard(engine: Any, state: dict[str, Any]) -> None:
-    """Give the ZeRO-3 optimizer its partition back (the path of ``engine.load_checkpoint``)."""
+def _load_zero_partition(engine: Any, state: dict[str, Any]) -> None:
+    """Give the ZeRO optimizer its partition back (the path of ``engine.load_checkpoint``)."""
     import torch.distributed as dist
     from deepspeed.checkpoint.constants import LOSS_SCALER
 
@@ -178,8 +198,8 @@ def _load_zero3_shard(engine: Any, state: dict[str, Any]) -> None:
     # load_state_dict takes every rank's state and uses its own (rank in the data-parallel group).
     states: list[dict[str, Any] | None] = [None] * dist.get_world_size(group=zero.dp_process_group)
     states[dist.get_rank(group=zero.dp_process_group)] = state
-    zero.checkpoint_event_prologue()
+    _checkpoint_event(zero, "checkpoint_event_prologue")
     try:
         zero.load_state_dict(states, load_optimizer_states=True, load_from_fp32_weights=True)
     finally:
-        zero.checkpoint_event_epilogue()
+        _checkpoint_event(zero, "checkpoint_event_epilogue")
