@@ -52,3 +52,29 @@ def test_resume_from_missing_checkpoint_is_a_user_error(tmp_path):
         resolve_resume_path("true", tmp_path)
     with pytest.raises(UserError, match="no such checkpoint"):
         resolve_resume_path(str(tmp_path / "checkpoint-9"), tmp_path)
+
+
+def test_every_rank_writes_its_part_before_the_checkpoint_appears(tmp_path):
+    """Several processes (threads here) write one checkpoint: rank 0 makes the staging folder, every rank
+    writes its part, and checkpoint-<step> appears only once all parts are in."""
+    import threading
+    import time
+
+    barrier = threading.Barrier(2)
+    seen_before_commit = []
+
+    def rank(index: int) -> None:
+        with checkpoint_writer(tmp_path, 5, main=index == 0, barrier=barrier.wait) as folder:
+            if index == 1:
+                time.sleep(0.2)  # the slow rank: rank 0 must not commit without its part
+            seen_before_commit.append((tmp_path / "checkpoint-5").exists())
+            (folder / f"optimizer_rank{index}.pt").write_text(str(index))
+
+    threads = [threading.Thread(target=rank, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert seen_before_commit == [False, False]
+    assert sorted(p.name for p in (tmp_path / "checkpoint-5").iterdir()) == ["optimizer_rank0.pt", "optimizer_rank1.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-5"]  # no staging folder left
