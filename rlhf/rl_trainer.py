@@ -12,10 +12,11 @@ One update (:meth:`RLTrainer.step`): this rank's prompts (:meth:`next_batch`; ea
 reference log-probs, KL), the method's update, the learning-rate schedule, metrics averaged over ranks.
 
 Checkpoints (``--save_steps``): ``OUTPUT_DIR/checkpoint-<update>/`` holds the trained weights
-(``model.safetensors``), optimizer and scheduler (``torch.save``, read back with ``weights_only=True``),
-every rank's RNG states, the data position, the method's own state (e.g. the adaptive KL coefficient)
-and the metrics so far; ``--resume_from_checkpoint`` continues so that the run ends with the weights and
-metrics of the uninterrupted run.
+(``model.safetensors``, full even when sharded), optimizer and scheduler (``torch.save``, read back with
+``weights_only=True``; under DeepSpeed ZeRO one optimizer partition per rank, see
+``rlhf.training_state``), every rank's RNG states, the data position, the method's own state (e.g. the
+adaptive KL coefficient) and the metrics so far; ``--resume_from_checkpoint`` continues so that the run
+ends with the weights and metrics of the uninterrupted run, under DDP, DeepSpeed ZeRO and FSDP2 alike.
 """
 
 from __future__ import annotations
