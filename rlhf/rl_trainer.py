@@ -42,7 +42,6 @@ from rlhf.distributed import (
     check_deepspeed_settings,
     configure_deepspeed_batch,
     describe_distribution,
-    fsdp_version,
     make_accelerator,
     models_loaded_whole,
     needs_synchronised_generation,
@@ -64,7 +63,7 @@ from rlhf.rollout import (
     token_logprobs,
     truncate_after_stop,
 )
-from rlhf.training_state import load_state_files, state_files, write_state_files
+from rlhf.training_state import checkpoint_refusal, load_state_files, state_files, write_state_files
 from rlhf.utils import (
     METRICS_FILE,
     SUMMARY_FILE,
@@ -119,9 +118,9 @@ class RLTrainer:
                 "adapter into the saved policy needs the full weights on one rank); use DDP or ZeRO-2 "
                 "(configs/accelerate/multi_gpu.yaml, deepspeed_zero2.yaml), where a LoRA policy fits anyway"
             )
-        if (config.save_steps or config.resume_from_checkpoint) and fsdp_version(acc) == 1:
-            raise ConfigError("--save_steps / --resume_from_checkpoint under FSDP need fsdp_version: 2 in the "
-                              "accelerate config (FSDP1 checkpoints are not supported); or drop the flags")
+        refusal = checkpoint_refusal(acc) if (config.save_steps or config.resume_from_checkpoint) else None
+        if refusal is not None:
+            raise ConfigError(f"--save_steps / --resume_from_checkpoint {refusal}; or drop the flags")
         self.repeats = getattr(config, "num_generations", 1)  # completions per prompt
         # Repeated prompts are computed once in sampling and no-grad forwards; not when a forward is a
         # collective (ZeRO-3, FSDP), where every rank must run the same forwards whatever its prompts.

@@ -37,7 +37,15 @@ from torch import nn
 from classic_rl.safe_io import UserError
 from rlhf.distributed import fsdp_version
 
-__all__ = ["MODEL_FILE", "OPTIMIZER_FILE", "load_state_files", "state_files", "write_state_files", "zero_optimizer_file"]
+__all__ = [
+    "MODEL_FILE",
+    "OPTIMIZER_FILE",
+    "checkpoint_refusal",
+    "load_state_files",
+    "state_files",
+    "write_state_files",
+    "zero_optimizer_file",
+]
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -81,6 +89,21 @@ def _plain(value: Any) -> Any:
     if torch.is_tensor(value):
         return value.detach().cpu().clone()
     return value
+
+
+def checkpoint_refusal(accelerator: Any) -> str | None:
+    """Why this launch's sharding cannot be checkpointed (None: it can), known before any model loads.
+
+    FSDP1 (GPUs only) is not handled here; DeepSpeed's NVMe optimizer offload keeps the optimizer state
+    in swap files that a checkpoint of this module would miss."""
+    if fsdp_version(accelerator) == 1:
+        return "under FSDP need fsdp_version: 2 in the accelerate config (FSDP1 checkpoints are not supported)"
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    zero = ((getattr(plugin, "deepspeed_config", None) or {}).get("zero_optimization") or {}) if plugin else {}
+    if str((zero.get("offload_optimizer") or {}).get("device", "none")).lower() == "nvme":
+        return ("are not supported with DeepSpeed's NVMe optimizer offload (offload_optimizer_device: nvme); "
+                "offload the optimizer to cpu or none")
+    return None
 
 
 def _checkpoint_event(zero: Any, name: str) -> None:

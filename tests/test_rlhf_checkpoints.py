@@ -78,3 +78,26 @@ def test_every_rank_writes_its_part_before_the_checkpoint_appears(tmp_path):
     assert seen_before_commit == [False, False]
     assert sorted(p.name for p in (tmp_path / "checkpoint-5").iterdir()) == ["optimizer_rank0.pt", "optimizer_rank1.pt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-5"]  # no staging folder left
+
+
+def test_shardings_without_checkpoints_are_named_before_anything_loads():
+    """FSDP1 and DeepSpeed's NVMe optimizer offload are refused with the fix; ZeRO (optimizer on the CPU
+    or not offloaded), FSDP2 and plain runs can be checkpointed."""
+    from types import SimpleNamespace
+
+    from rlhf.training_state import checkpoint_refusal
+
+    def launch(deepspeed=None, fsdp=None):
+        return SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=deepspeed, fsdp_plugin=fsdp))
+
+    def zero(stage, device):
+        config = {"zero_optimization": {"stage": stage, "offload_optimizer": {"device": device}}}
+        return SimpleNamespace(zero_stage=stage, deepspeed_config=config)
+
+    assert checkpoint_refusal(launch()) is None
+    assert checkpoint_refusal(launch(fsdp=SimpleNamespace(fsdp_version=2))) is None
+    assert "fsdp_version: 2" in checkpoint_refusal(launch(fsdp=SimpleNamespace(fsdp_version=1)))
+    for stage in (2, 3):
+        assert checkpoint_refusal(launch(deepspeed=zero(stage, "none"))) is None
+        assert checkpoint_refusal(launch(deepspeed=zero(stage, "cpu"))) is None
+        assert "NVMe" in checkpoint_refusal(launch(deepspeed=zero(stage, "nvme")))
