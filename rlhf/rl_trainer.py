@@ -689,8 +689,8 @@ class RLTrainer:
         """Write ``output_dir/checkpoint-<update>`` (complete or not at all); prune per --save_total_limit.
 
         Every rank joins: under ZeRO-3 / FSDP2 the weights (and FSDP2's optimizer state) are gathered, and
-        under ZeRO-3 each rank writes its own optimizer partition (``rlhf.training_state``) into the
-        staging folder before rank 0 renames it into place."""
+        under DeepSpeed ZeRO each rank writes its own optimizer partition (``rlhf.training_state``) into
+        the staging folder before rank 0 renames it into place."""
         from accelerate.utils import gather_object
 
         acc = self.accelerator
@@ -733,12 +733,11 @@ class RLTrainer:
                 f"--resume_from_checkpoint {path}: saved by {state['world_size']} processes, now {self.world_size}; "
                 f"resume with {state['world_size']} processes (exact resume needs every rank's random state)"
             )
-        saved_layout, layout = state.get("distribution"), describe_distribution(self.accelerator)
-        if saved_layout is not None and saved_layout != layout:
-            raise UserError(
-                f"--resume_from_checkpoint {path}: saved under {_layout_name(saved_layout)}, now {_layout_name(layout)}; "
-                "resume with the accelerate config that wrote the checkpoint"
-            )
+        saved_layout = state.get("distribution")  # absent in checkpoints of earlier versions (unsharded)
+        sharding, now = _sharding_name(saved_layout or {}), _sharding_name(describe_distribution(self.accelerator))
+        if sharding != now:  # each backend stores the optimizer state in its own layout
+            raise UserError(f"--resume_from_checkpoint {path}: saved under {sharding}, now {now}; "
+                            "resume with the accelerate config that wrote the checkpoint")
         if state["num_updates"] != self.num_updates:
             raise UserError(f"--resume_from_checkpoint {path}: the run had {state['num_updates']} updates, these flags give "
                             f"{self.num_updates}; resume with the flags of the saved run")
@@ -776,13 +775,13 @@ class RLTrainer:
         self.tokenizer.save_pretrained(output_dir)
 
 
-def _layout_name(layout: dict[str, Any]) -> str:
-    """A checkpoint's sharding in words: "DEEPSPEED ZeRO-3", "FSDP2", "MULTI_CPU" (world size said apart)."""
+def _sharding_name(layout: dict[str, Any]) -> str:
+    """How a run (``describe_distribution``) shards its model, in words; DDP and one process alike."""
     if "zero_stage" in layout:
-        return f"{layout['distributed_type']} ZeRO-{layout['zero_stage']}"
+        return f"DeepSpeed ZeRO-{layout['zero_stage']}"
     if "fsdp_version" in layout:
         return f"FSDP{layout['fsdp_version']}"
-    return str(layout.get("distributed_type"))
+    return "no sharding (DDP or one process)"
 
 
 # ----------------------------------------------------------------------------- trackers
