@@ -12,10 +12,11 @@ One update (:meth:`RLTrainer.step`): this rank's prompts (:meth:`next_batch`; ea
 reference log-probs, KL), the method's update, the learning-rate schedule, metrics averaged over ranks.
 
 Checkpoints (``--save_steps``): ``OUTPUT_DIR/checkpoint-<update>/`` holds the trained weights
-(``model.safetensors``), optimizer and scheduler (``torch.save``, read back with ``weights_only=True``),
-every rank's RNG states, the data position, the method's own state (e.g. the adaptive KL coefficient)
-and the metrics so far; ``--resume_from_checkpoint`` continues so that the run ends with the weights and
-metrics of the uninterrupted run.
+(``model.safetensors``, full even when sharded), optimizer and scheduler (``torch.save``, read back with
+``weights_only=True``; under DeepSpeed ZeRO one optimizer partition per rank, see
+``rlhf.training_state``), every rank's RNG states, the data position, the method's own state (e.g. the
+adaptive KL coefficient) and the metrics so far; ``--resume_from_checkpoint`` continues so that the run
+ends with the weights and metrics of the uninterrupted run, under DDP, DeepSpeed ZeRO and FSDP2 alike.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from rlhf.rollout import (
     token_logprobs,
     truncate_after_stop,
 )
+from rlhf.training_state import checkpoint_refusal, load_state_files, state_files, write_state_files
 from rlhf.utils import (
     METRICS_FILE,
     SUMMARY_FILE,
@@ -75,7 +77,6 @@ from rlhf.utils import (
 __all__ = ["PolicyOnly", "RLTrainer", "run_trainer"]
 
 TRAINER_STATE = "trainer_state.json"
-WEIGHTS = "model.safetensors"
 
 
 class PolicyOnly(nn.Module):
@@ -117,9 +118,9 @@ class RLTrainer:
                 "adapter into the saved policy needs the full weights on one rank); use DDP or ZeRO-2 "
                 "(configs/accelerate/multi_gpu.yaml, deepspeed_zero2.yaml), where a LoRA policy fits anyway"
             )
-        if (config.save_steps or config.resume_from_checkpoint) and sharded(acc):
-            raise ConfigError("--save_steps / --resume_from_checkpoint are not supported under "
-                              "DeepSpeed ZeRO-3 or FSDP yet; use DDP or ZeRO-2, or drop the flags")
+        refusal = checkpoint_refusal(acc) if (config.save_steps or config.resume_from_checkpoint) else None
+        if refusal is not None:
+            raise ConfigError(f"--save_steps / --resume_from_checkpoint {refusal}; or drop the flags")
         self.repeats = getattr(config, "num_generations", 1)  # completions per prompt
         # Repeated prompts are computed once in sampling and no-grad forwards; not when a forward is a
         # collective (ZeRO-3, FSDP), where every rank must run the same forwards whatever its prompts.
@@ -685,18 +686,21 @@ class RLTrainer:
             torch.cuda.set_rng_state_all(state["cuda"])
 
     def save_checkpoint(self, output_dir: Path) -> Path | None:
-        """Write ``output_dir/checkpoint-<update>`` (complete or not at all); prune per --save_total_limit."""
+        """Write ``output_dir/checkpoint-<update>`` (complete or not at all); prune per --save_total_limit.
+
+        Every rank joins: under ZeRO-3 / FSDP2 the weights (and FSDP2's optimizer state) are gathered, and
+        under DeepSpeed ZeRO each rank writes its own optimizer partition (``rlhf.training_state``) into
+        the staging folder before rank 0 renames it into place."""
         from accelerate.utils import gather_object
-        from safetensors.torch import save_file
 
         acc = self.accelerator
+        main = acc.is_main_process
         rng_states = gather_object([self._rng_state()]) if self.world_size > 1 else [self._rng_state()]
-        path = None
-        if acc.is_main_process:
-            model = acc.unwrap_model(self.model)
-            with checkpoint_writer(output_dir, self.update) as tmp:
-                save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS))
-                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+        files = state_files(acc, self.model, self.optimizer)  # collectives under ZeRO-3 / FSDP2
+        barrier = acc.wait_for_everyone if self.world_size > 1 else None
+        with checkpoint_writer(output_dir, self.update, main=main, barrier=barrier) as tmp:
+            write_state_files(tmp, files)
+            if main:
                 torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
                 for rank, state in enumerate(rng_states):
                     torch.save(state, tmp / f"rng_state_{rank}.pth")
@@ -704,8 +708,11 @@ class RLTrainer:
                     "command": self.command, "update": self.update, "num_updates": self.num_updates,
                     "episode": self.episode, "world_size": self.world_size, "index_buffer": self._index_buffer,
                     "before": self.before, "elapsed": self.elapsed, "extra": self.extra_state(),
+                    "distribution": describe_distribution(acc),
                 })
                 atomic_write_text(tmp / METRICS_FILE, "".join(dumps_strict(to_plain(r)) + "\n" for r in self.history))
+        path = None
+        if main:
             path = output_dir / f"checkpoint-{self.update}"
             self._written_checkpoints.append(path)
             self._written_checkpoints = prune_checkpoints(self._written_checkpoints, self.config.save_total_limit)
@@ -713,9 +720,8 @@ class RLTrainer:
         return path
 
     def load_checkpoint(self, path: Path) -> None:
-        """Continue from ``path`` (a folder written by :meth:`save_checkpoint` with the same settings)."""
-        from safetensors.torch import load_file
-
+        """Continue from ``path`` (a folder written by :meth:`save_checkpoint` with the same settings and the
+        same accelerate config). Every rank joins (under ZeRO-3 / FSDP2 each keeps its shard)."""
         state_file = path / TRAINER_STATE
         if not state_file.is_file():
             raise UserError(f"--resume_from_checkpoint {path}: no {TRAINER_STATE}; not a checkpoint of rlhf {self.command}")
@@ -727,12 +733,15 @@ class RLTrainer:
                 f"--resume_from_checkpoint {path}: saved by {state['world_size']} processes, now {self.world_size}; "
                 f"resume with {state['world_size']} processes (exact resume needs every rank's random state)"
             )
+        saved_layout = state.get("distribution")  # absent in checkpoints of earlier versions (unsharded)
+        sharding, now = _sharding_name(saved_layout or {}), _sharding_name(describe_distribution(self.accelerator))
+        if sharding != now:  # each backend stores the optimizer state in its own layout
+            raise UserError(f"--resume_from_checkpoint {path}: saved under {sharding}, now {now}; "
+                            "resume with the accelerate config that wrote the checkpoint")
         if state["num_updates"] != self.num_updates:
             raise UserError(f"--resume_from_checkpoint {path}: the run had {state['num_updates']} updates, these flags give "
                             f"{self.num_updates}; resume with the flags of the saved run")
-        model = self.accelerator.unwrap_model(self.model)
-        model.load_state_dict(load_file(str(path / WEIGHTS)))
-        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+        load_state_files(self.accelerator, self.model, self.optimizer, path)
         self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True, map_location="cpu"))
         self._set_rng_state(torch.load(path / f"rng_state_{self.rank}.pth", weights_only=True, map_location="cpu"))
         self.update, self.episode = state["update"], state["episode"]
@@ -764,6 +773,15 @@ class RLTrainer:
             policy.gradient_checkpointing_disable()
         policy.save_pretrained(output_dir)
         self.tokenizer.save_pretrained(output_dir)
+
+
+def _sharding_name(layout: dict[str, Any]) -> str:
+    """How a run (``describe_distribution``) shards its model, in words; DDP and one process alike."""
+    if "zero_stage" in layout:
+        return f"DeepSpeed ZeRO-{layout['zero_stage']}"
+    if "fsdp_version" in layout:
+        return f"FSDP{layout['fsdp_version']}"
+    return "no sharding (DDP or one process)"
 
 
 # ----------------------------------------------------------------------------- trackers

@@ -19,6 +19,11 @@ Rank 0 writes ``OUT_DIR/report.json`` and ``OUT_DIR/step.safetensors``. In order
    a ZeRO-3 inference engine, a stage-0 engine, or the FSDP root), ``rlhf ppo`` learning the vowel
    reward of tests/test_rlhf_ppo.py, and ``rlhf ppo --use_peft`` (trains under ZeRO-2 / DDP, refused
    with its message under ZeRO-3 / FSDP). Each summary.json is copied into the report.
+3. ``--resume``: checkpoints and exact resume. ``rlhf ppo`` and ``rlhf grpo`` each run 4 updates with
+   a checkpoint after each of the first three (``--save_total_limit 2``) into ``<command>_full``; its
+   ``checkpoint-2`` is copied into a new folder ``<command>_resumed``, where the same command with
+   ``--resume_from_checkpoint true`` finishes the run. The test compares the two runs' weights and
+   metrics.
 """
 
 from __future__ import annotations
@@ -187,16 +192,58 @@ def run_commands(args, report: dict) -> None:
         results["ppo_lora"] = {"refused": str(err)}
 
 
+def run_resume(args, report: dict) -> None:
+    import shutil
+
+    from rlhf import grpo, ppo
+
+    out = Path(args.out_dir)
+    accumulation = os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    reward_file = out / "resume_rewards.py"
+    if rank0:
+        reward_file.write_text(VOWELS)
+    torch.distributed.barrier()
+    per_device = 4
+    common = [
+        "--model_name_or_path", str(args.tiny), "--reward_fn", f"{reward_file}:vowels",
+        "--dataset_name", str(DATA / "prompts.jsonl"), "--eval_dataset_name", str(DATA / "prompts_eval.jsonl"),
+        "--per_device_train_batch_size", str(per_device), "--gradient_accumulation_steps", accumulation,
+        "--learning_rate", "3e-3", "--num_eval_prompts", "8", "--num_sample_generations", "0", "--seed", "0",
+        "--save_steps", "1", "--save_total_limit", "2", *QUIET,
+    ]
+    commands = {  # 4 updates each whatever the accumulation
+        # PPO: policy and critic trained; the adaptive KL coefficient is method state to restore
+        "ppo": (ppo.main, [*common, "--total_episodes", str(4 * per_device * int(accumulation) * world),
+                           "--response_length", "6", "--num_ppo_epochs", "2", "--adaptive_kl", "--kl_target", "0.1"]),
+        # GRPO: the policy alone, groups of 4 completions, a frozen reference (beta > 0)
+        "grpo": (grpo.main, [*common, "--max_steps", "4", "--num_generations", "4", "--max_completion_length", "6",
+                             "--num_iterations", "2", "--beta", "0.05"]),
+    }
+    results = report["resume"] = {}
+    for command, (main, flags) in commands.items():
+        full, resumed = out / f"{command}_full", out / f"{command}_resumed"
+        results[command] = {"full": main([*flags, "--output_dir", str(full)])}
+        if rank0:
+            shutil.copytree(full / "checkpoint-2", resumed / "checkpoint-2")
+        torch.distributed.barrier()
+        results[command]["resumed"] = main([*flags, "--output_dir", str(resumed), "--resume_from_checkpoint", "true"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", required=True)
     parser.add_argument("--out_dir", required=True)
     parser.add_argument("--commands", action="store_true", help="also run sft, reward and ppo end to end")
+    parser.add_argument("--resume", action="store_true", help="also checkpoint rlhf ppo and resume it")
     args = parser.parse_args()
     torch.set_num_threads(1)
     report: dict = {}
     try:
         run_step(args, report)
+        if args.resume:  # before the long commands: a failure here is reported quickly
+            run_resume(args, report)
         if args.commands:
             run_commands(args, report)
     except BaseException:

@@ -52,3 +52,52 @@ def test_resume_from_missing_checkpoint_is_a_user_error(tmp_path):
         resolve_resume_path("true", tmp_path)
     with pytest.raises(UserError, match="no such checkpoint"):
         resolve_resume_path(str(tmp_path / "checkpoint-9"), tmp_path)
+
+
+def test_every_rank_writes_its_part_before_the_checkpoint_appears(tmp_path):
+    """Several processes (threads here) write one checkpoint: rank 0 makes the staging folder, every rank
+    writes its part, and checkpoint-<step> appears only once all parts are in."""
+    import threading
+    import time
+
+    barrier = threading.Barrier(2)
+    seen_before_commit = []
+
+    def rank(index: int) -> None:
+        with checkpoint_writer(tmp_path, 5, main=index == 0, barrier=barrier.wait) as folder:
+            if index == 1:
+                time.sleep(0.2)  # the slow rank: rank 0 must not commit without its part
+            seen_before_commit.append((tmp_path / "checkpoint-5").exists())
+            (folder / f"optimizer_rank{index}.pt").write_text(str(index))
+
+    threads = [threading.Thread(target=rank, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert seen_before_commit == [False, False]
+    assert sorted(p.name for p in (tmp_path / "checkpoint-5").iterdir()) == ["optimizer_rank0.pt", "optimizer_rank1.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-5"]  # no staging folder left
+
+
+def test_shardings_without_checkpoints_are_named_before_anything_loads():
+    """FSDP1 and DeepSpeed's NVMe optimizer offload are refused with the fix; ZeRO (optimizer on the CPU
+    or not offloaded), FSDP2 and plain runs can be checkpointed."""
+    from types import SimpleNamespace
+
+    from rlhf.training_state import checkpoint_refusal
+
+    def launch(deepspeed=None, fsdp=None):
+        return SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=deepspeed, fsdp_plugin=fsdp))
+
+    def zero(stage, device):
+        config = {"zero_optimization": {"stage": stage, "offload_optimizer": {"device": device}}}
+        return SimpleNamespace(zero_stage=stage, deepspeed_config=config)
+
+    assert checkpoint_refusal(launch()) is None
+    assert checkpoint_refusal(launch(fsdp=SimpleNamespace(fsdp_version=2))) is None
+    assert "fsdp_version: 2" in checkpoint_refusal(launch(fsdp=SimpleNamespace(fsdp_version=1)))
+    for stage in (2, 3):
+        assert checkpoint_refusal(launch(deepspeed=zero(stage, "none"))) is None
+        assert checkpoint_refusal(launch(deepspeed=zero(stage, "cpu"))) is None
+        assert "NVMe" in checkpoint_refusal(launch(deepspeed=zero(stage, "nvme")))

@@ -144,3 +144,23 @@ def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(setu
     assert "at update 2" in message, message
     assert (out / "checkpoint-1").is_dir() and not (out / "checkpoint-2").exists()
     assert not (out / "model.safetensors").exists()
+
+
+def test_resume_under_another_sharding_is_refused_with_one_line(setup, tmp_path):
+    """A checkpoint holds the optimizer state in its backend's layout (DDP: one file; DeepSpeed ZeRO: one
+    partition per rank): resuming it under another accelerate config is refused before anything loads."""
+    from rlhf.ppo import main
+
+    out = tmp_path / "out"
+    flags = _flags("ppo", setup, out)
+    flags[flags.index("--total_episodes") + 1] = "32"  # 2 updates, a checkpoint after the first
+    flags[flags.index("--save_steps") + 1] = "1"
+    main(flags)
+    state_file = out / "checkpoint-1" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["distribution"] == {"distributed_type": "NO", "world_size": 1}
+    state["distribution"] = {"distributed_type": "DEEPSPEED", "zero_stage": 3, "world_size": 1}
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(UserError, match=r"saved under DeepSpeed ZeRO-3, now no sharding \(DDP or one process\); resume with the accelerate config") as err:
+        main([*flags, "--resume_from_checkpoint", str(out / "checkpoint-1")])
+    assert "\n" not in str(err.value)

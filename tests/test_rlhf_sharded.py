@@ -6,7 +6,8 @@ One `accelerate launch` of tests/rlhf_sharded_run.py per config (Python imports 
 launch does everything for its config): one PPO step on a fixed global batch (compared with DDP's),
 how much of the model each rank holds, the saved policy against the gathered weights, then `rlhf sft`,
 `rlhf reward` and `rlhf ppo` end to end (reward model and reference placed as frozen models, a learning
-run, LoRA). The four launches run concurrently.
+run, LoRA), and checkpoints with exact resume (`rlhf ppo --save_steps`, resumed from a checkpoint of the
+longer run in a new folder). The four launches run concurrently.
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "accelerate"
 RUN_SCRIPT = REPO / "tests" / "rlhf_sharded_run.py"
 SHARDED = ("zero2", "zero3", "fsdp")
-LAUNCHES = {  # name: (config file, extra launch flags, run the commands too)
+LAUNCHES = {  # name: (config file, extra launch flags, run the commands and the checkpoint/resume runs too)
     "ddp": ("cpu_2proc.yaml", [], False),
     "zero2": ("cpu_zero2.yaml", ["--gradient_accumulation_steps", "2"], True),
     "zero3": ("cpu_zero3.yaml", ["--gradient_accumulation_steps", "2"], True),
     "fsdp": ("cpu_fsdp.yaml", [], True),
 }
+VOLATILE = ("time/", "eps")  # wall-clock metrics differ between runs
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,7 @@ def runs(small_model, tmp_path_factory) -> dict[str, Path]:
         env = {**base, "ACCELERATE_USE_CPU": "true"} if name == "ddp" else base
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config),
                "--main_process_port", "0", *flags, str(RUN_SCRIPT), "--tiny", str(small_model),
-               "--out_dir", str(out), *(["--commands"] if commands else [])]
+               "--out_dir", str(out), *(["--commands", "--resume"] if commands else [])]
         procs[name] = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                        text=True)
     failures = []
@@ -183,6 +185,73 @@ def test_lora_trains_under_zero2_and_is_refused_clearly_under_zero3_and_fsdp(run
     for name in ("zero3", "fsdp"):
         message = _report(runs, name)["commands"]["ppo_lora"]["refused"]
         assert "--use_peft" in message and "ZeRO-2" in message, message
+
+
+def _metrics(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in rows]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SHARDED)
+@pytest.mark.parametrize("command", ["ppo", "grpo"])
+def test_resumed_run_ends_with_the_uninterrupted_runs_weights_and_metrics(runs, name, command):
+    """`rlhf ppo` / `rlhf grpo` for 4 updates with a checkpoint after each of the first three; the same
+    command resumed from that run's checkpoint-2 (copied into a new folder) ends bit for bit where the
+    uninterrupted run ended: weights, every metrics row (timings aside), PPO's adaptive KL coefficient,
+    the final reward."""
+    full, resumed = runs[name] / f"{command}_full", runs[name] / f"{command}_resumed"
+    summaries = _report(runs, name)["resume"][command]
+    summary, again = summaries["full"], summaries["resumed"]
+    assert summary["world_size"] == again["world_size"] == 2 and summary["num_updates"] == 4
+    assert again["resumed_from"].endswith("checkpoint-2") and again["episodes"] == summary["episodes"]
+    for run in ("model.safetensors", "checkpoint-3/model.safetensors"):  # the resumed run's own checkpoint too
+        a, b = load_file(full / run), load_file(resumed / run)
+        assert a.keys() == b.keys() and len(a) > 10
+        for key in a:
+            assert torch.equal(a[key], b[key]), (name, run, key, (a[key] - b[key]).abs().max().item())
+    rows_full, rows_resumed = _metrics(full), _metrics(resumed)
+    assert len(rows_full) == 4 and rows_resumed == rows_full
+    if command == "ppo":
+        assert again["kl_coef_final"] == summary["kl_coef_final"] != 0.05  # restored, and it did adapt
+    assert again["reward_mean_after"] == summary["reward_mean_after"]
+    assert again["reward_mean_before"] == summary["reward_mean_before"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SHARDED)
+def test_sharded_checkpoints_hold_full_weights_and_every_ranks_optimizer_state(runs, name):
+    from rlhf.checkpoints import list_checkpoints
+
+    full, resumed = runs[name] / "ppo_full", runs[name] / "ppo_resumed"
+    # --save_total_limit 2: checkpoint-1 pruned; the resumed run prunes only its own; no staging leftovers
+    assert [p.name for p in list_checkpoints(full)] == ["checkpoint-2", "checkpoint-3"]
+    assert [p.name for p in list_checkpoints(resumed)] == ["checkpoint-2", "checkpoint-3"]
+    assert not [p.name for d in (full, resumed) for p in d.iterdir() if p.name.startswith(".")]
+    checkpoint = full / "checkpoint-2"
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert state["distribution"] == _report(runs, name)["distribution"]
+    # The whole trained module (policy and critic), not ZeRO-3's empty placeholders or FSDP2's shards.
+    weights, gathered = load_file(str(checkpoint / "model.safetensors")), load_file(str(runs[name] / "step.safetensors"))
+    assert weights.keys() == gathered.keys()
+    assert all(weights[k].shape == gathered[k].shape and weights[k].numel() > 0 for k in weights)
+    trained = _report(runs, name)["holding_after_step"]["param_full"]  # parameters (tied embeddings once)
+    if name == "fsdp":  # the full optimizer state, gathered on rank 0, keyed by parameter name
+        assert sorted(p.name for p in checkpoint.glob("optimizer*")) == ["optimizer.pt"]
+        optim = torch.load(checkpoint / "optimizer.pt", weights_only=True)
+        assert set(optim["state"]) <= weights.keys()
+        assert sum(weights[key].numel() for key in optim["state"]) == trained
+        for key, adam in optim["state"].items():
+            assert adam["exp_avg"].shape == adam["exp_avg_sq"].shape == weights[key].shape, key
+        return
+    # DeepSpeed: each rank's partition of the fp32 master weights (and of the Adam states)
+    assert sorted(p.name for p in checkpoint.glob("optimizer*")) == ["optimizer_rank0.pt", "optimizer_rank1.pt"]
+    held = []
+    for rank in (0, 1):
+        partition = torch.load(checkpoint / f"optimizer_rank{rank}.pt", weights_only=True)
+        master = partition.get("fp32_flat_groups", partition.get("single_partition_of_fp32_groups"))
+        held.append(sum(t.numel() for t in master))
+    assert sum(held) >= trained and max(held) <= 0.55 * trained, (held, trained)
 
 
 @pytest.mark.slow
