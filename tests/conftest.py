@@ -1,7 +1,11 @@
 """Suite-wide settings: one torch thread (tiny models on a shared 2-core machine run 10-100x
-faster that way) and no Hugging Face Hub access (every model and dataset here is local)."""
+faster that way) and no Hugging Face Hub access (every model and dataset here is local); the
+`ctrl_c_at_step` fixture presses Ctrl-C at a known point of training."""
 
 import os
+import signal
+
+import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
@@ -14,3 +18,29 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+
+@pytest.fixture
+def ctrl_c_at_step(monkeypatch):
+    """``press = ctrl_c_at_step; undo = press(300)``: what a user's Ctrl-C does, at a known point.
+
+    ``RunLogger.advance`` (steps, or episodes for episode budgets) sends SIGINT once, when the count
+    reaches ``step``; ``undo()`` puts the plain ``advance`` back (before resuming in the same test)."""
+    from classic_rl.logger import RunLogger
+
+    advance = RunLogger.advance
+
+    def press(step: int):
+        count = [0]
+
+        def advance_then_ctrl_c(self, n=1):
+            advance(self, n)
+            count[0] += n
+            if count[0] >= step and count[0] - n < step:
+                signal.raise_signal(signal.SIGINT)
+
+        monkeypatch.setattr(RunLogger, "advance", advance_then_ctrl_c)
+        return lambda: monkeypatch.setattr(RunLogger, "advance", advance)
+
+    return press

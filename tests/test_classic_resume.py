@@ -165,20 +165,10 @@ def test_resume_that_contradicts_the_run_is_refused(tmp_path, capsys, argv, mess
     assert "differs from --resume" in capsys.readouterr().err
 
 
-def test_eval_refuses_a_partial_run_unless_asked(tmp_path, capsys, monkeypatch):
-    from classic_rl.logger import RunLogger
-
-    advance, steps = RunLogger.advance, [0]
-
-    def ctrl_c_at_step_300(self, n=1):
-        advance(self, n)
-        steps[0] += n
-        if steps[0] == 300:
-            signal.raise_signal(signal.SIGINT)
-
-    monkeypatch.setattr(RunLogger, "advance", ctrl_c_at_step_300)
+def test_eval_refuses_a_partial_run_unless_asked(tmp_path, capsys, ctrl_c_at_step):
+    undo = ctrl_c_at_step(300)
     assert main(_train_cmd(CASES["dqn"], tmp_path / "run")[3:]) == 130
-    monkeypatch.setattr(RunLogger, "advance", advance)
+    undo()
     capsys.readouterr()
     assert main(["eval", str(tmp_path / "run"), "--episodes", "2"]) == 2
     err = capsys.readouterr().err
@@ -288,21 +278,11 @@ def test_a_resume_that_cannot_rebuild_the_episodes_keeps_the_learning(tmp_path):
       "epsilon_decay_episodes=300"], 150),
     (["ars", "Pendulum-v1", "--steps", "2400", "--set", "n_workers=2", "n_directions=2"], 700),
 ], ids=["reinforce", "trpo", "ppo-normalised-annealed", "td3-vec-env", "rainbow", "expected_sarsa", "ars-workers"])
-def test_ctrl_c_then_resume_equals_the_uninterrupted_run(args, stop_at, tmp_path, monkeypatch):
+def test_ctrl_c_then_resume_equals_the_uninterrupted_run(args, stop_at, tmp_path, ctrl_c_at_step):
     """Ctrl-C at a known point (a step, or an episode for episode budgets), resume, compare."""
-    from classic_rl.logger import RunLogger
-
-    advance, count = RunLogger.advance, [0]
-
-    def ctrl_c_once(self, n=1):
-        advance(self, n)
-        count[0] += n
-        if count[0] >= stop_at and count[0] - n < stop_at:
-            signal.raise_signal(signal.SIGINT)
-
-    monkeypatch.setattr(RunLogger, "advance", ctrl_c_once)
+    undo = ctrl_c_at_step(stop_at)
     assert main(_train_cmd(args, tmp_path / "run", "--save-freq", "0")[3:]) == 130
-    monkeypatch.setattr(RunLogger, "advance", advance)
+    undo()
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert state["run"]["status"] == "interrupted" and state["num_timesteps"] > 0
     assert main(["train", *args[:4], "--resume", str(tmp_path / "run"), "--quiet", "--eval-episodes", "3"]) == 0

@@ -1,6 +1,5 @@
 """The DQN family: targets, heads, noisy layers, the training loop, learning, saving and resuming."""
 
-import signal
 
 import numpy as np
 import pytest
@@ -11,7 +10,6 @@ import classic_rl
 from classic_rl.agents.dqn import DQN, td_target
 from classic_rl.agents.off_policy import linear_schedule
 from classic_rl.core.distributional import make_support
-from classic_rl.logger import RunLogger
 from classic_rl.nets import NoisyLinear, QNetwork, dueling_aggregate, flat_parameters
 from classic_rl.train import train_run
 
@@ -177,23 +175,15 @@ def test_save_load_round_trip_gives_the_same_actions(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["dqn", "rainbow"])
-def test_resuming_an_interrupted_run_equals_an_uninterrupted_one(name, tmp_path, monkeypatch):
+def test_resuming_an_interrupted_run_equals_an_uninterrupted_one(name, tmp_path, ctrl_c_at_step):
     settings = dict(TINY, learning_starts=50)
     full, _ = train_run(name, "CartPole-v1", steps=600, seed=5, overrides=settings, out=tmp_path / "full",
                         quiet=True, eval_episodes=0)
 
-    advance, steps = RunLogger.advance, [0]
-
-    def press_ctrl_c_at_step_300(self, n=1):  # what a user's Ctrl-C does, at a known step
-        advance(self, n)
-        steps[0] += n
-        if steps[0] == 300:
-            signal.raise_signal(signal.SIGINT)
-
-    monkeypatch.setattr(RunLogger, "advance", press_ctrl_c_at_step_300)
+    undo = ctrl_c_at_step(300)
     half, summary = train_run(name, "CartPole-v1", steps=600, seed=5, overrides=settings, out=tmp_path / "half",
                               quiet=True, eval_episodes=0)
-    monkeypatch.setattr(RunLogger, "advance", advance)
+    undo()
     assert summary["interrupted"] and half.num_timesteps == 300
     assert len(half.runner.actions[0]) > 0  # stopped mid-episode: loading rebuilds the env state
 

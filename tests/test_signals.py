@@ -27,16 +27,8 @@ def test_learn_leaves_the_signal_handlers_alone(monkeypatch):
     assert seen and all(handler is before for handler in seen)
 
 
-def test_inside_stop_signals_ctrl_c_stops_at_the_next_whole_step(monkeypatch):
-    advance, steps = RunLogger.advance, [0]
-
-    def ctrl_c_at_step_120(self, n=1):
-        advance(self, n)
-        steps[0] += n
-        if steps[0] == 120:
-            signal.raise_signal(signal.SIGINT)
-
-    monkeypatch.setattr(RunLogger, "advance", ctrl_c_at_step_120)
+def test_inside_stop_signals_ctrl_c_stops_at_the_next_whole_step(ctrl_c_at_step):
+    ctrl_c_at_step(120)
     agent = classic_rl.make("dqn", env="CartPole-v1", **TINY)
     with stop_signals(), pytest.raises(StopRequested):
         agent.learn(total_steps=1000, progress=False)
