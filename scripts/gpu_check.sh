@@ -159,6 +159,8 @@ if sys.argv[1] == "build":
 command, argv = sys.argv[1], sys.argv[2:]
 import importlib
 
+from classic_rl.safe_io import dumps_strict
+
 module = importlib.import_module(f"rlhf.{command}")
 if torch.cuda.is_available():
     torch.cuda.reset_peak_memory_stats()
@@ -168,7 +170,7 @@ wall = time.perf_counter() - start
 peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else float("nan")
 keys = ("precision", "distributed_type", "zero_stage", "world_size", "episodes", "train_runtime",
         "episodes_per_second", "reward_mean_before", "reward_mean_after", "kl_mean")
-print("RESULT", command, json.dumps({k: summary.get(k) for k in keys if k in summary}))
+print("RESULT", command, dumps_strict({k: summary.get(k) for k in keys if k in summary}))
 print(f"RESULT {command} wall {wall:.1f}s, torch.cuda.max_memory_allocated {peak:.0f} MiB")
 out = Path(argv[argv.index("--output_dir") + 1])
 rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()] if (out / "metrics.jsonl").exists() else []
@@ -180,7 +182,7 @@ if rows:
     last = {k: rows[-1][k] for k in ("objective/kl", "kl", "objective/scores", "reward", "time/rollout", "time/update")
             if k in rows[-1]}
     print(f"RESULT {command} updates {len(rows)}, response tokens/s {tokens / max(step_time, 1e-9):.0f}, "
-          f"last update {json.dumps(last)}")
+          f"last update {dumps_strict(last)}")
     for i, (row, length) in enumerate(zip(rows, lengths), 1):
         print(f"RESULT {command} update {i}: mean response length {length:.1f}, rollout {row.get('time/rollout', 0):.2f}s, "
               f"update {row.get('time/update', 0):.2f}s, kl {row.get('objective/kl', row.get('kl', float('nan'))):.4f}")

@@ -18,10 +18,10 @@ Training and held-out files use disjoint prompts.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 from pathlib import Path
 
+from classic_rl.safe_io import dumps_strict
 from rlhf import verifiable
 from rlhf.task import ResponseNoise, all_prompts, gold_score, sample_review
 
@@ -96,7 +96,7 @@ def corpus_lines(rng: random.Random, prompts: list[str], n_reviews: int = 1000) 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     with path.open("w") as f:
         for row in rows:
-            f.write(json.dumps(row) + "\n")
+            f.write(dumps_strict(row) + "\n")
 
 
 def generate(out_dir: Path, seed: int = 0) -> dict[str, int]:
