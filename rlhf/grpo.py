@@ -43,17 +43,10 @@ class GRPOTrainer(GroupRLTrainer):
         self.context_length = batch.context_length
         # "dapo" divides by the real tokens of the whole generation batch (all ranks, all micro batches).
         num_items = all_reduce_sum(tensors["mask"].sum().double()).item()
-        stats, grad_norms = [], []
-        for _iteration in range(cfg.num_iterations):
-            # One optimizer step per iteration: the batch's gradient_accumulation_steps micro batches.
-            for micro in self.micro_batches(tensors, shuffle=False):
-                with self.accelerator.accumulate(self.model):
-                    loss, micro_stats = self.loss(micro, num_items)
-                    self.accelerator.backward(loss)
-                    norm = self.optimizer_step()
-                stats.append(micro_stats)
-                if norm is not None:
-                    grad_norms.append(norm)
+        # One optimizer step per iteration: the batch's gradient_accumulation_steps micro batches.
+        stats, grad_norms = self.optimize_on_batch(
+            tensors, cfg.num_iterations, shuffle=False, loss_fn=lambda micro: self.loss(micro, num_items)
+        )
         return self.group_metrics(batch, rewards, stats, grad_norms)
 
     def loss(self, micro: dict[str, torch.Tensor], num_items: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -106,17 +106,10 @@ class PPOTrainer(RLTrainer):
             "advantages": advantages, "returns": returns, "mask": valid,
         }
         self.context_length = batch.context_length
+        # num_mini_batches optimizer steps per epoch, each the mean over gradient_accumulation_steps
+        # micro batches.
         shuffle = cfg.num_mini_batches * cfg.gradient_accumulation_steps > 1
-        stats: list[dict[str, torch.Tensor]] = []
-        for _epoch in range(cfg.num_ppo_epochs):
-            # num_mini_batches optimizer steps per epoch, each the mean over gradient_accumulation_steps
-            # micro batches (accelerate decides when to sync and step).
-            for micro in self.micro_batches(tensors, shuffle):
-                with self.accelerator.accumulate(self.model):
-                    loss, micro_stats = self.loss(micro)
-                    self.accelerator.backward(loss)
-                    self.optimizer_step()
-                stats.append(micro_stats)
+        stats, _ = self.optimize_on_batch(tensors, cfg.num_ppo_epochs, shuffle, self.loss)
         mean = {k: torch.stack([s[k] for s in stats]).mean() for k in stats[0]}
         kl_sum = batch.kl.sum(1)
         return {

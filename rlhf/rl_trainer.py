@@ -3,9 +3,10 @@
 :class:`RLTrainer` owns the accelerator, data, models (policy, frozen reference, reward sources, LoRA),
 sampling and scoring (:meth:`RLTrainer.rollout`), held-out evaluation, the training loop with
 logging, divergence checks, checkpoints and exact resume, and saving. A method subclasses it and
-writes :meth:`RLTrainer.update_policy`: its advantages (``classic_rl.core.advantages``) and its own
-visible loop of epochs x micro batches calling the core losses (``classic_rl.core.losses``), with
-gradient accumulation through ``accelerator.accumulate`` and :meth:`RLTrainer.optimizer_step`.
+writes :meth:`RLTrainer.update_policy`: its advantages (``classic_rl.core.advantages``) and its loss
+on a micro batch (from ``classic_rl.core.losses``), which :meth:`RLTrainer.optimize_on_batch` runs over
+the batch (epochs / iterations x micro batches, gradient accumulation through ``accelerator.accumulate``
+and :meth:`RLTrainer.optimizer_step`).
 
 One update (:meth:`RLTrainer.step`): this rank's prompts (:meth:`next_batch`; each prompt repeated
 ``num_generations`` times for the group methods), a rollout (sample, cut after the stop token, score,
@@ -27,6 +28,7 @@ import os
 import random
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -473,6 +475,27 @@ class RLTrainer:
         order = torch.randperm(n, generator=self.shuffle_generator) if shuffle else torch.arange(n)
         order = order.to(self.device)
         return [{k: v[order[start : start + size]] for k, v in tensors.items()} for start in range(0, n, size)]
+
+    def optimize_on_batch(
+        self, tensors: dict[str, Tensor], passes: int, shuffle: bool,
+        loss_fn: Callable[[dict[str, Tensor]], tuple[Tensor, dict[str, Tensor]]],
+    ) -> tuple[list[dict[str, Tensor]], list[float]]:
+        """``passes`` times over this rank's batch (PPO epochs, GRPO/RLOO iterations), in micro batches:
+        each micro batch's ``loss_fn`` is backpropagated inside ``accelerator.accumulate``, which decides
+        when the gradients are synchronised and the optimizer steps. Returns every micro batch's
+        statistics and the gradient norm of every optimizer step."""
+        stats: list[dict[str, Tensor]] = []
+        grad_norms: list[float] = []
+        for _pass in range(passes):
+            for micro in self.micro_batches(tensors, shuffle):
+                with self.accelerator.accumulate(self.model):
+                    loss, micro_stats = loss_fn(micro)
+                    self.accelerator.backward(loss)
+                    norm = self.optimizer_step()
+                stats.append(micro_stats)
+                if norm is not None:
+                    grad_norms.append(norm)
+        return stats, grad_norms
 
     def optimizer_step(self) -> float | None:
         """Inside ``accelerator.accumulate`` after ``accelerator.backward``: on the last micro batch of an

@@ -41,16 +41,7 @@ class RLOOTrainer(GroupRLTrainer):
             advantages = whiten_advantages(advantages)
         tensors = self.tensors(batch, self.local_rows(advantages))
         self.context_length = batch.context_length
-        stats, grad_norms = [], []
-        for _iteration in range(cfg.num_iterations):
-            for micro in self.micro_batches(tensors, shuffle=False):
-                with self.accelerator.accumulate(self.model):
-                    loss, micro_stats = self.loss(micro)
-                    self.accelerator.backward(loss)
-                    norm = self.optimizer_step()
-                stats.append(micro_stats)
-                if norm is not None:
-                    grad_norms.append(norm)
+        stats, grad_norms = self.optimize_on_batch(tensors, cfg.num_iterations, shuffle=False, loss_fn=self.loss)
         return self.group_metrics(batch, rewards, stats, grad_norms)
 
     def loss(self, micro: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
