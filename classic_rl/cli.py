@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from classic_rl.safe_io import DEBUG_ENV, UserError, debug_enabled
@@ -215,12 +218,10 @@ def _load_tabular(run_dir: str):
     return classic_rl.load(run_dir)
 
 
-def _notes_as_plain_lines(command: str):
-    """A context in which the evaluation cap's warning prints as one ``classic-rl CMD: note: ...`` line
-    (not Python's ``file:line: Category: ...`` form with a source line); other warnings are unchanged."""
-    import contextlib
-    import warnings
-
+@contextlib.contextmanager
+def _notes_as_plain_lines(command: str) -> Iterator[None]:
+    """Inside, the evaluation cap's warning prints as one ``classic-rl CMD: note: ...`` line (not
+    Python's ``file:line: Category: ...`` form with a source line); other warnings are unchanged."""
     from classic_rl.evaluation import EvaluationCapWarning
 
     show = warnings.showwarning
@@ -231,13 +232,9 @@ def _notes_as_plain_lines(command: str):
         else:
             show(message, category, filename, lineno, file, line)
 
-    @contextlib.contextmanager
-    def context():
-        with warnings.catch_warnings():
-            warnings.showwarning = showwarning
-            yield
-
-    return context()
+    with warnings.catch_warnings():
+        warnings.showwarning = showwarning
+        yield
 
 
 def main(argv: list[str] | None = None) -> int:

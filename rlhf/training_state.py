@@ -167,11 +167,15 @@ def write_state_files(folder: Path, files: dict[str, Any]) -> None:
             torch.save(content, folder / name)
 
 
-def _load(path: Path) -> Any:
+def _require(path: Path) -> Path:
     if not path.is_file():
         raise UserError(f"--resume_from_checkpoint {path.parent}: no {path.name}; the checkpoint is incomplete or was "
                         "written under another accelerate config (resume with the config that wrote it)")
-    return torch.load(path, weights_only=True, map_location="cpu")
+    return path
+
+
+def _load(path: Path) -> Any:
+    return torch.load(_require(path), weights_only=True, map_location="cpu")
 
 
 def load_state_files(accelerator: Any, model: nn.Module, optimizer: Any, folder: Path) -> None:
@@ -182,9 +186,7 @@ def load_state_files(accelerator: Any, model: nn.Module, optimizer: Any, folder:
     if stage == 3:  # the weights come back with the fp32 master partitions
         _load_zero_partition(model, _load(folder / zero_optimizer_file(accelerator.process_index)))
         return
-    if not (folder / MODEL_FILE).is_file():
-        _load(folder / MODEL_FILE)  # raises the explanation
-    weights = load_file(str(folder / MODEL_FILE))
+    weights = load_file(str(_require(folder / MODEL_FILE)))
     if stage > 0:  # ZeRO-1/2: whole weights on every rank, then this rank's optimizer partition
         partition = _load(folder / zero_optimizer_file(accelerator.process_index))
         accelerator.unwrap_model(model).load_state_dict(weights)
