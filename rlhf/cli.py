@@ -3,7 +3,7 @@ transformers and TRL). Every command also runs as `accelerate launch [flags] -m 
 
 Errors: a mistake in the input (`classic_rl.safe_io.UserError`, and the ValueError / FileNotFoundError
 raised for bad values and missing files) prints one line `rlhf CMD: error: ...` and exits 2; a run that
-diverges (`rlhf.errors.TrainingDiverged`) prints its message and exits 1. `--debug` (any command) or
+diverges (`rlhf.common.errors.TrainingDiverged`) prints its message and exits 1. `--debug` (any command) or
 RL_TOOLKIT_DEBUG=1 shows the full traceback instead.
 """
 
@@ -14,18 +14,18 @@ import sys
 from collections.abc import Callable
 
 from classic_rl.safe_io import UserError, debug_enabled
-from rlhf.errors import TrainingDiverged, pop_debug_flag
+from rlhf.common.errors import TrainingDiverged, pop_debug_flag
 
 # command -> (module, one-line help). Each module has `main(argv: list[str] | None)`.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "tiny-model": ("rlhf.tiny_model", "build a small random-init causal LM and its tokenizer, offline"),
-    "sft": ("rlhf.sft", "supervised fine-tuning on demonstrations (TRL SFTTrainer)"),
-    "reward": ("rlhf.reward", "reward model from pairs or K-wise rankings"),
-    "ppo": ("rlhf.ppo", "PPO fine-tuning against a reward model or a reward function"),
-    "grpo": ("rlhf.grpo", "GRPO fine-tuning: group-relative advantages, no critic (TRL GRPOConfig flags)"),
-    "rloo": ("rlhf.rloo", "RLOO fine-tuning: leave-one-out baseline, no critic (TRL RLOOConfig flags)"),
-    "pipeline": ("rlhf.pipeline", "tiny-model, sft, reward and ppo in a row from one YAML config"),
-    "label": ("rlhf.label", "rank sampled responses by hand in a local web page (rankings for `rlhf reward`)"),
+    "tiny-model": ("rlhf.steps.tiny_model", "build a small random-init causal LM and its tokenizer, offline"),
+    "sft": ("rlhf.steps.sft", "supervised fine-tuning on demonstrations (TRL SFTTrainer)"),
+    "reward": ("rlhf.steps.reward", "reward model from pairs or K-wise rankings"),
+    "ppo": ("rlhf.methods.ppo", "PPO fine-tuning against a reward model or a reward function"),
+    "grpo": ("rlhf.methods.grpo", "GRPO fine-tuning: group-relative advantages, no critic (TRL GRPOConfig flags)"),
+    "rloo": ("rlhf.methods.rloo", "RLOO fine-tuning: leave-one-out baseline, no critic (TRL RLOOConfig flags)"),
+    "pipeline": ("rlhf.steps.pipeline", "tiny-model, sft, reward and ppo in a row from one YAML config"),
+    "label": ("rlhf.steps.label", "rank sampled responses by hand in a local web page (rankings for `rlhf reward`)"),
 }
 
 USAGE = (
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"rlhf: error: {err}\n\n{USAGE}", file=sys.stderr)
         return 2
-    from rlhf.utils import set_command
+    from rlhf.common.utils import set_command
 
     set_command(command)
     try:

@@ -5,7 +5,7 @@
 
 Each mode is one `accelerate launch` of this script (``_worker``) with the shipped CPU config
 (configs/accelerate/cpu_2proc.yaml, cpu_zero2.yaml, cpu_zero3.yaml, cpu_fsdp.yaml). Every rank builds
-``rlhf.ppo.PPOTrainer`` (policy with a value head, a separate frozen reference, the gold reward
+``rlhf.methods.ppo.PPOTrainer`` (policy with a value head, a separate frozen reference, the gold reward
 function), runs ONE PPO update (rollout, 2 epochs, AdamW step) and reports:
 
 - ``params`` / ``Adam states`` / ``fp32 masters``: bytes of the trained model's parameters, Adam
@@ -45,7 +45,7 @@ def build_model(work: Path, hidden: int, layers: int, intermediate: int) -> tupl
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from rlhf.tiny_model import TinyModelConfig, build_tiny_model
+    from rlhf.steps.tiny_model import TinyModelConfig, build_tiny_model
 
     path = work / f"llama-h{hidden}-l{layers}-i{intermediate}"
     if not (path / "config.json").exists():
@@ -106,13 +106,13 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from rlhf.distributed import describe_distribution
-    from rlhf.ppo import PPOTrainer
-    from rlhf.ppo_config import PPOConfig
+    from rlhf.common.distributed import describe_distribution
+    from rlhf.methods.ppo import PPOTrainer
+    from rlhf.methods.ppo_config import PPOConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         config = PPOConfig(
-            output_dir=tmp, model_name_or_path=args.model, reward_fn="rlhf.task:gold_reward",
+            output_dir=tmp, model_name_or_path=args.model, reward_fn="rlhf.tasks.reviews:gold_reward",
             dataset_name=str(DATA / "prompts.jsonl"), eval_dataset_name=str(DATA / "prompts_eval.jsonl"),
             per_device_train_batch_size=args.batch, num_mini_batches=1, num_ppo_epochs=2,
             total_episodes=args.batch * int(os.environ.get("WORLD_SIZE", "1")), response_length=args.response_length,

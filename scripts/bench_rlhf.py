@@ -8,7 +8,7 @@ same way, minus the same missing-EOS penalty), and run the same number of update
 episodes per update (prompt-response pairs), the same response length, temperature, learning rate and KL
 coefficient, and the same number of optimizer passes over each rollout batch:
 
-- ``ours``        -- ``rlhf.ppo.PPOTrainer`` (critic initialised from the reward model, as in `rlhf ppo`).
+- ``ours``        -- ``rlhf.methods.ppo.PPOTrainer`` (critic initialised from the reward model, as in `rlhf ppo`).
 - ``ours-vhead``  -- the same with ``--value_head_on_policy`` (no separate critic network).
 - ``trl-rloo``    -- TRL's ``RLOOTrainer`` (this environment's TRL; 1.16 when written), ``num_iterations``
   = our PPO epochs, ``num_generations`` responses per prompt (RLOO needs groups).
@@ -120,8 +120,8 @@ def _setup_torch(spec: dict[str, Any]) -> None:
 def _run_ours(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     import torch
 
-    from rlhf.ppo import PPOTrainer
-    from rlhf.ppo_config import PPOConfig
+    from rlhf.methods.ppo import PPOTrainer
+    from rlhf.methods.ppo_config import PPOConfig
 
     cuda = spec["device"] == "cuda"
     config = PPOConfig(
@@ -160,8 +160,8 @@ def _run_trl_rloo(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import RLOOConfig, RLOOTrainer
 
-    from rlhf.models import load_reward_model
-    from rlhf.ppo_models import RewardModelScorer
+    from rlhf.common.models import load_reward_model
+    from rlhf.rl.trainable import RewardModelScorer
 
     cuda = spec["device"] == "cuda"
     tokenizer = AutoTokenizer.from_pretrained(spec["policy"], padding_side="left")
@@ -298,9 +298,9 @@ def _quiet_env() -> dict[str, str]:
 
 def prepare_tiny(work: Path) -> tuple[Path, Path]:
     """The shipped tiny model, then a short SFT run and a K-wise reward model on the review task (cached)."""
-    from rlhf.reward import main as reward_main
-    from rlhf.sft import main as sft_main
-    from rlhf.tiny_model import main as tiny_main
+    from rlhf.steps.reward import main as reward_main
+    from rlhf.steps.sft import main as sft_main
+    from rlhf.steps.tiny_model import main as tiny_main
 
     base, sft, rm = work / "assets" / "tiny", work / "assets" / "sft", work / "assets" / "reward"
     quiet = ["--disable_tqdm", "true", "--report_to", "none", "--seed", "0"]
@@ -326,7 +326,7 @@ def prepare_gpu_150m(work: Path) -> tuple[Path, Path]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
-    from rlhf.tiny_model import TinyModelConfig, build_tiny_model
+    from rlhf.steps.tiny_model import TinyModelConfig, build_tiny_model
 
     policy_dir, rm_dir = work / "assets" / "policy-150m", work / "assets" / "reward-150m"
     if (policy_dir / "config.json").exists() and (rm_dir / "config.json").exists():
@@ -374,9 +374,9 @@ def evaluate_policy(policy: Path, reward_model: Path, cfg: BenchConfig) -> float
     prompts: same sampler (KV cache, temperature), same seed, same prompts for every policy."""
     import torch
 
-    from rlhf.models import load_causal_lm, load_reward_model, load_tokenizer
-    from rlhf.ppo_models import RewardModelScorer
-    from rlhf.rollout import apply_missing_stop_penalty, left_pad, sample_responses, truncate_after_stop
+    from rlhf.common.models import load_causal_lm, load_reward_model, load_tokenizer
+    from rlhf.rl.rollout import apply_missing_stop_penalty, left_pad, sample_responses, truncate_after_stop
+    from rlhf.rl.trainable import RewardModelScorer
 
     device = torch.device(cfg.device)
     tokenizer = load_tokenizer(str(policy))

@@ -7,7 +7,7 @@ Every trainer starts from the same SFT policy (the recipe of configs/rlhf/grpo_t
 SFT'd on the noisy digit-reversal demonstrations; built once and cached in WORK_DIR/assets), samples the
 same prompts' groups (``--prompts_per_step`` prompts x ``--num_generations`` completions per step, up to
 ``--max_completion_length`` tokens, cut at EOS), is rewarded by the same Python function
-(``rlhf.verifiable:reward``), and takes one optimizer step per generation batch (one iteration) with the
+(``rlhf.tasks.verifiable:reward``), and takes one optimizer step per generation batch (one iteration) with the
 same learning rate, linear decay, ``beta``, ``epsilon``, temperature, loss (GRPO: TRL's default "dapo"
 with group-scaled rewards; RLOO: TRL's sequence-level ratio) and seed. Each run is its own child
 process with one torch thread; it reports the wall and CPU time of its training loop alone (models
@@ -75,16 +75,16 @@ def _prompts(path: Path) -> list[str]:
 
 
 def _run_ours(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    from rlhf.grpo import GRPOTrainer
-    from rlhf.grpo_config import GRPOConfig
-    from rlhf.rloo import RLOOTrainer
-    from rlhf.rloo_config import RLOOConfig
+    from rlhf.methods.grpo import GRPOTrainer
+    from rlhf.methods.grpo_config import GRPOConfig
+    from rlhf.methods.rloo import RLOOTrainer
+    from rlhf.methods.rloo_config import RLOOConfig
 
     grpo = spec["trainer"] == "ours-grpo"
     config_class, trainer_class = (GRPOConfig, GRPOTrainer) if grpo else (RLOOConfig, RLOOTrainer)
     batch = spec["prompts_per_step"] * spec["num_generations"]
     config = config_class(
-        output_dir=str(out_dir), model_name_or_path=spec["policy"], reward_fn="rlhf.verifiable:reward",
+        output_dir=str(out_dir), model_name_or_path=spec["policy"], reward_fn="rlhf.tasks.verifiable:reward",
         dataset_name=str(DATA / "reverse_prompts.jsonl"), eval_dataset_name=str(DATA / "reverse_prompts_eval.jsonl"),
         num_eval_prompts=1, num_generations=spec["num_generations"], per_device_train_batch_size=batch,
         local_rollout_forward_batch_size=batch, max_completion_length=spec["max_completion_length"],
@@ -109,7 +109,7 @@ def _run_trl(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
-    from rlhf import verifiable
+    from rlhf.tasks import verifiable
 
     def reward(prompts, completions, **_):
         return verifiable.reward(prompts, completions)
@@ -175,8 +175,8 @@ def prepare_policy(work: Path) -> Path:
     """The SFT warm start of configs/rlhf/grpo_tiny.yaml (cached)."""
     import yaml
 
-    from rlhf.sft import main as sft_main
-    from rlhf.tiny_model import main as tiny_main
+    from rlhf.steps.sft import main as sft_main
+    from rlhf.steps.tiny_model import main as tiny_main
 
     recipe = yaml.safe_load((REPO / "configs" / "rlhf" / "grpo_tiny.yaml").read_text())
     base, sft = work / "assets" / "tiny", work / "assets" / "sft"
@@ -207,9 +207,9 @@ def held_out_reward(policy: Path, cfg: BenchConfig) -> float:
     sampler, one seed for all."""
     import torch
 
-    from rlhf import verifiable
-    from rlhf.models import load_causal_lm, load_tokenizer
-    from rlhf.rollout import left_pad, sample_responses, truncate_after_stop
+    from rlhf.common.models import load_causal_lm, load_tokenizer
+    from rlhf.rl.rollout import left_pad, sample_responses, truncate_after_stop
+    from rlhf.tasks import verifiable
 
     tokenizer = load_tokenizer(str(policy))
     model = load_causal_lm(str(policy), tokenizer=tokenizer).eval()

@@ -41,8 +41,8 @@ def free_port() -> int:
 
 def quick_sft_model(work: Path) -> Path:
     """The tiny model after a few seconds of SFT on the shipped task, so the responses read like reviews."""
-    from rlhf.sft import main as sft_main
-    from rlhf.tiny_model import main as tiny_main
+    from rlhf.steps.sft import main as sft_main
+    from rlhf.steps.tiny_model import main as tiny_main
 
     tiny_main(["--output_dir", str(work / "tiny")])
     sft_main([

@@ -188,10 +188,10 @@ def read_markdown_table(path: Path) -> dict[str, Any]:
 
 def rlhf_samples(rlhf_dir: Path, config: dict[str, Any], n: int = 6) -> list[dict[str, Any]]:
     """A few held-out prompts answered by the SFT and the PPO policy, with their gold scores."""
-    from rlhf.data import load_dataset_dict, render_prompt
-    from rlhf.evaluate import sample_completions
-    from rlhf.models import load_causal_lm, load_tokenizer
-    from rlhf.task import gold_reward
+    from rlhf.common.data import load_dataset_dict, render_prompt
+    from rlhf.common.models import load_causal_lm, load_tokenizer
+    from rlhf.steps.evaluate import sample_completions
+    from rlhf.tasks.reviews import gold_reward
 
     tokenizer = load_tokenizer(str(rlhf_dir / "sft"))
     data = load_dataset_dict(str(ROOT / config["evaluation"]["prompts"]))
@@ -227,7 +227,7 @@ def rlhf_section(out: Path, config_path: Path) -> dict[str, Any]:
         print(f"\n  {sample['prompt']}")
         for answer in sample["answers"]:
             print(f"    {answer['policy']:<3} [{answer['gold']:+.2f}] {answer['text'].strip()}")
-    text = ["Gold score: the task's programmatic scorer (rlhf/task.py), which the reward model only sees "
+    text = ["Gold score: the task's programmatic scorer (rlhf/tasks/reviews.py), which the reward model only sees "
             "through noisy rankings. Learned reward: the reward model's score (0 = the mean of SFT "
             "samples). KL: how far PPO moved the policy from the SFT model it started from."]
     figures = [{"path": "rlhf/ppo_curves.png", "caption": "reward and KL over PPO training"}]
@@ -253,7 +253,7 @@ def grpo_section(out: Path, config_path: Path) -> dict[str, Any]:
     table["caption"] = (f"the pipeline's results.md ({num_prompts} held-out digit triples; gold = reward 1 for an "
                         "exactly reversed answer)")
     generations = config.get("grpo", {}).get("num_generations", 8)
-    text = ["The prompt is 'reverse 381:' and the answer is checked exactly (rlhf/verifiable.py), so the "
+    text = ["The prompt is 'reverse 381:' and the answer is checked exactly (rlhf/tasks/verifiable.py), so the "
             "reward cannot be gamed. SFT on noisy demonstrations (half of them wrong) gives a policy that "
             f"is right part of the time; GRPO samples {generations} answers per prompt, rewards the right ones "
             "relative to their group, and makes the policy right far more often on triples it never trained on."]

@@ -142,7 +142,7 @@ import torch
 if sys.argv[1] == "build":
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from rlhf.tiny_model import TinyModelConfig, build_tiny_model
+    from rlhf.steps.tiny_model import TinyModelConfig, build_tiny_model
 
     path = Path(sys.argv[2])
     _, tokenizer = build_tiny_model(TinyModelConfig(output_dir=str(path)))
@@ -190,14 +190,14 @@ EOF
 stage build-150m 50 "$PY" "$WORK/measure.py" build "$MODEL"
 
 DATA=$REPO/rlhf/data
-PPO_FLAGS=(--model_name_or_path "$MODEL" --reward_fn rlhf.task:gold_reward --dataset_name "$DATA/prompts.jsonl"
+PPO_FLAGS=(--model_name_or_path "$MODEL" --reward_fn rlhf.tasks.reviews:gold_reward --dataset_name "$DATA/prompts.jsonl"
            --eval_dataset_name "$DATA/prompts_eval.jsonl" --num_eval_prompts 64 --num_sample_generations 0
            --disable_tqdm --response_length 64 --temperature 0.7 --learning_rate 1e-5 --seed 0)
 stage ppo-bf16-150m 90 "$PY" "$WORK/measure.py" ppo "${PPO_FLAGS[@]}" --output_dir "$WORK/ppo" --bf16 true \
   --per_device_train_batch_size 64 --num_ppo_epochs 2 --total_episodes 256
 
 # GRPO takes TRL's GRPOConfig names: completions per update = per_device_train_batch_size (8 prompts x 8).
-GRPO_FLAGS=(--model_name_or_path "$MODEL" --reward_fn rlhf.task:gold_reward --dataset_name "$DATA/prompts.jsonl"
+GRPO_FLAGS=(--model_name_or_path "$MODEL" --reward_fn rlhf.tasks.reviews:gold_reward --dataset_name "$DATA/prompts.jsonl"
             --eval_dataset_name "$DATA/prompts_eval.jsonl" --num_eval_prompts 64 --num_sample_generations 0
             --disable_tqdm --max_completion_length 64 --temperature 0.7 --learning_rate 1e-5 --seed 0)
 stage grpo-bf16-150m 60 "$PY" "$WORK/measure.py" grpo "${GRPO_FLAGS[@]}" --output_dir "$WORK/grpo" --bf16 true \

@@ -1,4 +1,4 @@
-"""Generate the datasets of the shipped RLHF task (rlhf/task.py) into rlhf/data/. Deterministic given --seed.
+"""Generate the datasets of the shipped RLHF task (rlhf/tasks/reviews.py) into rlhf/data/. Deterministic given --seed.
 
     python scripts/make_rlhf_data.py [--out_dir rlhf/data] [--seed 0]
 
@@ -11,7 +11,7 @@ Files written (JSON Lines, one example per line):
   prompts.jsonl       {prompt}: PPO training prompts
   prompts_eval.jsonl  {prompt}: held-out prompts (PPO evaluation)
   reverse_sft.jsonl, reverse_prompts.jsonl, reverse_prompts_eval.jsonl: the verifiable digit-reversal
-                      task of rlhf/verifiable.py (noisy SFT demonstrations, RL prompts, held-out prompts)
+                      task of rlhf/tasks/verifiable.py (noisy SFT demonstrations, RL prompts, held-out prompts)
 Training and held-out files use disjoint prompts.
 """
 
@@ -22,8 +22,8 @@ import random
 from pathlib import Path
 
 from classic_rl.safe_io import dumps_strict
-from rlhf import verifiable
-from rlhf.task import ResponseNoise, all_prompts, gold_score, sample_review
+from rlhf.tasks import verifiable
+from rlhf.tasks.reviews import ResponseNoise, all_prompts, gold_score, sample_review
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "rlhf" / "data"
 HELD_OUT_FRACTION = 0.2
@@ -126,7 +126,7 @@ N_REVERSE_SFT = 4000
 
 
 def verifiable_files(rng: random.Random) -> dict[str, list[dict]]:
-    """The digit-reversal task (rlhf/verifiable.py): noisy SFT demonstrations on training triples, RL
+    """The digit-reversal task (rlhf/tasks/verifiable.py): noisy SFT demonstrations on training triples, RL
     prompts, and held-out prompts on triples never used in training."""
     train, held_out = verifiable.split_triples(rng)
     return {

@@ -35,7 +35,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
-
 from rlhf.distributed import unwrap_for_generation  # noqa: E402
 from rlhf.ppo import PPOTrainer, Rollout  # noqa: E402
 from rlhf.ppo_config import PPOConfig  # noqa: E402

@@ -84,13 +84,12 @@ def holding(trainer) -> dict:
 
 
 def run_step(args, report: dict) -> None:
-    from rlhf_dp_step import RESPONSE_LENGTHS, RESPONSE_WIDTH, global_batch, rows
-    from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM
-
     from rlhf.distributed import describe_distribution, models_loaded_whole, needs_synchronised_generation
     from rlhf.ppo import PPOTrainer
     from rlhf.ppo_config import PPOConfig
+    from rlhf_dp_step import RESPONSE_LENGTHS, RESPONSE_WIDTH, global_batch, rows
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     global_size, accumulation = 8, 2

@@ -1,8 +1,6 @@
 """The rlhf output folder rules: refuse a non-empty folder, atomic checkpoints, pruning only our own."""
 
 import pytest
-
-from classic_rl.safe_io import UserError
 from rlhf.checkpoints import (
     checkpoint_writer,
     latest_checkpoint,
@@ -10,6 +8,8 @@ from rlhf.checkpoints import (
     prune_checkpoints,
     resolve_resume_path,
 )
+
+from classic_rl.safe_io import UserError
 
 
 def test_non_empty_output_dir_is_refused_unless_overwrite_or_resume(tmp_path):

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from rlhf.distributed import masked_whiten_across_processes, prepare_frozen_model, unwrap_for_generation
+from rlhf.tiny_model import TinyModelConfig, build_tiny_model
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from classic_rl.core.ppo import masked_whiten
-from rlhf.distributed import masked_whiten_across_processes, prepare_frozen_model, unwrap_for_generation
-from rlhf.tiny_model import TinyModelConfig, build_tiny_model
 
 pytestmark = pytest.mark.slow  # multi-process runs: part of `make test`, not `make test-fast`
 

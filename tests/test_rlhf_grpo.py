@@ -11,20 +11,20 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 import rlhf.grpo as grpo_module
 import rlhf.rloo as rloo_module
-from classic_rl.core import advantages as core_advantages
-from classic_rl.core import losses as core_losses
-from classic_rl.safe_io import UserError
-from rlhf import verifiable
-from rlhf.cli import main as cli_main
 from rlhf.experience import RewardError, RewardSources
 from rlhf.grpo import GRPOTrainer
 from rlhf.grpo_config import parse_grpo_args
 from rlhf.ppo_config import parse_ppo_args
 from rlhf.rloo_config import parse_rloo_args
 from rlhf.tiny_model import TinyModelConfig, build_tiny_model
+
+from classic_rl.core import advantages as core_advantages
+from classic_rl.core import losses as core_losses
+from classic_rl.safe_io import UserError
+from rlhf import verifiable
+from rlhf.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "rlhf" / "data"
@@ -160,7 +160,6 @@ def test_grpo_update_uses_the_core_group_advantages_and_loss(tiny, tmp_path, mon
 def test_shared_prompts_give_the_logits_gradients_and_samples_of_separate_rows(tiny):
     """Each distinct prompt computed once (KV cache copied to its repeats) = every row computed alone."""
     import torch
-
     from rlhf.models import load_causal_lm
     from rlhf.rollout import distinct_rows, left_pad, logits_for_responses, sample_responses, token_logprobs
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import httpx  # installed with gradio: the `label` extra, also in `dev`
 import pytest
+from rlhf.label import LabelArguments, build, create_app, serve
 
 from classic_rl.safe_io import UserError
-from rlhf.label import LabelArguments, build, create_app, serve
 
 pytest_plugins = [f"{__package__}.rlhf_fixtures" if __package__ else "rlhf_fixtures"]
 pytest.register_assert_rewrite(pytest_plugins[0])

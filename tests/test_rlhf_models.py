@@ -7,9 +7,6 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
 from rlhf.models import (
     PAD_TOKEN,
     OffsetScore,
@@ -20,6 +17,8 @@ from rlhf.models import (
     set_score_bias,
 )
 from rlhf.tiny_model import TinyModelConfig, build_tiny_model
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 pytest_plugins = [f"{__package__}.rlhf_fixtures" if __package__ else "rlhf_fixtures"]
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from rlhf.pipeline import PipelineConfig, plot_ppo_curves, results_table, step_flags
 
 from rlhf import pipeline
-from rlhf.pipeline import PipelineConfig, plot_ppo_curves, results_table, step_flags
 
 pytest_plugins = [f"{__package__}.rlhf_fixtures" if __package__ else "rlhf_fixtures"]
 pytest.register_assert_rewrite(pytest_plugins[0])

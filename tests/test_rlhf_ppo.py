@@ -11,11 +11,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import AutoModelForCausalLM, LlamaForSequenceClassification
-
 import rlhf.ppo as ppo_module
-from classic_rl.core import losses as core
+import torch
 from rlhf.ppo import AdaptiveKLController, PPOTrainer, main
 from rlhf.ppo_config import PPOConfig, parse_ppo_args
 from rlhf.ppo_models import PolicyAndValue, RewardFunction, ValueModel, load_reward_function
@@ -30,6 +27,9 @@ from rlhf.rollout import (
     truncate_after_stop,
 )
 from rlhf.tiny_model import TinyModelConfig, build_tiny_model
+from transformers import AutoModelForCausalLM, LlamaForSequenceClassification
+
+from classic_rl.core import losses as core
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = str(REPO / "rlhf" / "data" / "prompts.jsonl")

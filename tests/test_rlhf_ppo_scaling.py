@@ -8,8 +8,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers.modeling_outputs import CausalLMOutputWithPast
-
 from rlhf.distributed import all_processes_finished, check_deepspeed_settings, needs_synchronised_generation
 from rlhf.ppo import PPOTrainer
 from rlhf.ppo_config import PPOConfig
@@ -20,6 +18,7 @@ from rlhf.rollout import (
     sample_responses,
     token_logprobs,
 )
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 # ----------------------------------------------------------------------------- inverse-CDF sampling
 LOGITS = torch.tensor([2.0, 0.5, -float("inf"), 1.0, -1.0, 0.0, -float("inf"), 1.5])

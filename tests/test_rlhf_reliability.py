@@ -225,8 +225,9 @@ def test_unknown_key_in_a_config_section_names_its_line(tmp_path, capsys):
 
 
 def test_config_section_is_taken_from_a_pipeline_yaml_and_a_missing_one_is_named(tmp_path):
-    from classic_rl.safe_io import UserError
     from rlhf.utils import config_section, load_yaml
+
+    from classic_rl.safe_io import UserError
 
     pipeline_yaml = load_yaml(TINY_YAML)
     sft = config_section(pipeline_yaml, "sft", TINY_YAML)

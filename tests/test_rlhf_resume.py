@@ -12,10 +12,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from rlhf.tiny_model import TinyModelConfig, build_tiny_model
 from safetensors.torch import load_file
 
 from classic_rl.safe_io import UserError
-from rlhf.tiny_model import TinyModelConfig, build_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "rlhf" / "data"

@@ -9,7 +9,6 @@ import math
 
 import pytest
 import torch
-
 from rlhf.reward import (
     DataCollatorForRanking,
     RewardArguments,
@@ -95,7 +94,6 @@ def test_reward_model_learns_the_preference_from_rankings(rlhf_reward_run):
 
 def test_calibration_centres_the_sft_policy_at_zero(rlhf_reward_run, rlhf_sft_run):
     from datasets import load_dataset
-
     from rlhf.evaluate import mean, reward_model_scores
     from rlhf.models import load_reward_model, load_tokenizer
 

@@ -7,7 +7,6 @@ import importlib
 import json
 
 import pytest
-
 from rlhf.sft import main
 
 pytest_plugins = [f"{__package__}.rlhf_fixtures" if __package__ else "rlhf_fixtures"]

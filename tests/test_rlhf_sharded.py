@@ -276,7 +276,6 @@ def test_cpu_sharded_configs_load_and_never_force_the_cpu(name, kind):
 @pytest.mark.slow
 def test_one_process_summary_fields_and_no_sharding_requested(monkeypatch):
     from accelerate import Accelerator
-
     from rlhf.distributed import describe_distribution, requested_sharding, sharded
 
     for name in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP"):

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from rlhf.task import all_prompts, gold_reward, gold_score, place_of
 
 REPO = Path(__file__).resolve().parents[1]

@@ -3,7 +3,7 @@
 :class:`Rollout` holds the sampled completions with everything the updates of PPO, GRPO and RLOO
 need; :class:`RewardSources` turns decoded completions into rewards with one or more reward
 functions (weighted sum) or a reward model, and names the function and the batch when one fails.
-Sampling and the forwards live in :class:`rlhf.rl_trainer.RLTrainer.rollout`.
+Sampling and the forwards live in :class:`rlhf.rl.trainer.RLTrainer.rollout`.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class RewardSources:
     """Scores ``(prompts, completions)`` with weighted reward functions or one reward model.
 
     Each source maps ``(prompts, completions, device=...)`` to a float tensor ``(B,)``
-    (``rlhf.ppo_models.RewardFunction`` / ``RewardModelScorer``); the reward is
+    (``rlhf.rl.trainable.RewardFunction`` / ``RewardModelScorer``); the reward is
     ``sum_k weight_k * score_k``.
     """
 

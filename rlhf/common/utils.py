@@ -22,7 +22,7 @@ import torch
 from transformers import TrainerCallback
 
 from classic_rl.safe_io import DEBUG_ENV, UserError, atomic_write_json, atomic_write_text, dumps_strict
-from rlhf.errors import pop_debug_flag
+from rlhf.common.errors import pop_debug_flag
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -528,13 +528,13 @@ def staged_output(output_dir: str | Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_output_dir(output_dir: str | Path, overwrite: bool | None = None, resume: bool = False) -> Iterator[Path]:
-    """Check `output_dir` with `rlhf.checkpoints.prepare_output_dir`, then :func:`staged_output`.
+    """Check `output_dir` with `rlhf.common.checkpoints.prepare_output_dir`, then :func:`staged_output`.
 
     `overwrite` defaults to the command's `--overwrite_output_dir`. Unlike earlier versions, the folder is
     never replaced whole: files the command did not write are kept. On an error, a folder this call
     created is removed again if it is still empty.
     """
-    from rlhf.checkpoints import prepare_output_dir
+    from rlhf.common.checkpoints import prepare_output_dir
 
     if overwrite is None:
         overwrite = command_options().overwrite_output_dir

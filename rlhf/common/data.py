@@ -22,7 +22,7 @@ from typing import Any
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
 from classic_rl.safe_io import UserError
-from rlhf.utils import is_main_process, read_jsonl_lines
+from rlhf.common.utils import is_main_process, read_jsonl_lines
 
 # Column sets of each format, and the formats each command accepts (first match wins).
 FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -107,7 +107,7 @@ class DataArguments:
 
 def shipped_data_dir() -> Path:
     """The directory of the datasets shipped with the package (rlhf/data/)."""
-    return Path(__file__).resolve().parent / "data"
+    return Path(__file__).resolve().parents[1] / "data"
 
 
 def resolve_path(name: str) -> Path | None:
@@ -116,7 +116,7 @@ def resolve_path(name: str) -> Path | None:
     path = Path(name).expanduser()
     if path.exists():
         return path
-    beside_package = Path(__file__).resolve().parent.parent / name
+    beside_package = Path(__file__).resolve().parents[2] / name
     if not path.is_absolute() and beside_package.exists():
         return beside_package
     return None

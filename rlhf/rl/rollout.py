@@ -256,7 +256,7 @@ def sample_responses(
     temperature is the only knob). Finished sequences (stop token seen) continue with
     ``pad_token_id``; the loop ends when ``all_finished(done)`` says so -- by default when every row
     of this batch is done. When the model's forward is a collective (FSDP, ZeRO-3 without gathering),
-    pass a function that agrees over all processes (``rlhf.distributed.all_processes``), so every
+    pass a function that agrees over all processes (``rlhf.common.distributed.all_processes``), so every
     rank runs the same number of forwards and none waits forever (trlX #373). ``share_prompts``: each
     distinct prompt is prefilled once (:func:`prefill`); the same tokens for the same generator.
     """

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rlhf.data import reward_text
+from rlhf.common.data import reward_text
 
 
 @dataclass

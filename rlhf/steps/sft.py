@@ -13,7 +13,7 @@ OUT holds the model and tokenizer (`save_pretrained`; with LoRA the merged model
 OUT/adapter), `metrics.jsonl` (one line per log), `summary.json` (`eval_loss_before`, `eval_loss`,
 `train_loss`, `train_runtime`, `world_size`, ...) and `config.yaml` (every resolved setting); checkpoints
 go to OUT/checkpoint-<step> (`--save_steps`, `--save_total_limit`; `--resume_from_checkpoint PATH|true`
-continues a killed run). OUT must be new or empty unless `--overwrite_output_dir` (see rlhf/runs.py). A
+continues a killed run). OUT must be new or empty unless `--overwrite_output_dir` (see rlhf/steps/runs.py). A
 non-finite loss or gradient norm stops the run (exit 1) before anything of that step is saved.
 """
 
@@ -23,9 +23,14 @@ from typing import Any
 
 from trl import ModelConfig, SFTConfig, SFTTrainer
 
-from rlhf.data import DataArguments, check_lengths, context_limit, detect_format, load_train_eval
-from rlhf.distributed import check_trainer_sharding, evaluate_before_training, prepare_trainer_arguments
-from rlhf.runs import (
+from rlhf.common.data import DataArguments, check_lengths, context_limit, detect_format, load_train_eval
+from rlhf.common.distributed import (
+    check_trainer_sharding,
+    evaluate_before_training,
+    prepare_trainer_arguments,
+)
+from rlhf.common.utils import hardware_defaults, parse_args, precision_name
+from rlhf.steps.runs import (
     SafeTrainerMixin,
     check_output_dir,
     finish_run,
@@ -34,14 +39,13 @@ from rlhf.runs import (
     run_directory,
     run_train_loss,
 )
-from rlhf.utils import hardware_defaults, parse_args, precision_name
 
 # TensorBoard logs in OUT/runs/ by default (`--report_to none|tensorboard|wandb|trackio`).
 COMMAND_DEFAULTS: dict[str, Any] = {"assistant_only_loss": None, "report_to": "tensorboard"}
 
 
 class SafeSFTTrainer(SafeTrainerMixin, SFTTrainer):
-    """TRL's SFTTrainer with atomic checkpoints and the divergence guard (see `rlhf.runs.SafeTrainerMixin`)."""
+    """TRL's SFTTrainer with atomic checkpoints and the divergence guard (see `rlhf.steps.runs.SafeTrainerMixin`)."""
 
 
 def _has_generation_markers(tokenizer: Any) -> bool:

@@ -19,11 +19,11 @@ import torch
 
 from classic_rl.core.advantages import rloo_advantages, whiten_advantages
 from classic_rl.core.losses import clipped_surrogate, masked_mean, masked_sum, surrogate_stats
-from rlhf.experience import Rollout
-from rlhf.group_rl import GroupRLTrainer
-from rlhf.rl_trainer import run_trainer
-from rlhf.rloo_config import RLOOConfig, parse_rloo_args
-from rlhf.rollout import logprobs_and_entropy
+from rlhf.methods.group import GroupRLTrainer
+from rlhf.methods.rloo_config import RLOOConfig, parse_rloo_args
+from rlhf.rl.experience import Rollout
+from rlhf.rl.rollout import logprobs_and_entropy
+from rlhf.rl.trainer import run_trainer
 
 __all__ = ["RLOOTrainer", "main", "run_rloo"]
 
@@ -67,7 +67,7 @@ def run_rloo(config: RLOOConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """`rlhf rloo` entry point (also `python -m rlhf.rloo`)."""
+    """`rlhf rloo` entry point (also `python -m rlhf.methods.rloo`)."""
     return run_rloo(parse_rloo_args(argv))
 
 

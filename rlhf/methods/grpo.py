@@ -3,7 +3,7 @@
     rlhf grpo --model_name_or_path SFT (--reward_fn module:function [...] | --reward_model_path RM)
               --dataset_name PROMPTS --output_dir OUT [--config FILE.yaml] [GRPOConfig flags]
 
-One update (:meth:`GRPOTrainer.update_policy`, after the shared rollout of ``rlhf.rl_trainer``):
+One update (:meth:`GRPOTrainer.update_policy`, after the shared rollout of ``rlhf.rl.trainer``):
 ``num_generations`` completions per prompt are scored (weighted sum of the reward functions), each
 completion's advantage is its reward minus its group's mean, over the group's std
 (``classic_rl.core.advantages.group_advantages``, ``--scale_rewards``); then ``num_iterations``
@@ -20,12 +20,12 @@ import torch
 
 from classic_rl.core.advantages import group_advantages
 from classic_rl.core.losses import aggregate_loss, clipped_surrogate, kl_penalty, masked_mean, surrogate_stats
-from rlhf.distributed import all_reduce_sum
-from rlhf.experience import Rollout
-from rlhf.group_rl import GroupRLTrainer
-from rlhf.grpo_config import GRPOConfig, parse_grpo_args
-from rlhf.rl_trainer import run_trainer
-from rlhf.rollout import logprobs_and_entropy
+from rlhf.common.distributed import all_reduce_sum
+from rlhf.methods.group import GroupRLTrainer
+from rlhf.methods.grpo_config import GRPOConfig, parse_grpo_args
+from rlhf.rl.experience import Rollout
+from rlhf.rl.rollout import logprobs_and_entropy
+from rlhf.rl.trainer import run_trainer
 
 __all__ = ["GRPOTrainer", "main", "run_grpo"]
 
@@ -80,7 +80,7 @@ def run_grpo(config: GRPOConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """`rlhf grpo` entry point (also `python -m rlhf.grpo`)."""
+    """`rlhf grpo` entry point (also `python -m rlhf.methods.grpo`)."""
     return run_grpo(parse_grpo_args(argv))
 
 

@@ -1,7 +1,7 @@
 """What the Trainer-based commands (sft, reward) share: loading the policy, the LoRA config, the output
 folder and its checkpoints, the divergence guard, and the final save.
 
-Output folder (see `rlhf.checkpoints`): the run trains directly in OUTPUT_DIR, which must be new or empty
+Output folder (see `rlhf.common.checkpoints`): the run trains directly in OUTPUT_DIR, which must be new or empty
 unless `--overwrite_output_dir` or `--resume_from_checkpoint` is given; nothing there that the command did
 not write is ever deleted. Checkpoints (`--save_steps N`, `--save_total_limit K`) are transformers'
 `OUTPUT_DIR/checkpoint-<step>/`, each written in a hidden folder and renamed into place once complete;
@@ -25,17 +25,17 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
 from trl import ModelConfig, get_peft_config
 
-from rlhf.checkpoints import (
+from rlhf.common.checkpoints import (
     checkpoint_step,
     latest_checkpoint,
     prepare_output_dir,
     prune_checkpoints,
     resolve_resume_path,
 )
-from rlhf.distributed import describe_distribution, full_model_for_saving, models_loaded_whole
-from rlhf.errors import TrainingDiverged
-from rlhf.models import load_causal_lm, load_tokenizer
-from rlhf.utils import (
+from rlhf.common.distributed import describe_distribution, full_model_for_saving, models_loaded_whole
+from rlhf.common.errors import TrainingDiverged
+from rlhf.common.models import load_causal_lm, load_tokenizer
+from rlhf.common.utils import (
     JsonlMetricsCallback,
     barrier,
     command_options,

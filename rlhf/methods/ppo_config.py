@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from rlhf.rl_config import RLConfig, docstrings_as_help
+from rlhf.rl.config import RLConfig, docstrings_as_help
 
 
 @dataclass
@@ -124,7 +124,7 @@ def parse_ppo_args(argv: list[str] | None = None) -> PPOConfig:
     Precedence, lowest first: the dataclass defaults, what the hardware suggests (bf16 on a capable
     GPU, fp32 on CPU, gradient checkpointing on GPU), the YAML file, the command line.
     """
-    from rlhf.utils import hardware_defaults, parse_args
+    from rlhf.common.utils import hardware_defaults, parse_args
 
     (config,) = parse_args([PPOConfig], argv, defaults=hardware_defaults(), description=__doc__)[:1]
     return config.validate()

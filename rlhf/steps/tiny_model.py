@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from rlhf.checkpoints import prepare_output_dir
-from rlhf.data import shipped_data_dir
-from rlhf.models import PAD_TOKEN
-from rlhf.utils import (
+from rlhf.common.checkpoints import prepare_output_dir
+from rlhf.common.data import shipped_data_dir
+from rlhf.common.models import PAD_TOKEN
+from rlhf.common.utils import (
     command_options,
     count_parameters,
     is_main_process,

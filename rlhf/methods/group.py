@@ -1,4 +1,4 @@
-"""What GRPO and RLOO share on top of ``rlhf.rl_trainer``: groups of ``num_generations`` completions per
+"""What GRPO and RLOO share on top of ``rlhf.rl.trainer``: groups of ``num_generations`` completions per
 prompt, rewards gathered over all ranks so a group's baseline sees every member wherever it was
 sampled, and TRL's metric names for the critic-free methods."""
 
@@ -10,8 +10,8 @@ import torch
 from torch import Tensor
 
 from classic_rl.core.losses import masked_mean
-from rlhf.experience import Rollout
-from rlhf.rl_trainer import PolicyOnly, RLTrainer
+from rlhf.rl.experience import Rollout
+from rlhf.rl.trainer import PolicyOnly, RLTrainer
 
 __all__ = ["GroupRLTrainer"]
 

@@ -9,7 +9,7 @@ Batch sizes count completions, as in TRL::
     updates           = max_steps
 
 With the default ``num_iterations=1`` an update is one optimizer step, so ``max_steps`` means what it
-means in TRL. Shared settings (models, data, sampling, LoRA, checkpoints) are in `rlhf.rl_config`.
+means in TRL. Shared settings (models, data, sampling, LoRA, checkpoints) are in `rlhf.rl.config`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from rlhf.rl_config import RLConfig, docstrings_as_help, merge_repeated_flag
+from rlhf.rl.config import RLConfig, docstrings_as_help, merge_repeated_flag
 
 __all__ = ["GRPOConfig", "GroupRLConfig", "parse_grpo_args"]
 
@@ -118,7 +118,7 @@ docstrings_as_help(GRPOConfig)
 
 def parse_grpo_args(argv: list[str] | None = None) -> GRPOConfig:
     """Build a validated `GRPOConfig` from `--config FILE.yaml` and command-line flags."""
-    from rlhf.utils import hardware_defaults, parse_args
+    from rlhf.common.utils import hardware_defaults, parse_args
 
     argv = merge_repeated_flag(argv, "--reward_fn")
     (config,) = parse_args([GRPOConfig], argv, defaults=hardware_defaults(), description=__doc__)[:1]

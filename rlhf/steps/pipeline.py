@@ -33,9 +33,9 @@ from typing import Any
 import yaml
 
 from classic_rl.safe_io import UserError, atomic_write_text
-from rlhf.checkpoints import latest_checkpoint, prepare_output_dir
-from rlhf.errors import ConfigError
-from rlhf.utils import (
+from rlhf.common.checkpoints import latest_checkpoint, prepare_output_dir
+from rlhf.common.errors import ConfigError
+from rlhf.common.utils import (
     barrier,
     is_main_process,
     load_yaml,
@@ -47,8 +47,8 @@ from rlhf.utils import (
 
 STEPS = ("tiny_model", "sft", "reward", "ppo", "grpo", "rloo")
 RL_STEPS = ("ppo", "grpo", "rloo")  # the RL step: any of them (usually one) after sft / reward
-STEP_MODULES = {"tiny_model": "rlhf.tiny_model", "sft": "rlhf.sft", "reward": "rlhf.reward", "ppo": "rlhf.ppo",
-                "grpo": "rlhf.grpo", "rloo": "rlhf.rloo"}
+STEP_MODULES = {"tiny_model": "rlhf.steps.tiny_model", "sft": "rlhf.steps.sft", "reward": "rlhf.steps.reward", "ppo": "rlhf.methods.ppo",
+                "grpo": "rlhf.methods.grpo", "rloo": "rlhf.methods.rloo"}
 CURVE_KEYS = ("objective/scores", "objective/rlhf_reward", "objective/kl")
 
 
@@ -57,7 +57,7 @@ class EvaluationConfig:
     """How the SFT and PPO policies are compared at the end."""
 
     prompts: str = "rlhf/data/prompts_eval.jsonl"  # held-out {prompt} rows
-    reward_fn: str | None = "rlhf.task:gold_reward"  # the gold scorer (None: skip gold scores)
+    reward_fn: str | None = "rlhf.tasks.reviews:gold_reward"  # the gold scorer (None: skip gold scores)
     num_prompts: int = 80
     max_new_tokens: int | None = None  # default: ppo.response_length, else 32
     temperature: float | None = None  # default: ppo.temperature, else 1.0
@@ -166,10 +166,10 @@ def run_step(cfg: PipelineConfig, step: str, resume: bool = False, overwrite: bo
 # ----------------------------------------------------------------------------------------------- evaluation
 def evaluate_policies(cfg: PipelineConfig) -> dict[str, dict[str, float]]:
     """Gold and learned-reward means of the SFT and PPO policies' samples on held-out prompts."""
-    from rlhf.data import load_dataset_dict, render_prompt
-    from rlhf.evaluate import mean, reward_model_scores, sample_completions
-    from rlhf.models import load_causal_lm, load_reward_model, load_tokenizer
-    from rlhf.ppo_models import load_reward_function
+    from rlhf.common.data import load_dataset_dict, render_prompt
+    from rlhf.common.models import load_causal_lm, load_reward_model, load_tokenizer
+    from rlhf.rl.trainable import load_reward_function
+    from rlhf.steps.evaluate import mean, reward_model_scores, sample_completions
 
     out = Path(cfg.output_dir)
     ev = cfg.evaluation

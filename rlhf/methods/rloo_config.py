@@ -1,6 +1,6 @@
 """`RLOOConfig`: every setting of `rlhf rloo`, with the field names of TRL's `RLOOConfig`.
 
-Batches as in `rlhf.grpo_config` (completions, groups of ``num_generations`` per prompt). RLOO puts the
+Batches as in `rlhf.methods.grpo_config` (completions, groups of ``num_generations`` per prompt). RLOO puts the
 KL to the reference into the reward (``r - beta * sum_t KL_t``, k1) and uses the leave-one-out mean of
 the other completions of the same prompt as the baseline.
 """
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rlhf.grpo_config import GroupRLConfig
-from rlhf.rl_config import docstrings_as_help, merge_repeated_flag
+from rlhf.methods.grpo_config import GroupRLConfig
+from rlhf.rl.config import docstrings_as_help, merge_repeated_flag
 
 __all__ = ["RLOOConfig", "parse_rloo_args"]
 
@@ -39,7 +39,7 @@ docstrings_as_help(RLOOConfig)
 
 def parse_rloo_args(argv: list[str] | None = None) -> RLOOConfig:
     """Build a validated `RLOOConfig` from `--config FILE.yaml` and command-line flags."""
-    from rlhf.utils import hardware_defaults, parse_args
+    from rlhf.common.utils import hardware_defaults, parse_args
 
     argv = merge_repeated_flag(argv, "--reward_fn")
     (config,) = parse_args([RLOOConfig], argv, defaults=hardware_defaults(), description=__doc__)[:1]

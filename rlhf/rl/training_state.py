@@ -1,6 +1,6 @@
 """The trained module's weights and the optimizer's state in a checkpoint folder, whatever the sharding.
 
-`rlhf ppo` / `grpo` / `rloo` checkpoints (``rlhf.rl_trainer.RLTrainer.save_checkpoint``) hold the full
+`rlhf ppo` / `grpo` / `rloo` checkpoints (``rlhf.rl.trainer.RLTrainer.save_checkpoint``) hold the full
 trained weights in ``model.safetensors`` under every backend -- a checkpoint is a usable model -- and
 the optimizer state in the form each backend can load back exactly:
 
@@ -20,7 +20,7 @@ the optimizer state in the form each backend can load back exactly:
   checkpoint files pickle Python objects and are read with ``weights_only=False``).
 
 Every rank calls :func:`state_files` (collectives) and :func:`write_state_files` (into the shared
-staging folder of ``rlhf.checkpoints.checkpoint_writer``), and :func:`load_state_files` to resume.
+staging folder of ``rlhf.common.checkpoints.checkpoint_writer``), and :func:`load_state_files` to resume.
 A checkpoint loads only under the sharding and number of processes that wrote it (checked by the
 caller).
 """
@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from classic_rl.safe_io import UserError
-from rlhf.distributed import fsdp_version
+from rlhf.common.distributed import fsdp_version
 
 __all__ = [
     "MODEL_FILE",

@@ -370,7 +370,7 @@ class LabelQueue:
 # ----------------------------------------------------------------------------------------------- data and model
 def load_prompts(args: LabelArguments) -> tuple[list[Any], list[list[str]] | None]:
     """The prompts of the dataset and, when it has them, the responses to rank (else None: sample them)."""
-    from rlhf.data import detect_format, load_dataset_dict, ranked_responses, validate_dataset
+    from rlhf.common.data import detect_format, load_dataset_dict, ranked_responses, validate_dataset
 
     if not args.dataset_name:
         raise UserError("--dataset_name is required: a .jsonl file of {prompt} rows (or {prompt, responses})")
@@ -391,7 +391,7 @@ def load_prompts(args: LabelArguments) -> tuple[list[Any], list[list[str]] | Non
     prompts = list(dataset["prompt"])
     if fmt is None:
         return prompts, None
-    from rlhf.data import response_text
+    from rlhf.common.data import response_text
 
     given = [[response_text(r) for r in ranked_responses(row, fmt)] for row in dataset]
     return prompts, given
@@ -408,9 +408,9 @@ def model_responder(args: LabelArguments) -> Responder:
     """Sample K distinct responses per prompt from `args.model_name_or_path` (loaded once, here)."""
     import torch
 
-    from rlhf.data import render_prompt
-    from rlhf.evaluate import sample_completions
-    from rlhf.models import load_causal_lm, load_tokenizer
+    from rlhf.common.data import render_prompt
+    from rlhf.common.models import load_causal_lm, load_tokenizer
+    from rlhf.steps.evaluate import sample_completions
 
     tokenizer = load_tokenizer(args.model_name_or_path, revision=args.revision, trust_remote_code=args.trust_remote_code)
     model = load_causal_lm(
@@ -701,7 +701,7 @@ def serve(app: Any, host: str, port: int) -> Any:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from rlhf.utils import parse_args
+    from rlhf.common.utils import parse_args
 
     (args,) = parse_args([LabelArguments], argv, description=__doc__.split("\n\n")[0])
     import_gradio()

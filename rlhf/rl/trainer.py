@@ -15,7 +15,7 @@ reference log-probs, KL), the method's update, the learning-rate schedule, metri
 Checkpoints (``--save_steps``): ``OUTPUT_DIR/checkpoint-<update>/`` holds the trained weights
 (``model.safetensors``, full even when sharded), optimizer and scheduler (``torch.save``, read back with
 ``weights_only=True``; under DeepSpeed ZeRO one optimizer partition per rank, see
-``rlhf.training_state``), every rank's RNG states, the data position, the method's own state (e.g. the
+``rlhf.rl.training_state``), every rank's RNG states, the data position, the method's own state (e.g. the
 adaptive KL coefficient) and the metrics so far; ``--resume_from_checkpoint`` continues so that the run
 ends with the weights and metrics of the uninterrupted run, under DDP, DeepSpeed ZeRO and FSDP2 alike.
 """
@@ -37,9 +37,14 @@ import torch
 from torch import Tensor, nn
 
 from classic_rl.safe_io import UserError, atomic_write_text, dumps_strict
-from rlhf.checkpoints import checkpoint_writer, prepare_output_dir, prune_checkpoints, resolve_resume_path
-from rlhf.data import DataArguments, load_train_eval, render_prompt, validate_dataset
-from rlhf.distributed import (
+from rlhf.common.checkpoints import (
+    checkpoint_writer,
+    prepare_output_dir,
+    prune_checkpoints,
+    resolve_resume_path,
+)
+from rlhf.common.data import DataArguments, load_train_eval, render_prompt, validate_dataset
+from rlhf.common.distributed import (
     all_processes_finished,
     check_deepspeed_settings,
     configure_deepspeed_batch,
@@ -51,22 +56,9 @@ from rlhf.distributed import (
     sharded,
     unwrap_for_generation,
 )
-from rlhf.errors import ConfigError, TrainingDiverged
-from rlhf.experience import RewardSources, Rollout
-from rlhf.models import load_causal_lm, load_reward_model, load_tokenizer
-from rlhf.ppo_models import RewardFunction, RewardModelScorer, disable_dropout, load_reward_function
-from rlhf.rl_config import RLConfig
-from rlhf.rollout import (
-    apply_missing_stop_penalty,
-    kl_per_token,
-    left_pad,
-    logits_for_responses,
-    sample_responses,
-    token_logprobs,
-    truncate_after_stop,
-)
-from rlhf.training_state import checkpoint_refusal, load_state_files, state_files, write_state_files
-from rlhf.utils import (
+from rlhf.common.errors import ConfigError, TrainingDiverged
+from rlhf.common.models import load_causal_lm, load_reward_model, load_tokenizer
+from rlhf.common.utils import (
     METRICS_FILE,
     SUMMARY_FILE,
     seed_everything,
@@ -75,6 +67,19 @@ from rlhf.utils import (
     write_config,
     write_json,
 )
+from rlhf.rl.config import RLConfig
+from rlhf.rl.experience import RewardSources, Rollout
+from rlhf.rl.rollout import (
+    apply_missing_stop_penalty,
+    kl_per_token,
+    left_pad,
+    logits_for_responses,
+    sample_responses,
+    token_logprobs,
+    truncate_after_stop,
+)
+from rlhf.rl.trainable import RewardFunction, RewardModelScorer, disable_dropout, load_reward_function
+from rlhf.rl.training_state import checkpoint_refusal, load_state_files, state_files, write_state_files
 
 __all__ = ["PolicyOnly", "RLTrainer", "run_trainer"]
 
@@ -83,13 +88,13 @@ TRAINER_STATE = "trainer_state.json"
 
 class PolicyOnly(nn.Module):
     """The trainable module of the critic-free methods (GRPO, RLOO): the policy alone, with the interface
-    of ``rlhf.ppo_models.PolicyAndValue`` (``.policy``, ``.critic``; forward gives logits and no values)."""
+    of ``rlhf.rl.trainable.PolicyAndValue`` (``.policy``, ``.critic``; forward gives logits and no values)."""
 
     def __init__(self, policy: nn.Module, share_prompts: bool = False):
         super().__init__()
         self.policy = policy
         self.critic = None
-        self.share_prompts = share_prompts  # run each distinct prompt once (rlhf.rollout.logits_for_responses)
+        self.share_prompts = share_prompts  # run each distinct prompt once (rlhf.rl.rollout.logits_for_responses)
 
     def forward(self, query_responses: Tensor, attention_mask: Tensor, context_length: int) -> tuple[Tensor, None]:
         logits = logits_for_responses(self.policy, query_responses, attention_mask, context_length, self.share_prompts)
@@ -102,7 +107,7 @@ class RLTrainer:
     uses_critic = False
 
     def __init__(self, config: RLConfig, accelerator=None):
-        from rlhf.utils import hardware_defaults
+        from rlhf.common.utils import hardware_defaults
 
         self.config = config.validate()
         self.command = config.command
@@ -370,7 +375,7 @@ class RLTrainer:
         return self._plain_model.policy
 
     def _unwrapped(self, gather_deepspeed3_params: bool) -> AbstractContextManager[nn.Module]:
-        """The trainable module for many small forwards: ``rlhf.distributed.unwrap_for_generation`` when the
+        """The trainable module for many small forwards: ``rlhf.common.distributed.unwrap_for_generation`` when the
         parameters are sharded (ZeRO-3, FSDP), else the plain module (all that function would do)."""
         if self._sharded:
             return unwrap_for_generation(self.model, self.accelerator, gather_deepspeed3_params)
@@ -712,7 +717,7 @@ class RLTrainer:
         """Write ``output_dir/checkpoint-<update>`` (complete or not at all); prune per --save_total_limit.
 
         Every rank joins: under ZeRO-3 / FSDP2 the weights (and FSDP2's optimizer state) are gathered, and
-        under DeepSpeed ZeRO each rank writes its own optimizer partition (``rlhf.training_state``) into
+        under DeepSpeed ZeRO each rank writes its own optimizer partition (``rlhf.rl.training_state``) into
         the staging folder before rank 0 renames it into place."""
         from accelerate.utils import gather_object
 
@@ -847,7 +852,7 @@ def run_trainer(trainer_class: type[RLTrainer], config: RLConfig) -> dict[str, A
     An existing non-empty --output_dir is refused unless --overwrite_output_dir or
     --resume_from_checkpoint. A run that fails before writing anything leaves no folder behind; a run
     that fails later keeps its checkpoints and metrics.jsonl, never a model of a failed update."""
-    from rlhf.utils import check_ranges, command_options, is_main_process
+    from rlhf.common.utils import check_ranges, command_options, is_main_process
 
     config.validate()
     check_ranges(config)  # also: --report_to a tracker that is not installed
@@ -875,7 +880,7 @@ def run_trainer(trainer_class: type[RLTrainer], config: RLConfig) -> dict[str, A
 
 def save_final(trainer: RLTrainer, out: Path, summary: dict[str, Any]) -> None:
     """The model, tokenizer, config.yaml and summary.json into OUT, through the same staging folder as
-    sft and reward (``rlhf.utils.staged_output``): OUT never holds a half-written model file."""
+    sft and reward (``rlhf.common.utils.staged_output``): OUT never holds a half-written model file."""
     main = trainer.accelerator.is_main_process
     with staged_output(out) as staging:
         trainer.save(staging)  # every rank joins (the gather under ZeRO-3 / FSDP); rank 0 writes

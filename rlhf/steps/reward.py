@@ -15,11 +15,11 @@ with an optional margin m (`--margin`, or a `margin` column in a pair dataset). 
 
 After training, the score is shifted so that the SFT policy's responses score mean 0: completions
 sampled from the policy (or given by `--calibration_dataset` rows with a `completion`). The shift is
-stored as `score_bias` in the model config; `rlhf.models.load_reward_model` applies it.
+stored as `score_bias` in the model config; `rlhf.common.models.load_reward_model` applies it.
 
 OUT: model + tokenizer, metrics.jsonl, config.yaml, summary.json (`eval_accuracy` on held-out pairs,
 `eval_accuracy_before`, `score_bias`, `train_runtime`, `world_size`, ...). Checkpoints, resuming, the
-output-folder rules and the divergence guard are those of `rlhf sft` (see rlhf/runs.py).
+output-folder rules and the divergence guard are those of `rlhf sft` (see rlhf/steps/runs.py).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from transformers.data.data_collator import DataCollatorMixin
 from trl import ModelConfig, RewardConfig, RewardTrainer
 from trl.trainer.utils import pad
 
-from rlhf.data import (
+from rlhf.common.data import (
     DataArguments,
     check_lengths,
     context_limit,
@@ -48,14 +48,13 @@ from rlhf.data import (
     reward_text,
     validate_dataset,
 )
-from rlhf.distributed import (
+from rlhf.common.distributed import (
     check_trainer_sharding,
     evaluate_before_training,
     models_loaded_whole,
     prepare_trainer_arguments,
 )
-from rlhf.evaluate import mean, reward_model_scores, sample_completions
-from rlhf.models import (
+from rlhf.common.models import (
     get_score_bias,
     is_sequence_classifier,
     load_causal_lm,
@@ -63,7 +62,9 @@ from rlhf.models import (
     load_tokenizer,
     set_score_bias,
 )
-from rlhf.runs import (
+from rlhf.common.utils import hardware_defaults, parse_args, precision_name
+from rlhf.steps.evaluate import mean, reward_model_scores, sample_completions
+from rlhf.steps.runs import (
     SafeTrainerMixin,
     check_output_dir,
     finish_run,
@@ -71,7 +72,6 @@ from rlhf.runs import (
     run_directory,
     run_train_loss,
 )
-from rlhf.utils import hardware_defaults, parse_args, precision_name
 
 # TensorBoard logs in OUT/runs/ by default (`--report_to none|tensorboard|wandb|trackio`).
 COMMAND_DEFAULTS: dict[str, Any] = {"report_to": "tensorboard"}
@@ -168,7 +168,7 @@ def tokenize_rankings(
     keep = ["margin"] if "margin" in dataset.column_names else []
     drop = [c for c in dataset.column_names if c not in keep]
     dataset = dataset.map(tokenize, remove_columns=drop, num_proc=num_proc, desc="Tokenizing responses")
-    if max_length is not None:  # rlhf.data.check_lengths has warned with a count
+    if max_length is not None:  # rlhf.common.data.check_lengths has warned with a count
         dataset = dataset.filter(lambda ex: max(len(ids) for ids in ex["responses_ids"]) <= max_length)
     if len(dataset) == 0:
         raise ValueError(f"every example is longer than max_length={max_length} tokens; raise --max_length")
@@ -180,7 +180,7 @@ class RankingRewardTrainer(SafeTrainerMixin, RewardTrainer):
 
     TRL's trainer brings model checks, pad-token setup, LoRA, dropout removal and logging; this subclass
     changes what a dataset row is (a prompt's ranking instead of one pair) and the loss. The mixin adds
-    atomic checkpoints and the divergence guard (`rlhf.runs.SafeTrainerMixin`).
+    atomic checkpoints and the divergence guard (`rlhf.steps.runs.SafeTrainerMixin`).
     """
 
     def __init__(self, *args: Any, margin: float = 0.0, **kwargs: Any):

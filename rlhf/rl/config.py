@@ -1,8 +1,8 @@
 """Settings shared by `rlhf ppo`, `rlhf grpo` and `rlhf rloo`: models, data, sampling, optimiser, LoRA,
 output folder, checkpoints and logging (TRL / transformers field names).
 
-Each method's config (`rlhf.ppo_config.PPOConfig`, `rlhf.grpo_config.GRPOConfig`,
-`rlhf.rloo_config.RLOOConfig`) subclasses :class:`RLConfig` and adds its own loss and batch settings.
+Each method's config (`rlhf.methods.ppo_config.PPOConfig`, `rlhf.methods.grpo_config.GRPOConfig`,
+`rlhf.methods.rloo_config.RLOOConfig`) subclasses :class:`RLConfig` and adds its own loss and batch settings.
 Flags come from the command line and from `--config FILE.yaml` (a mapping of field names); the command
 line wins over the file, the file over the defaults. Each field's docstring is its `--help` text.
 """
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
-from rlhf.errors import ConfigError
+from rlhf.common.errors import ConfigError
 
 __all__ = ["ConfigError", "RLConfig", "docstrings_as_help", "merge_repeated_flag"]
 

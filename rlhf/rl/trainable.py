@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from rlhf.data import reward_text
-from rlhf.rollout import (
+from rlhf.common.data import reward_text
+from rlhf.rl.rollout import (
     left_pad,
     logits_for_responses,
     per_token_values,
@@ -131,7 +131,7 @@ def load_reward_function(spec: str) -> Callable[[list[str], list[str]], Sequence
     """Import ``module:function`` (or ``path/to/file.py:function``) for ``--reward_fn``."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"--reward_fn {spec!r}: expected 'module:function' (e.g. rlhf.task:gold_reward)")
+        raise ValueError(f"--reward_fn {spec!r}: expected 'module:function' (e.g. rlhf.tasks.reviews:gold_reward)")
     try:
         if module_name.endswith(".py"):
             path = Path(module_name).expanduser()
@@ -180,7 +180,7 @@ class RewardModelScorer:
     """Scores ``prompt + completion + EOS`` with a sequence-classification reward model.
 
     Texts are re-tokenized with the reward model's own tokenizer, exactly as `rlhf reward` saw them in
-    training (`rlhf.data.reward_text`), so a reward model with another tokenizer works too.
+    training (`rlhf.common.data.reward_text`), so a reward model with another tokenizer works too.
     """
 
     def __init__(
@@ -191,7 +191,7 @@ class RewardModelScorer:
         place: Callable[[], AbstractContextManager[nn.Module]] | None = None,
     ):
         """``place``, if given, returns a context manager yielding the model ready to call (e.g.
-        ``rlhf.distributed.unwrap_for_generation`` of a ZeRO-3 or FSDP-wrapped reward model)."""
+        ``rlhf.common.distributed.unwrap_for_generation`` of a ZeRO-3 or FSDP-wrapped reward model)."""
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size

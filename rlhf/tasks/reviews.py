@@ -16,7 +16,7 @@ seconds on a CPU (SFT), the demonstrations use adjectives of every sentiment, so
 about 0; a reward model learns the preference from K = 4 ranked responses; and PPO has a clear way up
 (pick positive adjectives, stay on topic) that the gold scorer can confirm.
 
-`gold_reward` has the signature of a `--reward_fn` callable: `rlhf ppo --reward_fn rlhf.task:gold_reward`.
+`gold_reward` has the signature of a `--reward_fn` callable: `rlhf ppo --reward_fn rlhf.tasks.reviews:gold_reward`.
 """
 
 from __future__ import annotations

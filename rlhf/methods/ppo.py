@@ -3,12 +3,12 @@
     rlhf ppo --model_name_or_path SFT (--reward_model_path RM | --reward_fn module:function)
              --dataset_name PROMPTS --output_dir OUT [--config FILE.yaml] [PPOConfig flags]
 
-One PPO update (:meth:`PPOTrainer.update_policy`, after the shared rollout of ``rlhf.rl_trainer``):
+One PPO update (:meth:`PPOTrainer.update_policy`, after the shared rollout of ``rlhf.rl.trainer``):
 
 1. Rollout (no grad): a response per prompt sampled with temperature T, cut after its first stop
    token; the policy's and the frozen reference's logprobs and the critic's values per token; the
    reward model's (or function's) score minus ``missing_eos_penalty`` when the response never stopped.
-2. Reward per token: ``-kl_coef * KL_t`` plus the score at the last real token (``rlhf.rollout.shape_rewards``).
+2. Reward per token: ``-kl_coef * KL_t`` plus the score at the last real token (``rlhf.rl.rollout.shape_rewards``).
 3. GAE (gamma 1, lambda ``lam``; ``classic_rl.core.advantages.gae``), advantages whitened over the
    global batch, then ``num_ppo_epochs`` x minibatches x ``gradient_accumulation_steps`` micro batches
    of the clipped policy loss and the clipped value loss (``classic_rl.core.losses``).
@@ -29,12 +29,12 @@ from torch import nn
 
 from classic_rl.core.advantages import gae
 from classic_rl.core.losses import clipped_surrogate, masked_mean, surrogate_stats, value_loss
-from rlhf.distributed import masked_whiten_across_processes
-from rlhf.experience import Rollout
-from rlhf.ppo_config import PPOConfig, parse_ppo_args
-from rlhf.ppo_models import PolicyAndValue, ValueModel
-from rlhf.rl_trainer import RLTrainer, run_trainer
-from rlhf.rollout import logprobs_and_entropy, shape_rewards
+from rlhf.common.distributed import masked_whiten_across_processes
+from rlhf.methods.ppo_config import PPOConfig, parse_ppo_args
+from rlhf.rl.experience import Rollout
+from rlhf.rl.rollout import logprobs_and_entropy, shape_rewards
+from rlhf.rl.trainable import PolicyAndValue, ValueModel
+from rlhf.rl.trainer import RLTrainer, run_trainer
 
 __all__ = ["AdaptiveKLController", "PPOTrainer", "Rollout", "main", "run_ppo"]
 
@@ -78,7 +78,7 @@ class PPOTrainer(RLTrainer):
                 "initialise the critic (which reads the policy's tokens); pass --value_model_path (e.g. the SFT "
                 "model) or --value_head_on_policy"
             )
-        from rlhf.models import load_reward_model
+        from rlhf.common.models import load_reward_model
 
         critic_model = load_reward_model(source, tokenizer=self.tokenizer, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
         from_reward_model = cfg.value_model_path is not None or cfg.reward_model_path is not None
@@ -168,12 +168,12 @@ class PPOTrainer(RLTrainer):
 
 
 def run_ppo(config: PPOConfig) -> dict[str, Any]:
-    """Train with ``config``; write OUT (see ``rlhf.rl_trainer.run_trainer``); return the summary."""
+    """Train with ``config``; write OUT (see ``rlhf.rl.trainer.run_trainer``); return the summary."""
     return run_trainer(PPOTrainer, config)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """`rlhf ppo` entry point (also `python -m rlhf.ppo`)."""
+    """`rlhf ppo` entry point (also `python -m rlhf.methods.ppo`)."""
     return run_ppo(parse_ppo_args(argv))
 
 

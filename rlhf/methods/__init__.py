@@ -1,0 +1,1 @@
+"""One module per RL method: its config, advantages and loss (registered in rlhf.methods.registry)."""

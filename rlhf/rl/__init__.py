@@ -1,0 +1,1 @@
+"""The RL machinery ppo, grpo, rloo and reinforce_pp share (see docs/architecture.md)."""

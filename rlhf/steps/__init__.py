@@ -1,0 +1,1 @@
+"""The TRL-based steps (tiny model, sft, reward, label) and the pipeline that runs the steps in a row."""

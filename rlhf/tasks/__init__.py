@@ -1,0 +1,1 @@
+"""The tasks shipped with the repository and their programmatic scorers."""
