@@ -22,7 +22,7 @@ MOVED = {
     "distributed": "common.distributed",
     "rl_config": "rl.config",
     "experience": "rl.experience",
-    "rollout": "rl.rollout",
+    "rollout": "rl.sampler",
     "ppo_models": "rl.trainable",
     "rl_trainer": "rl.trainer",
     "training_state": "rl.training_state",

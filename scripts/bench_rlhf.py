@@ -161,7 +161,7 @@ def _run_trl_rloo(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     from trl import RLOOConfig, RLOOTrainer
 
     from rlhf.common.models import load_reward_model
-    from rlhf.rl.trainable import RewardModelScorer
+    from rlhf.rl.rewards import RewardModelScorer
 
     cuda = spec["device"] == "cuda"
     tokenizer = AutoTokenizer.from_pretrained(spec["policy"], padding_side="left")
@@ -375,8 +375,9 @@ def evaluate_policy(policy: Path, reward_model: Path, cfg: BenchConfig) -> float
     import torch
 
     from rlhf.common.models import load_causal_lm, load_reward_model, load_tokenizer
-    from rlhf.rl.rollout import apply_missing_stop_penalty, left_pad, sample_responses, truncate_after_stop
-    from rlhf.rl.trainable import RewardModelScorer
+    from rlhf.rl.forward import left_pad
+    from rlhf.rl.rewards import RewardModelScorer, apply_missing_stop_penalty
+    from rlhf.rl.sampler import sample_responses, truncate_after_stop
 
     device = torch.device(cfg.device)
     tokenizer = load_tokenizer(str(policy))

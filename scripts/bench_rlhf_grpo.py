@@ -208,7 +208,8 @@ def held_out_reward(policy: Path, cfg: BenchConfig) -> float:
     import torch
 
     from rlhf.common.models import load_causal_lm, load_tokenizer
-    from rlhf.rl.rollout import left_pad, sample_responses, truncate_after_stop
+    from rlhf.rl.forward import left_pad
+    from rlhf.rl.sampler import sample_responses, truncate_after_stop
     from rlhf.tasks import verifiable
 
     tokenizer = load_tokenizer(str(policy))

@@ -232,7 +232,7 @@ def test_rlhf_step_by_step_writes_what_the_readme_says(rlhf_steps):
     sft = summary(runs / "sft")
     assert sft["eval_loss"] < sft["eval_loss_before"]  # even 4 steps learn something
     assert 0 <= summary(runs / "rm")["eval_accuracy"] <= 1
-    for name, source in (("ppo", "runs/rm"), ("ppo-gold", "rlhf.task:gold_reward")):
+    for name, source in (("ppo", "runs/rm"), ("ppo-gold", "rlhf.tasks.reviews:gold_reward")):
         ppo = summary(runs / name)
         assert ppo["reward_source"] == source
         assert {"reward_mean_before", "reward_mean_after", "kl_mean"} <= set(ppo)
@@ -248,11 +248,11 @@ def test_rlhf_reward_fn_from_a_file_and_the_output_dir_rules(rlhf_steps, capsys)
 
     # `--reward_fn file.py:function` (security notes) in the printed gold-reward command.
     gold_command = shell_commands(marked_blocks()["rlhf-steps"][1])[-1]
-    assert "--reward_fn rlhf.task:gold_reward --output_dir runs/ppo-gold" in gold_command
+    assert "--reward_fn rlhf.tasks.reviews:gold_reward --output_dir runs/ppo-gold" in gold_command
     (rlhf_steps / "short_answers.py").write_text(
         "def brevity(prompts, completions):\n    return [-len(c.split()) / 10 for c in completions]\n")
     with working_directory(rlhf_steps):
-        run_rlhf(gold_command.replace("rlhf.task:gold_reward", "short_answers.py:brevity")
+        run_rlhf(gold_command.replace("rlhf.tasks.reviews:gold_reward", "short_answers.py:brevity")
                  .replace("runs/ppo-gold", "runs/ppo-file"))
         assert summary(Path("runs/ppo-file"))["reward_source"] == "short_answers.py:brevity"
         # An existing non-empty --output_dir is refused (one line, exit 2) unless --overwrite_output_dir.

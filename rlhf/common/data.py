@@ -35,7 +35,7 @@ FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
 TASK_FORMATS: dict[str, tuple[str, ...]] = {
     "sft": ("prompt_completion", "messages"),
     "reward": ("preference", "ranking"),
-    "ppo": ("prompt",),
+    "rl": ("prompt",),  # every RL method (ppo, grpo, rloo, reinforce_pp)
 }
 _FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 

@@ -87,7 +87,7 @@ def masked_whiten_across_processes(x: Tensor, mask: Tensor, shift_mean: bool = T
         mean = sum(x * mask) / n
         var  = sum((x - mean)^2 * mask) / (n - 1)
 
-    In one process this matches ``classic_rl.core.ppo.masked_whiten(x, mask, shift_mean, eps)`` (the
+    In one process this matches ``classic_rl.core.losses.masked_whiten(x, mask, shift_mean, eps)`` (the
     sums run in float64); under ``world_size`` processes it matches that function on the concatenation
     of all ranks' batches. Two collectives (sum and count, then squared deviations), the same on every
     rank, so it must be called by all ranks together.

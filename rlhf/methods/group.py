@@ -11,7 +11,8 @@ from torch import Tensor
 
 from classic_rl.core.losses import masked_mean
 from rlhf.rl.experience import Rollout
-from rlhf.rl.trainer import PolicyOnly, RLTrainer
+from rlhf.rl.trainable import PolicyOnly
+from rlhf.rl.trainer import RLTrainer
 
 __all__ = ["GroupRLTrainer"]
 
@@ -38,18 +39,18 @@ class GroupRLTrainer(RLTrainer):
         return {
             "query_responses": batch.query_responses, "attention_mask": batch.attention_mask,
             "responses": batch.responses, "old_logprobs": batch.logprobs, "ref_logprobs": batch.ref_logprobs,
-            "advantages": advantages.reshape(-1, 1), "mask": batch.mask.float(),
+            "advantages": advantages.reshape(-1, 1), "mask": batch.loss_mask,
         }
 
     def group_metrics(self, batch: Rollout, rewards: Tensor, stats: list[dict[str, Tensor]], grad_norms: list[float]) -> dict[str, Any]:
         """TRL's GRPO/RLOO metric names (``rewards`` is the global reward vector the advantages used)."""
         groups = rewards.view(-1, self.config.num_generations)
-        valid = batch.mask.float()
+        valid = batch.loss_mask
         metrics: dict[str, Any] = {
             "reward": rewards.mean(),
             "reward_std": groups.std(1).mean(),
             "frac_reward_zero_std": (groups.std(1) < 1e-6).float().mean(),
-            "completions/mean_length": valid.sum(1).mean(),
+            "completions/mean_length": batch.mask.float().sum(1).mean(),
             "completions/clipped_ratio": (~batch.has_stop).float().mean() if self.stop_id is not None else torch.tensor(1.0),
             "kl": masked_mean(batch.kl, valid),
             "num_tokens": valid.sum() * self.world_size,  # mean x ranks = total

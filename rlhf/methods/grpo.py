@@ -24,7 +24,7 @@ from rlhf.common.distributed import all_reduce_sum
 from rlhf.methods.group import GroupRLTrainer
 from rlhf.methods.grpo_config import GRPOConfig, parse_grpo_args
 from rlhf.rl.experience import Rollout
-from rlhf.rl.rollout import logprobs_and_entropy
+from rlhf.rl.forward import logprobs_and_entropy
 from rlhf.rl.trainer import run_trainer
 
 __all__ = ["GRPOTrainer", "main", "run_grpo"]

@@ -75,6 +75,15 @@ class GroupRLConfig(RLConfig):
         return [s.strip() for s in self.reward_fn.split(",") if s.strip()]
 
     @property
+    def completions_per_prompt(self) -> int:
+        return self.num_generations
+
+    @property
+    def reward_functions(self) -> list[tuple[str, float]]:
+        names = self.reward_fn_names
+        return list(zip(names, self.reward_weights or [1.0] * len(names)))
+
+    @property
     def max_new_tokens(self) -> int:
         return self.max_completion_length
 

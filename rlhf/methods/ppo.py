@@ -8,7 +8,7 @@ One PPO update (:meth:`PPOTrainer.update_policy`, after the shared rollout of ``
 1. Rollout (no grad): a response per prompt sampled with temperature T, cut after its first stop
    token; the policy's and the frozen reference's logprobs and the critic's values per token; the
    reward model's (or function's) score minus ``missing_eos_penalty`` when the response never stopped.
-2. Reward per token: ``-kl_coef * KL_t`` plus the score at the last real token (``rlhf.rl.rollout.shape_rewards``).
+2. Reward per token: ``-kl_coef * KL_t`` plus the score at the last real token (``rlhf.rl.rewards.shape_rewards``).
 3. GAE (gamma 1, lambda ``lam``; ``classic_rl.core.advantages.gae``), advantages whitened over the
    global batch, then ``num_ppo_epochs`` x minibatches x ``gradient_accumulation_steps`` micro batches
    of the clipped policy loss and the clipped value loss (``classic_rl.core.losses``).
@@ -32,7 +32,9 @@ from classic_rl.core.losses import clipped_surrogate, masked_mean, surrogate_sta
 from rlhf.common.distributed import masked_whiten_across_processes
 from rlhf.methods.ppo_config import PPOConfig, parse_ppo_args
 from rlhf.rl.experience import Rollout
-from rlhf.rl.rollout import logprobs_and_entropy, shape_rewards
+from rlhf.rl.forward import logprobs_and_entropy
+from rlhf.rl.rewards import shape_rewards
+from rlhf.rl.setup import with_lora
 from rlhf.rl.trainable import PolicyAndValue, ValueModel
 from rlhf.rl.trainer import RLTrainer, run_trainer
 
@@ -83,19 +85,15 @@ class PPOTrainer(RLTrainer):
         critic_model = load_reward_model(source, tokenizer=self.tokenizer, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
         from_reward_model = cfg.value_model_path is not None or cfg.reward_model_path is not None
         if cfg.use_peft:
-            critic_model = self._with_lora(critic_model, "SEQ_CLS")
+            critic_model = with_lora(cfg, critic_model, "SEQ_CLS")
         return PolicyAndValue(policy, ValueModel.from_sequence_classifier(critic_model, zero_head=not from_reward_model))
-
-    @property
-    def model_uses_value_head(self) -> bool:
-        return self.accelerator.unwrap_model(self.model).critic is None
 
     # ------------------------------------------------------------------ one update
     def update_policy(self, batch: Rollout) -> dict[str, Any]:
         """KL-shaped rewards, GAE, whitened advantages, then epochs x micro batches of PPO's losses."""
         cfg = self.config
-        rewards, non_score = shape_rewards(batch.scores, batch.kl, batch.mask, batch.mask.sum(1) - 1, self.kl_ctl.value, cfg.whiten_rewards)
-        valid = batch.mask.float()
+        valid = batch.loss_mask  # the tokens the policy produced: every loss and statistic below
+        rewards, non_score = shape_rewards(batch.scores, batch.kl, valid, batch.last_trained_index, self.kl_ctl.value, cfg.whiten_rewards)
         advantages, returns = gae(rewards, batch.values, mask=valid, gamma=cfg.gamma, lam=cfg.lam)
         # Whitened with the statistics of every rank's batch, so N processes x b sequences take the
         # same step as one process with N x b (tests/test_rlhf_dataparallel.py).

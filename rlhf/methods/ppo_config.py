@@ -94,6 +94,14 @@ class PPOConfig(RLConfig):
         return self
 
     @property
+    def reward_clip(self) -> float | None:
+        return self.score_clip
+
+    @property
+    def rollout_kl_estimator(self) -> str:
+        return self.kl_estimator
+
+    @property
     def max_new_tokens(self) -> int:
         return self.response_length
 

@@ -22,7 +22,7 @@ from classic_rl.core.losses import clipped_surrogate, masked_mean, masked_sum, s
 from rlhf.methods.group import GroupRLTrainer
 from rlhf.methods.rloo_config import RLOOConfig, parse_rloo_args
 from rlhf.rl.experience import Rollout
-from rlhf.rl.rollout import logprobs_and_entropy
+from rlhf.rl.forward import logprobs_and_entropy
 from rlhf.rl.trainer import run_trainer
 
 __all__ = ["RLOOTrainer", "main", "run_rloo"]

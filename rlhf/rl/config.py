@@ -75,6 +75,8 @@ class RLConfig:
     """Truncate each response after this token: 'eos', a token string, or None for no truncation."""
     stop_token_id: int | None = None
     """Token id form of `stop_token` (wins over it)."""
+    missing_eos_penalty: float | None = None
+    """Subtracted from the score of responses without the stop token (None: no penalty)."""
     ds3_gather_for_generation: bool = True
     """Under DeepSpeed ZeRO-3, gather the policy's parameters once per rollout batch for sampling (one
     full copy per GPU meanwhile) instead of layer by layer at every token (TRL's name)."""
@@ -203,6 +205,28 @@ class RLConfig:
     def num_updates(self, world_size: int, num_prompts: int) -> int:
         """Updates (rollout + optimisation rounds) of the run."""
         raise NotImplementedError
+
+    # Method settings the shared machinery reads, with the default of the one-sample methods; a method's
+    # config overrides the ones it has flags for (properties, not flags).
+    @property
+    def completions_per_prompt(self) -> int:
+        """Completions sampled per prompt (a group); 1 for PPO."""
+        return 1
+
+    @property
+    def reward_functions(self) -> list[tuple[str, float]]:
+        """``(--reward_fn name, weight)`` pairs (used when there is no reward model)."""
+        return [(self.reward_fn, 1.0)] if self.reward_fn else []
+
+    @property
+    def reward_clip(self) -> float | None:
+        """Scores are clipped to [-c, c] before the penalty (None: not clipped)."""
+        return None
+
+    @property
+    def rollout_kl_estimator(self) -> str:
+        """Estimator of the per-token KL stored in the rollout (``classic_rl.core.losses.kl_penalty``)."""
+        return "k1"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,26 +1,32 @@
-"""One batch of experience for RL fine-tuning: what sampling, scoring and the reference produced.
+"""Where experience is made: one batch of prompts -> a :class:`Rollout` every method trains on.
 
-:class:`Rollout` holds the sampled completions with everything the updates of PPO, GRPO and RLOO
-need; :class:`RewardSources` turns decoded completions into rewards with one or more reward
-functions (weighted sum) or a reward model, and names the function and the batch when one fails.
-Sampling and the forwards live in :class:`rlhf.rl.trainer.RLTrainer.rollout`.
+:class:`ExperienceMaker` runs the seam in order: the sampler (any :class:`rlhf.rl.sampler.Sampler`)
+-> responses cut after the stop token -> the policy's (old) and the reference's log-probabilities of
+the response tokens, and the critic's values (PPO) -> decoded completions -> the reward sources'
+scores (clipped, missing-stop penalty) -> the per-token KL to the reference.
+
+The loss mask. ``Rollout.mask`` marks the real tokens of the response region (attention);
+``Rollout.loss_mask`` marks the tokens the policy produced and is trained on. In one-turn RL they are
+the same. In a conversation the response region holds the policy's turns and, between them, the
+environment's text: those tokens are in the context (mask 1) but no loss, statistic, KL or whitening
+sees them (loss_mask 0), so a sequence may hold several trained segments.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from classic_rl.safe_io import UserError
+from classic_rl.core.losses import kl_penalty
+from rlhf.rl.forward import left_pad, token_logprobs
+from rlhf.rl.rewards import RewardSources, apply_missing_stop_penalty
+from rlhf.rl.sampler import Sampler, truncate_after_stop
 
-__all__ = ["RewardError", "RewardSources", "Rollout"]
-
-
-class RewardError(UserError, ValueError):
-    """A reward function failed or returned something unusable; the message names it and the batch."""
+__all__ = ["ExperienceMaker", "Rollout"]
 
 
 @dataclass
@@ -32,49 +38,114 @@ class Rollout:
     query_responses: Tensor  # (B, P + R)
     attention_mask: Tensor  # (B, P + R)
     context_length: int  # P
-    responses: Tensor  # (B, R), pad after the stop token
-    mask: Tensor  # (B, R) bool
-    logprobs: Tensor  # (B, R), 0 on padding
-    ref_logprobs: Tensor
-    values: Tensor  # (B, R) critic values (zeros without a critic)
-    scores: Tensor  # (B,) after the missing-EOS penalty
+    responses: Tensor  # (B, R), pad after the end
+    mask: Tensor  # (B, R) bool: real tokens of the response region (up to and including the stop token)
+    logprobs: Tensor  # (B, R) the sampling policy's, 0 where loss_mask is 0
+    ref_logprobs: Tensor  # (B, R) the reference's, 0 where loss_mask is 0
+    values: Tensor  # (B, R) critic values (zeros without a critic), 0 where loss_mask is 0
+    scores: Tensor  # (B,) after clipping and the missing-stop penalty
     raw_scores: Tensor  # (B,) from the reward source(s) (weighted sum)
     has_stop: Tensor  # (B,) bool
-    kl: Tensor  # (B, R) per-token KL estimate, 0 on padding
+    kl: Tensor  # (B, R) per-token KL estimate, 0 where loss_mask is 0
     scores_per_source: Tensor | None = None  # (B, K) each reward function's own score
+    loss_mask: Tensor | None = None  # (B, R) float: 1 on the tokens trained on; default: mask
+
+    def __post_init__(self) -> None:
+        if self.loss_mask is None:
+            self.loss_mask = self.mask.float()
+
+    @property
+    def last_trained_index(self) -> Tensor:
+        """(B,) column of each row's last trained token (where a sequence reward goes)."""
+        columns = torch.arange(self.loss_mask.shape[1], device=self.loss_mask.device)
+        return torch.where(self.loss_mask > 0, columns, -1).amax(dim=1).clamp(min=0)
 
 
-class RewardSources:
-    """Scores ``(prompts, completions)`` with weighted reward functions or one reward model.
+@dataclass
+class RolloutSettings:
+    """The settings of :class:`ExperienceMaker` (from the method's config)."""
 
-    Each source maps ``(prompts, completions, device=...)`` to a float tensor ``(B,)``
-    (``rlhf.rl.trainable.RewardFunction`` / ``RewardModelScorer``); the reward is
-    ``sum_k weight_k * score_k``.
-    """
+    temperature: float
+    forward_batch_size: int
+    stop_token_id: int | None
+    pad_token_id: int
+    missing_stop_penalty: float | None
+    reward_clip: float | None
+    kl_estimator: str  # of the per-token KL in the rollout (classic_rl.core.losses.kl_penalty)
+    uses_critic: bool
+    recompute_logprobs: bool  # recompute the old log-probs with the trainer's forward (not the sampler's)
 
-    def __init__(self, sources: Sequence[tuple[str, Callable[..., Tensor]]], weights: Sequence[float] | None = None):
-        if not sources:
-            raise ValueError("RewardSources: no reward source")
-        self.names = [name for name, _ in sources]
-        self.sources = [source for _, source in sources]
-        self.weights = list(weights) if weights is not None else [1.0] * len(self.sources)
 
-    def __call__(self, prompts: list[str], completions: list[str], device: torch.device | str = "cpu",
-                 where: str = "a batch") -> tuple[Tensor, Tensor]:
-        """``(weighted sum (B,), per-source scores (B, K))``; :class:`RewardError` names a failing source."""
-        columns = []
-        for name, source in zip(self.names, self.sources):
-            try:
-                scores = source(prompts, completions, device=device)
-            except Exception as err:
-                first = prompts[0] if prompts else ""
-                raise RewardError(
-                    f"reward source {name} failed on {where} ({len(completions)} completions, first prompt "
-                    f"{first[:60]!r}): {type(err).__name__}: {err}"
-                ) from err
-            if not bool(torch.isfinite(scores).all()):
-                raise RewardError(f"reward source {name} returned a non-finite score (nan or inf) on {where}")
-            columns.append(scores.float())
-        per_source = torch.stack(columns, dim=1)
-        weights = torch.tensor(self.weights, dtype=per_source.dtype, device=per_source.device)
-        return per_source @ weights, per_source
+class ExperienceMaker:
+    """Sample, truncate, score and evaluate one batch (no gradients)."""
+
+    def __init__(
+        self,
+        sampler: Sampler,
+        settings: RolloutSettings,
+        tokenizer,
+        reward_source: RewardSources,
+        trainable: Callable[[], AbstractContextManager[nn.Module]],
+        reference_logits: Callable[[Tensor, Tensor, int, nn.Module], Tensor],
+        device: torch.device,
+        autocast: Callable[[], AbstractContextManager],
+    ):
+        """``trainable()`` yields the trained module ready for many forwards (``.policy``, ``.critic``,
+        ``forward -> (logits, values)``); ``reference_logits(query_responses, attention_mask, P, policy)``
+        gives the frozen reference's logits of the response tokens."""
+        self.sampler, self.settings, self.tokenizer = sampler, settings, tokenizer
+        self.reward_source, self.trainable, self.reference_logits = reward_source, trainable, reference_logits
+        self.device, self.autocast = device, autocast
+
+    @torch.no_grad()
+    def make(self, prompts: list[str], query_ids: list[list[int]], generator: torch.Generator, where: str) -> Rollout:
+        s = self.settings
+        samples = self.sampler.sample(query_ids, generator)
+        cut = truncate_after_stop(samples.responses, s.stop_token_id, s.pad_token_id)
+        queries, query_mask = left_pad(query_ids, s.pad_token_id, self.device)
+        context_length = queries.shape[1]
+        query_responses = torch.cat([queries, cut.responses], dim=1)
+        attention_mask = torch.cat([query_mask, cut.mask.long()], dim=1)
+        loss_mask = cut.mask.float()
+        logprobs, ref_logprobs, values = self._forwards(query_responses, attention_mask, context_length, cut.responses, samples.logprobs)
+        logprobs, ref_logprobs, values = logprobs * loss_mask, ref_logprobs * loss_mask, values * loss_mask
+
+        completions = self.tokenizer.batch_decode(cut.responses.masked_fill(~cut.mask, s.pad_token_id), skip_special_tokens=True)
+        with self.autocast():
+            raw_scores, per_source = self.reward_source(prompts, completions, device=self.device, where=where)
+        scores = raw_scores if s.reward_clip is None else raw_scores.clamp(-s.reward_clip, s.reward_clip)
+        scores = apply_missing_stop_penalty(scores, cut.has_stop, s.missing_stop_penalty if s.stop_token_id is not None else None)
+        kl = kl_penalty(logprobs, ref_logprobs, s.kl_estimator) * loss_mask
+        return Rollout(
+            prompts, completions, query_responses, attention_mask, context_length, cut.responses, cut.mask,
+            logprobs, ref_logprobs, values, scores, raw_scores, cut.has_stop, kl, per_source, loss_mask,
+        )
+
+    def _forwards(
+        self, query_responses: Tensor, attention_mask: Tensor, context_length: int, responses: Tensor,
+        sampler_logprobs: Tensor | None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The old and reference log-probabilities of ``responses`` and the critic's values, in chunks."""
+        s = self.settings
+        logprobs, ref_logprobs, values = [], [], []
+        step = s.forward_batch_size
+        # No one-off gather here (one forward per chunk); under FSDP the root's own parameters are
+        # materialised so the policy's and critic's submodules can be called directly.
+        with self.trainable() as unwrapped, self.autocast():
+            # A value head on the policy needs the full forward anyway; a separate critic does not.
+            head_on_policy = s.uses_critic and unwrapped.critic is None
+            recompute = s.recompute_logprobs or sampler_logprobs is None or head_on_policy
+            for start in range(0, query_responses.shape[0], step):
+                qr, am, resp = (t[start : start + step] for t in (query_responses, attention_mask, responses))
+                if recompute:
+                    logits, value = unwrapped(qr, am, context_length)
+                    logprobs.append(token_logprobs(logits, resp, s.temperature))
+                    del logits
+                else:
+                    logprobs.append(sampler_logprobs[start : start + step].to(self.device).float())
+                    value = unwrapped.critic(qr, am)[:, context_length - 1 : -1] if s.uses_critic else None
+                values.append(torch.zeros_like(resp, dtype=torch.float32) if value is None else value.float())
+                ref_logits = self.reference_logits(qr, am, context_length, unwrapped.policy)
+                ref_logprobs.append(token_logprobs(ref_logits, resp, s.temperature))
+                del ref_logits
+        return torch.cat(logprobs), torch.cat(ref_logprobs), torch.cat(values)

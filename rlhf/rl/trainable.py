@@ -1,45 +1,23 @@
-"""The networks and reward sources of `rlhf ppo`.
+"""The trained modules of the RL methods, each with one interface: ``forward(query_responses,
+attention_mask, context_length) -> (logits (B, R, V), values (B, R) or None)``, and ``.policy`` /
+``.critic`` attributes.
 
-- :class:`ValueModel` -- the critic: a transformer body with a scalar head read at every token,
-  initialised from the reward model (N+ details, DeepSpeed-Chat, OpenRLHF).
-- :class:`PolicyAndValue` -- the policy and its critic as one module, so accelerate prepares (and
+- :class:`PolicyOnly` -- the critic-free methods (GRPO, RLOO, REINFORCE++): the policy alone.
+- :class:`PolicyAndValue` -- PPO: the policy and its critic as one module, so accelerate prepares (and
   DDP synchronises) both with one wrapper; or the policy with a value head on its last hidden state
   (``--value_head_on_policy``, trlX).
-- Reward sources: :class:`RewardModelScorer` (a sequence classifier scores ``prompt + response +
-  EOS``, the text convention it was trained on) and :class:`RewardFunction` (a user's
-  ``module:function`` called on the decoded texts). Both map ``(prompts, completions)`` to a float
-  tensor ``(B,)``.
+- :class:`ValueModel` -- the critic: a transformer body with a scalar head read at every token,
+  initialised from the reward model (N+ details, DeepSpeed-Chat, OpenRLHF).
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import math
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
-from pathlib import Path
-
 import torch
 from torch import Tensor, nn
 
-from rlhf.common.data import reward_text
-from rlhf.rl.rollout import (
-    left_pad,
-    logits_for_responses,
-    per_token_values,
-    position_ids_from_mask,
-    sequence_scores,
-)
+from rlhf.rl.forward import logits_for_responses, per_token_values, position_ids_from_mask
 
-__all__ = [
-    "PolicyAndValue",
-    "RewardFunction",
-    "RewardModelScorer",
-    "ValueModel",
-    "disable_dropout",
-    "load_reward_function",
-]
+__all__ = ["PolicyAndValue", "PolicyOnly", "ValueModel", "disable_dropout"]
 
 
 def disable_dropout(model: nn.Module) -> None:
@@ -57,6 +35,20 @@ def disable_dropout(model: nn.Module) -> None:
 
 
 # ----------------------------------------------------------------------------- networks
+class PolicyOnly(nn.Module):
+    """The trainable module of the critic-free methods: the policy alone (forward gives no values)."""
+
+    def __init__(self, policy: nn.Module, share_prompts: bool = False):
+        super().__init__()
+        self.policy = policy
+        self.critic = None
+        self.share_prompts = share_prompts  # run each distinct prompt once (rlhf.rl.forward.logits_for_responses)
+
+    def forward(self, query_responses: Tensor, attention_mask: Tensor, context_length: int) -> tuple[Tensor, None]:
+        logits = logits_for_responses(self.policy, query_responses, attention_mask, context_length, self.share_prompts)
+        return logits, None
+
+
 class ValueModel(nn.Module):
     """Critic ``V(s_t)``: a transformer body and a scalar head applied at every position."""
 
@@ -124,88 +116,3 @@ class PolicyAndValue(nn.Module):
             values = self.value_head(out.hidden_states[-1].to(self.value_head.weight.dtype)).squeeze(-1).float()
             logits = logits[:, -(response_length + 1) : -1]
         return logits, values[:, -(response_length + 1) : -1]
-
-
-# ----------------------------------------------------------------------------- reward sources
-def load_reward_function(spec: str) -> Callable[[list[str], list[str]], Sequence[float]]:
-    """Import ``module:function`` (or ``path/to/file.py:function``) for ``--reward_fn``."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"--reward_fn {spec!r}: expected 'module:function' (e.g. rlhf.tasks.reviews:gold_reward)")
-    try:
-        if module_name.endswith(".py"):
-            path = Path(module_name).expanduser()
-            if not path.is_file():
-                raise ImportError(f"no file {path}")
-            module_spec = importlib.util.spec_from_file_location(path.stem, path)
-            module = importlib.util.module_from_spec(module_spec)
-            module_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(module_name)
-    except Exception as err:  # ImportError, or the module itself failing on import
-        raise ValueError(
-            f"--reward_fn {spec!r}: cannot import module '{module_name}' ({type(err).__name__}: {err}); "
-            "give an importable module (on PYTHONPATH) or a .py file, as module:function"
-        ) from err
-    fn = getattr(module, attr, None)
-    if fn is None or not callable(fn):
-        raise ValueError(f"--reward_fn {spec!r}: module '{module_name}' has no callable '{attr}'")
-    return fn
-
-
-class RewardFunction:
-    """A user's ``(prompts, completions) -> list[float]`` as a reward source with checked output."""
-
-    def __init__(self, fn: Callable[[list[str], list[str]], Sequence[float]], name: str = "reward_fn"):
-        self.fn = fn
-        self.name = name
-
-    def __call__(self, prompts: list[str], completions: list[str], device: torch.device | str = "cpu") -> Tensor:
-        out = self.fn(list(prompts), list(completions))
-        try:
-            values = [float(v) for v in out]
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"--reward_fn {self.name}: must return a list of floats, got {type(out).__name__}") from err
-        if len(values) != len(completions):
-            raise ValueError(
-                f"--reward_fn {self.name}: returned {len(values)} scores for {len(completions)} completions; "
-                "it must return one float per (prompt, completion) pair"
-            )
-        if not all(math.isfinite(v) for v in values):
-            raise ValueError(f"--reward_fn {self.name}: returned a non-finite score (nan or inf)")
-        return torch.tensor(values, dtype=torch.float32, device=device)
-
-
-class RewardModelScorer:
-    """Scores ``prompt + completion + EOS`` with a sequence-classification reward model.
-
-    Texts are re-tokenized with the reward model's own tokenizer, exactly as `rlhf reward` saw them in
-    training (`rlhf.common.data.reward_text`), so a reward model with another tokenizer works too.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        tokenizer,
-        batch_size: int = 64,
-        place: Callable[[], AbstractContextManager[nn.Module]] | None = None,
-    ):
-        """``place``, if given, returns a context manager yielding the model ready to call (e.g.
-        ``rlhf.common.distributed.unwrap_for_generation`` of a ZeRO-3 or FSDP-wrapped reward model)."""
-        self.model = model
-        self.tokenizer = tokenizer
-        self.batch_size = batch_size
-        self.place = place or (lambda: nullcontext(self.model))
-        self.name = getattr(getattr(model, "module", model).config, "_name_or_path", "reward_model")
-
-    @torch.no_grad()
-    def __call__(self, prompts: list[str], completions: list[str], device: torch.device | str = "cpu") -> Tensor:
-        texts = [reward_text(p, c, self.tokenizer.eos_token) for p, c in zip(prompts, completions)]
-        ids = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
-        scores = []
-        with self.place() as model:
-            for start in range(0, len(ids), self.batch_size):
-                chunk, mask = left_pad(ids[start : start + self.batch_size], self.tokenizer.pad_token_id, device)
-                last = torch.full((chunk.shape[0],), chunk.shape[1] - 1, dtype=torch.long, device=device)
-                scores.append(sequence_scores(model, chunk, mask, last))
-        return torch.cat(scores).float()

@@ -1,6 +1,6 @@
 """The trained module's weights and the optimizer's state in a checkpoint folder, whatever the sharding.
 
-`rlhf ppo` / `grpo` / `rloo` checkpoints (``rlhf.rl.trainer.RLTrainer.save_checkpoint``) hold the full
+`rlhf ppo` / `grpo` / `rloo` checkpoints (``rlhf.rl.state.TrainerState.save``) hold the full
 trained weights in ``model.safetensors`` under every backend -- a checkpoint is a usable model -- and
 the optimizer state in the form each backend can load back exactly:
 

@@ -385,7 +385,7 @@ def load_prompts(args: LabelArguments) -> tuple[list[Any], list[list[str]] | Non
     except ValueError:
         fmt = None
     try:
-        validate_dataset(dataset, "reward" if fmt else "ppo", name=f"dataset '{args.dataset_name}'")
+        validate_dataset(dataset, "reward" if fmt else "rl", name=f"dataset '{args.dataset_name}'")
     except ValueError as err:
         raise UserError(str(err)) from err
     prompts = list(dataset["prompt"])

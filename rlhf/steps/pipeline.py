@@ -168,7 +168,7 @@ def evaluate_policies(cfg: PipelineConfig) -> dict[str, dict[str, float]]:
     """Gold and learned-reward means of the SFT and PPO policies' samples on held-out prompts."""
     from rlhf.common.data import load_dataset_dict, render_prompt
     from rlhf.common.models import load_causal_lm, load_reward_model, load_tokenizer
-    from rlhf.rl.trainable import load_reward_function
+    from rlhf.rl.rewards import load_reward_function
     from rlhf.steps.evaluate import mean, reward_model_scores, sample_completions
 
     out = Path(cfg.output_dir)

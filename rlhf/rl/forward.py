@@ -1,11 +1,11 @@
-"""Rollouts for PPO on a causal LM: sampling, per-token logprobs and values, truncation, KL shaping.
+"""Forward passes of causal LMs on whole batches of prompt + response tokens: log-probabilities,
+entropies, values and reward-model scores.
 
-Everything works on whole batches of token ids (no Python loop over sequences or tokens except
-generation's loop over time steps). Layout of a batch of ``B`` sequences::
+Layout of a batch of ``B`` sequences::
 
     query_responses  (B, P + R)   left-padded prompts (P columns), then R response columns
-    responses        (B, R)       sampled tokens; after the first stop token: pad
-    mask             (B, R)       1 up to and including the first stop token (the "real" tokens)
+    responses        (B, R)       the response region: sampled tokens (and, in a multi-turn episode,
+                                  the environment's tokens between turns); pad at the end
 
 Prompts are left-padded so every response starts in column P; forwards get ``position_ids``
 recomputed from the attention mask (``cumsum(mask) - 1``), so a padded batch gives the same
@@ -17,46 +17,28 @@ each distinct prompt row goes through the model once and its KV cache is copied 
 it, then only the response tokens are run against that cache -- the same logits (and gradients: the
 copy is an index, so each prompt's activations collect the gradients of all its completions) for
 about ``1 / num_generations`` of the prompt's compute.
-
-Reward shaping (Ziegler et al. 2019; InstructGPT)::
-
-    r_t = -beta * KL_t               for every real response token t
-    r_T += score(prompt, response)   at the last real token T (the stop token, if any)
-
-with KL_t = log pi(a_t|s_t) - log pi_ref(a_t|s_t) (k1) or (rho - 1) - log rho with
-rho = pi_ref / pi (k3, unbiased and never negative).
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from classic_rl.core.ppo import masked_whiten
-
 __all__ = [
-    "Sampled",
-    "Truncated",
-    "apply_missing_stop_penalty",
     "distinct_rows",
     "entropy_from_logits",
-    "kl_per_token",
     "left_pad",
     "logits_for_responses",
     "logprobs_and_entropy",
     "per_token_values",
     "position_ids_from_mask",
-    "sample_from_logits",
-    "sample_responses",
+    "cache_keyword",
+    "prefill",
     "sequence_scores",
-    "shape_rewards",
     "token_logprobs",
-    "truncate_after_stop",
 ]
 
 
@@ -92,7 +74,7 @@ def distinct_rows(query_ids: Tensor, query_mask: Tensor) -> tuple[Tensor, Tensor
     return unique[:, :width], unique[:, width:].to(query_mask.dtype), index
 
 
-def _cache_arg(model: nn.Module) -> str:
+def cache_keyword(model: nn.Module) -> str:
     """The KV cache's keyword: transformers >= 5.x names it `cache`; earlier versions `past_key_values`."""
     return "cache" if _accepts(model, "cache") else "past_key_values"
 
@@ -102,7 +84,7 @@ def prefill(model: nn.Module, query_ids: Tensor, query_mask: Tensor, share_promp
     token) and the KV cache of all ``B`` rows. With ``share_prompts`` each distinct prompt is computed once
     and its cache rows copied to its repeats (:func:`distinct_rows`; differentiable)."""
     kwargs = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
-    cache_arg = _cache_arg(model)
+    cache_arg = cache_keyword(model)
     distinct = distinct_rows(query_ids, query_mask) if share_prompts else None
     ids, mask = (query_ids, query_mask) if distinct is None else distinct[:2]
     out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True, **kwargs)
@@ -199,131 +181,9 @@ def _logits_with_shared_prompts(
     mask = attention_mask[:, :-1]
     out = model(
         input_ids=query_responses[:, P:-1], attention_mask=mask, position_ids=position_ids_from_mask(mask)[:, P:],
-        use_cache=True, **{_cache_arg(model): cache},
+        use_cache=True, **{cache_keyword(model): cache},
     )
     return torch.cat([first.unsqueeze(1), out.logits], dim=1)
-
-
-# ----------------------------------------------------------------------------- sampling
-def sample_from_logits(
-    logits: Tensor, temperature: float = 1.0, generator: torch.Generator | None = None
-) -> tuple[Tensor, Tensor]:
-    """One token per row of ``logits (B, V)`` from ``softmax(logits / T)``, by inverse-CDF sampling.
-
-    With ``c = cumsum(p)`` and one uniform ``u ~ U[0, c_V)`` per row, the token is the first ``a``
-    with ``c_a > u`` (``searchsorted(c, u, right=True)``), so ``P(a) = (c_a - c_{a-1}) / c_V = p_a``:
-    the distribution of ``torch.multinomial(p, 1)``, in one ``cumsum`` and one binary search instead
-    of multinomial's slower sampler. Tokens of zero
-    probability are never drawn (their ``c_a`` equals ``c_{a-1}``); scaling ``u`` by ``c_V`` absorbs
-    the rounding of the float32 sum. Deterministic given ``generator``: one ``torch.rand((B, 1))`` per call.
-
-    Returns the tokens ``(B,)`` and the log-probabilities ``(B, V)`` they were drawn from.
-    """
-    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
-    cdf = logp.exp().cumsum(dim=-1)
-    u = torch.rand((cdf.shape[0], 1), generator=generator, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
-    token = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[-1] - 1).squeeze(1)
-    return token, logp
-
-
-@dataclass
-class Sampled:
-    """Generated responses ``(B, R')`` (R' <= max_new_tokens: generation stops once every sequence
-    has its stop token) and the sampled tokens' logprobs under ``softmax(logits / T)``."""
-
-    responses: Tensor
-    logprobs: Tensor
-
-
-@torch.no_grad()
-def sample_responses(
-    model: nn.Module,
-    query_ids: Tensor,
-    query_mask: Tensor,
-    *,
-    max_new_tokens: int,
-    temperature: float,
-    pad_token_id: int,
-    stop_token_ids: Sequence[int] = (),
-    generator: torch.Generator | None = None,
-    all_finished: Callable[[Tensor], bool] | None = None,
-    share_prompts: bool = False,
-) -> Sampled:
-    """Sample up to ``max_new_tokens`` tokens for a left-padded batch with the model's KV cache.
-
-    Pure sampling from ``softmax(logits / temperature)`` (:func:`sample_from_logits`; no top-k,
-    top-p or repetition penalty, so the logprobs are those of the distribution PPO optimises; the
-    temperature is the only knob). Finished sequences (stop token seen) continue with
-    ``pad_token_id``; the loop ends when ``all_finished(done)`` says so -- by default when every row
-    of this batch is done. When the model's forward is a collective (FSDP, ZeRO-3 without gathering),
-    pass a function that agrees over all processes (``rlhf.common.distributed.all_processes``), so every
-    rank runs the same number of forwards and none waits forever (trlX #373). ``share_prompts``: each
-    distinct prompt is prefilled once (:func:`prefill`); the same tokens for the same generator.
-    """
-    all_finished = all_finished or (lambda d: bool(d.all()))
-    batch = query_ids.shape[0]
-    device = query_ids.device
-    stops = torch.as_tensor(list(stop_token_ids), dtype=torch.long, device=device)
-    mask = query_mask.long()
-    cache_arg = _cache_arg(model)
-    logits, cache = prefill(model, query_ids, mask, share_prompts)
-    next_position = position_ids_from_mask(mask)[:, -1:] + 1
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
-    tokens, logprobs = [], []
-    for step in range(max_new_tokens):
-        token, logp = sample_from_logits(logits, temperature, generator)
-        token = token.masked_fill(done, pad_token_id)
-        tokens.append(token)
-        logprobs.append(logp.gather(1, token.unsqueeze(1)).squeeze(1))
-        if stops.numel():
-            done = done | torch.isin(token, stops)
-            if all_finished(done):
-                break
-        if step == max_new_tokens - 1:
-            break
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        out = model(
-            input_ids=token.unsqueeze(1),
-            attention_mask=mask,
-            position_ids=next_position,
-            use_cache=True,
-            **{cache_arg: cache},
-        )
-        logits, cache = out.logits[:, -1], out[cache_arg]
-        next_position = next_position + 1
-    return Sampled(torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1))
-
-
-# ----------------------------------------------------------------------------- truncation
-@dataclass
-class Truncated:
-    """Responses cut after their first stop token."""
-
-    responses: Tensor
-    """(B, R) with pad after the first stop token."""
-    mask: Tensor
-    """(B, R) bool, True on real tokens (up to and including the first stop token)."""
-    last_index: Tensor
-    """(B,) column of the last real token (where the score goes)."""
-    has_stop: Tensor
-    """(B,) bool, whether the response contains the stop token."""
-
-
-def truncate_after_stop(responses: Tensor, stop_token_id: int | None, pad_token_id: int) -> Truncated:
-    """Replace every token after the first ``stop_token_id`` with pad and build the response mask.
-
-    The mask comes from the stop position, never from ``== pad`` (the model may sample the pad id).
-    """
-    if stop_token_id is None:
-        mask = torch.ones_like(responses, dtype=torch.bool)
-        has_stop = torch.zeros(responses.shape[0], dtype=torch.bool, device=responses.device)
-        return Truncated(responses, mask, torch.full_like(has_stop, responses.shape[1] - 1, dtype=torch.long), has_stop)
-    is_stop = responses == stop_token_id
-    after_stop = (is_stop.long().cumsum(1) - is_stop.long()) > 0
-    mask = ~after_stop
-    return Truncated(
-        responses.masked_fill(after_stop, pad_token_id), mask, mask.long().sum(1) - 1, is_stop.any(1)
-    )
 
 
 # ----------------------------------------------------------------------------- values and scores
@@ -362,47 +222,3 @@ def sequence_scores(reward_model: nn.Module, input_ids: Tensor, attention_mask: 
     ).last_hidden_state
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     return head(hidden[rows, last_index]).squeeze(-1).float()
-
-
-# ----------------------------------------------------------------------------- reward shaping
-def kl_per_token(logprobs: Tensor, ref_logprobs: Tensor, estimator: Literal["k1", "k3"] = "k1") -> Tensor:
-    """Per-token estimate of KL(pi || pi_ref) from the sampled tokens' logprobs.
-
-    k1 = log pi - log pi_ref; k3 = (rho - 1) - log rho with rho = pi_ref / pi.
-    """
-    if estimator == "k1":
-        return logprobs - ref_logprobs
-    if estimator == "k3":
-        log_rho = ref_logprobs - logprobs
-        return torch.expm1(log_rho) - log_rho
-    raise ValueError(f"kl_estimator must be 'k1' or 'k3', got {estimator!r}")
-
-
-def apply_missing_stop_penalty(scores: Tensor, has_stop: Tensor, penalty: float | None) -> Tensor:
-    """``score - penalty`` for responses that never emitted the stop token (TRL's missing_eos_penalty)."""
-    if penalty is None:
-        return scores
-    return scores - penalty * (~has_stop).to(scores.dtype)
-
-
-def shape_rewards(
-    scores: Tensor,
-    kl: Tensor,
-    mask: Tensor,
-    last_index: Tensor,
-    kl_coef: float,
-    whiten: bool = False,
-) -> tuple[Tensor, Tensor]:
-    """Per-token rewards ``-kl_coef * KL_t`` plus the score at the last real token.
-
-    Returns ``(rewards, non_score_rewards)``, both ``(B, R)`` and 0 on padding. ``whiten`` rescales
-    the rewards by their masked std without shifting the mean (N+ details).
-    """
-    valid = mask.to(kl.dtype)
-    non_score = -kl_coef * kl * valid
-    rewards = non_score.clone()
-    rows = torch.arange(rewards.shape[0], device=rewards.device)
-    rewards[rows, last_index] += scores.to(rewards.dtype)
-    if whiten:
-        rewards = masked_whiten(rewards, valid, shift_mean=False)
-    return rewards, non_score

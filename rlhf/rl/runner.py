@@ -1,0 +1,91 @@
+"""The command runner of the RL methods: output folder rules, training, the final model and files, the
+one-line result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rlhf.common.checkpoints import prepare_output_dir, resolve_resume_path
+from rlhf.common.distributed import sharded
+from rlhf.common.utils import (
+    SUMMARY_FILE,
+    check_ranges,
+    command_options,
+    is_main_process,
+    staged_output,
+    write_config,
+    write_json,
+)
+from rlhf.rl.config import RLConfig
+
+__all__ = ["run_trainer", "save_final", "save_policy"]
+
+
+def run_trainer(trainer_class: type, config: RLConfig) -> dict[str, Any]:
+    """Train with ``config``; OUT gets checkpoints while training and the final files at the end.
+
+    An existing non-empty --output_dir is refused unless --overwrite_output_dir or
+    --resume_from_checkpoint. A run that fails before writing anything leaves no folder behind; a run
+    that fails later keeps its checkpoints and metrics.jsonl, never a model of a failed update."""
+    config.validate()
+    check_ranges(config)  # also: --report_to a tracker that is not installed
+    resume = resolve_resume_path(config.resume_from_checkpoint, config.output_dir)
+    existed = Path(config.output_dir).expanduser().exists()
+    overwrite = command_options().overwrite_output_dir
+    out = prepare_output_dir(config.output_dir, overwrite=overwrite, resume=resume is not None)
+    try:
+        trainer = trainer_class(config)
+        try:
+            summary = trainer.train(out, resume)
+            summary["output_dir"] = str(config.output_dir)
+            save_final(trainer, out, summary)
+        finally:
+            trainer.sampler.close()
+    except BaseException:
+        if is_main_process() and not existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # our own empty folder: a failed start leaves nothing behind
+        raise
+    if trainer.accelerator.is_main_process:
+        print(
+            f"{config.command}: reward {summary['reward_mean_before']:+.3f} -> {summary['reward_mean_after']:+.3f}, "
+            f"KL {summary['kl_mean']:.3f}, {summary['train_runtime']:.1f}s, world size {summary['world_size']} "
+            f"-> {config.output_dir}"
+        )
+    return summary
+
+
+def save_final(trainer, out: Path, summary: dict[str, Any]) -> None:
+    """The model, tokenizer, config.yaml and summary.json into OUT, through the same staging folder as
+    sft and reward (``rlhf.common.utils.staged_output``): OUT never holds a half-written model file."""
+    main = trainer.accelerator.is_main_process
+    with staged_output(out) as staging:
+        save_policy(trainer, staging)  # every rank joins (the gather under ZeRO-3 / FSDP); rank 0 writes
+        if main:
+            write_config(staging, {trainer.command: trainer.config})
+    if main:
+        write_json(out / SUMMARY_FILE, summary)
+
+
+def save_policy(trainer, output_dir: Path) -> None:
+    """Save the policy (merged if LoRA; adapter in OUT/adapter) and the tokenizer, from rank 0 only."""
+    acc = trainer.accelerator
+    acc.wait_for_everyone()
+    # Under ZeRO-3 / FSDP each rank holds a shard: gather the full weights first (a collective that
+    # every rank joins; DeepSpeed needs zero3_save_16bit_model, set in the shipped config).
+    state_dict = acc.get_state_dict(trainer.model) if sharded(acc) else None
+    if not acc.is_main_process:
+        return
+    policy = trainer.policy
+    if state_dict is not None:
+        state_dict = {k.removeprefix("policy."): v for k, v in state_dict.items() if k.startswith("policy.")}
+        policy.save_pretrained(output_dir, state_dict=state_dict)
+        trainer.tokenizer.save_pretrained(output_dir)
+        return
+    if hasattr(policy, "merge_and_unload"):
+        policy.save_pretrained(output_dir / "adapter")
+        policy = policy.merge_and_unload()
+    if trainer.config.gradient_checkpointing:
+        policy.gradient_checkpointing_disable()
+    policy.save_pretrained(output_dir)
+    trainer.tokenizer.save_pretrained(output_dir)
