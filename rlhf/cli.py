@@ -15,22 +15,22 @@ from collections.abc import Callable
 
 from classic_rl.safe_io import UserError, debug_enabled
 from rlhf.common.errors import TrainingDiverged, pop_debug_flag
+from rlhf.methods.registry import METHODS
 
-# command -> (module, one-line help). Each module has `main(argv: list[str] | None)`.
+# command -> (module, one-line help). Each module has `main(argv: list[str] | None)`. The RL methods come
+# from their registry (rlhf.methods.registry).
 COMMANDS: dict[str, tuple[str, str]] = {
     "tiny-model": ("rlhf.steps.tiny_model", "build a small random-init causal LM and its tokenizer, offline"),
     "sft": ("rlhf.steps.sft", "supervised fine-tuning on demonstrations (TRL SFTTrainer)"),
     "reward": ("rlhf.steps.reward", "reward model from pairs or K-wise rankings"),
-    "ppo": ("rlhf.methods.ppo", "PPO fine-tuning against a reward model or a reward function"),
-    "grpo": ("rlhf.methods.grpo", "GRPO fine-tuning: group-relative advantages, no critic (TRL GRPOConfig flags)"),
-    "rloo": ("rlhf.methods.rloo", "RLOO fine-tuning: leave-one-out baseline, no critic (TRL RLOOConfig flags)"),
-    "pipeline": ("rlhf.steps.pipeline", "tiny-model, sft, reward and ppo in a row from one YAML config"),
+    **{m.name: (m.module, m.help) for m in METHODS.values()},
+    "pipeline": ("rlhf.steps.pipeline", "tiny-model, sft, reward and an RL method in a row from one YAML config"),
     "label": ("rlhf.steps.label", "rank sampled responses by hand in a local web page (rankings for `rlhf reward`)"),
 }
 
 USAGE = (
     "usage: rlhf <command> [--help] [--debug] [flags]\n\ncommands:\n"
-    + "\n".join(f"  {name:<11} {text}" for name, (_, text) in COMMANDS.items())
+    + "\n".join(f"  {name:<13} {text}" for name, (_, text) in COMMANDS.items())
     + "\n\n`rlhf <command> --help` lists a command's main flags, `--help-all` every flag."
 )
 

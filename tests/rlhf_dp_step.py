@@ -38,8 +38,10 @@ import torch  # noqa: E402
 from rlhf.distributed import unwrap_for_generation  # noqa: E402
 from rlhf.ppo import PPOTrainer, Rollout  # noqa: E402
 from rlhf.ppo_config import PPOConfig  # noqa: E402
-from rlhf.ppo_models import PolicyAndValue  # noqa: E402
-from rlhf.rollout import kl_per_token, token_logprobs  # noqa: E402
+
+from classic_rl.core.losses import kl_penalty  # noqa: E402
+from rlhf.rl.forward import token_logprobs  # noqa: E402
+from rlhf.rl.trainable import PolicyAndValue  # noqa: E402
 
 PROMPT_LENGTHS = (6, 3, 5, 4, 4, 6, 3, 5)
 # Real response tokens per row; rows of 5 (= the response length) never stop. Each half of "mixed" sums
@@ -88,7 +90,7 @@ def global_batch(trainer: PPOTrainer, size: int, lengths: tuple[int, ...]) -> Ro
     logprobs, ref_logprobs, values = logprobs * valid, ref_logprobs * valid, values.float() * valid
     scores = torch.randn(size, generator=g)
     has_stop = torch.tensor([r < RESPONSE_WIDTH for r in lengths])
-    kl = kl_per_token(logprobs, ref_logprobs, trainer.config.kl_estimator) * valid
+    kl = kl_penalty(logprobs, ref_logprobs, trainer.config.kl_estimator) * valid
     return Rollout(
         [""] * size, [""] * size, query_responses, attention_mask, context, responses, mask,
         logprobs, ref_logprobs, values, scores, scores.clone(), has_stop, kl,

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import rlhf.grpo as grpo_module
 import rlhf.rloo as rloo_module
-from rlhf.experience import RewardError, RewardSources
 from rlhf.grpo import GRPOTrainer
 from rlhf.grpo_config import parse_grpo_args
 from rlhf.ppo_config import parse_ppo_args
@@ -25,6 +24,7 @@ from classic_rl.core import losses as core_losses
 from classic_rl.safe_io import UserError
 from rlhf import verifiable
 from rlhf.cli import main as cli_main
+from rlhf.rl.rewards import RewardError, RewardSources
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "rlhf" / "data"
@@ -161,7 +161,9 @@ def test_shared_prompts_give_the_logits_gradients_and_samples_of_separate_rows(t
     """Each distinct prompt computed once (KV cache copied to its repeats) = every row computed alone."""
     import torch
     from rlhf.models import load_causal_lm
-    from rlhf.rollout import distinct_rows, left_pad, logits_for_responses, sample_responses, token_logprobs
+
+    from rlhf.rl.forward import distinct_rows, left_pad, logits_for_responses, token_logprobs
+    from rlhf.rl.sampler import sample_responses
 
     model = load_causal_lm(str(tiny)).eval()
     torch.manual_seed(0)
@@ -217,7 +219,9 @@ def _learn(command: str, warm_start: Path, out: Path, *extra: str) -> dict:
     from rlhf.grpo import main as grpo_main
     from rlhf.rloo import main as rloo_main
 
-    main = {"grpo": grpo_main, "rloo": rloo_main}[command]
+    from rlhf.methods.reinforce_pp import main as reinforce_pp_main
+
+    main = {"grpo": grpo_main, "rloo": rloo_main, "reinforce_pp": reinforce_pp_main}[command]
     return main(["--model_name_or_path", str(warm_start), *TASK, "--output_dir", str(out), "--num_generations", "8",
                  "--per_device_train_batch_size", "64", "--max_completion_length", "4", "--max_steps", "100",
                  "--learning_rate", "1e-3", "--num_eval_prompts", "200", "--seed", "0", *QUIET, *extra])
@@ -241,6 +245,24 @@ def test_rloo_learns_the_verifiable_task(warm_start, tmp_path):
     summary = _learn("rloo", warm_start, tmp_path / "rloo", "--report_to", "tensorboard")
     assert summary["reward_mean_after"] > summary["reward_mean_before"] + 0.1, summary
     assert list((tmp_path / "rloo" / "runs").glob("events.*"))  # tensorboard logs beside metrics.jsonl
+
+
+def test_reinforce_pp_learns_the_verifiable_task(warm_start, tmp_path):
+    """A method added as one module and one registry row: `rlhf reinforce_pp` (one completion per prompt,
+    batch-whitened returns, k2 KL in the reward) learns the shipped task from the same warm start."""
+    from rlhf.methods.registry import METHODS
+    from rlhf.steps.pipeline import STEPS
+
+    assert "reinforce_pp" in METHODS and "reinforce_pp" in STEPS
+    out = tmp_path / "rpp"
+    assert cli_main(["reinforce_pp", "--model_name_or_path", str(warm_start), *TASK, "--output_dir", str(out),
+                     "--per_device_train_batch_size", "64", "--max_completion_length", "4", "--max_steps", "60",
+                     "--learning_rate", "1e-3", "--num_eval_prompts", "200", "--seed", "0", *QUIET]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["command"] == "reinforce_pp" and summary["episodes"] == 60 * 64
+    assert summary["reward_mean_after"] > summary["reward_mean_before"] + 0.1, summary
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 60 and all(r["non_score_reward"] <= 0 for r in rows)  # -kl_coef x k2 >= 0 penalty
 
 
 # ----------------------------------------------------------------------------- two processes

@@ -15,21 +15,14 @@ import rlhf.ppo as ppo_module
 import torch
 from rlhf.ppo import AdaptiveKLController, PPOTrainer, main
 from rlhf.ppo_config import PPOConfig, parse_ppo_args
-from rlhf.ppo_models import PolicyAndValue, RewardFunction, ValueModel, load_reward_function
-from rlhf.rollout import (
-    apply_missing_stop_penalty,
-    kl_per_token,
-    left_pad,
-    logits_for_responses,
-    sample_responses,
-    shape_rewards,
-    token_logprobs,
-    truncate_after_stop,
-)
 from rlhf.tiny_model import TinyModelConfig, build_tiny_model
 from transformers import AutoModelForCausalLM, LlamaForSequenceClassification
 
 from classic_rl.core import losses as core
+from rlhf.rl.forward import left_pad, logits_for_responses, token_logprobs
+from rlhf.rl.rewards import RewardFunction, apply_missing_stop_penalty, load_reward_function, shape_rewards
+from rlhf.rl.sampler import sample_responses, truncate_after_stop
+from rlhf.rl.trainable import PolicyAndValue, ValueModel
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = str(REPO / "rlhf" / "data" / "prompts.jsonl")
@@ -120,13 +113,13 @@ def test_kl_shaping_puts_score_at_last_real_token():
 def test_kl_estimators_k1_and_k3():
     logp = torch.tensor([-1.0, -2.0, -0.5])
     ref = torch.tensor([-1.5, -1.0, -0.5])
-    torch.testing.assert_close(kl_per_token(logp, ref, "k1"), logp - ref)
+    torch.testing.assert_close(core.kl_penalty(logp, ref, "k1"), logp - ref)
     rho = torch.exp(ref - logp)
-    k3 = kl_per_token(logp, ref, "k3")
+    k3 = core.kl_penalty(logp, ref, "k3")
     torch.testing.assert_close(k3, (rho - 1) - torch.log(rho))
     assert (k3 >= 0).all() and k3[2] == 0
     with pytest.raises(ValueError, match="k1"):
-        kl_per_token(logp, ref, "k2")
+        core.kl_penalty(logp, ref, "k4")
 
 
 def test_whitened_rewards_keep_their_mean_and_zero_padding():

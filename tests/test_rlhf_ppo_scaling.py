@@ -11,14 +11,10 @@ import torch
 from rlhf.distributed import all_processes_finished, check_deepspeed_settings, needs_synchronised_generation
 from rlhf.ppo import PPOTrainer
 from rlhf.ppo_config import PPOConfig
-from rlhf.rollout import (
-    entropy_from_logits,
-    logprobs_and_entropy,
-    sample_from_logits,
-    sample_responses,
-    token_logprobs,
-)
 from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from rlhf.rl.forward import entropy_from_logits, logprobs_and_entropy, token_logprobs
+from rlhf.rl.sampler import sample_from_logits, sample_responses
 
 # ----------------------------------------------------------------------------- inverse-CDF sampling
 LOGITS = torch.tensor([2.0, 0.5, -float("inf"), 1.0, -1.0, 0.0, -float("inf"), 1.5])

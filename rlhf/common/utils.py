@@ -23,6 +23,7 @@ from transformers import TrainerCallback
 
 from classic_rl.safe_io import DEBUG_ENV, UserError, atomic_write_json, atomic_write_text, dumps_strict
 from rlhf.common.errors import pop_debug_flag
+from rlhf.methods.registry import RL_METHODS
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -239,7 +240,7 @@ def command_options() -> CommandOptions:
     return _state["options"]
 
 
-COMMAND_SECTIONS = ("tiny_model", "sft", "reward", "ppo", "grpo", "rloo")
+COMMAND_SECTIONS = ("tiny_model", "sft", "reward", *RL_METHODS)
 
 
 def config_section(config: dict[str, Any], command: str | None, path: str | Path) -> dict[str, Any]:

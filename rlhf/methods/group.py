@@ -46,10 +46,12 @@ class GroupRLTrainer(RLTrainer):
         """TRL's GRPO/RLOO metric names (``rewards`` is the global reward vector the advantages used)."""
         groups = rewards.view(-1, self.config.num_generations)
         valid = batch.loss_mask
+        # With one completion per prompt (REINFORCE++) the spread is the batch's, not a group's.
+        spread = groups.std(1) if groups.shape[1] > 1 else rewards.std().reshape(1)
         metrics: dict[str, Any] = {
             "reward": rewards.mean(),
-            "reward_std": groups.std(1).mean(),
-            "frac_reward_zero_std": (groups.std(1) < 1e-6).float().mean(),
+            "reward_std": spread.mean(),
+            "frac_reward_zero_std": (spread < 1e-6).float().mean(),
             "completions/mean_length": batch.mask.float().sum(1).mean(),
             "completions/clipped_ratio": (~batch.has_stop).float().mean() if self.stop_id is not None else torch.tensor(1.0),
             "kl": masked_mean(batch.kl, valid),

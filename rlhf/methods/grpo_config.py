@@ -26,6 +26,8 @@ __all__ = ["GRPOConfig", "GroupRLConfig", "parse_grpo_args"]
 class GroupRLConfig(RLConfig):
     """Settings of the group-sampling methods (GRPO, RLOO): several completions per prompt."""
 
+    min_generations = 2  # a group needs two completions to compare (a class attribute, not a flag)
+
     reward_fn: str | None = None
     """`module:function` taking (prompts, completions) and returning one float per pair; several
     functions as a comma list or by repeating the flag (their weighted sum is the reward)."""
@@ -55,7 +57,7 @@ class GroupRLConfig(RLConfig):
     def validate(self) -> GroupRLConfig:
         super().validate()
         self._require_at_least(("max_completion_length", "max_steps", "num_iterations"))
-        self._require_at_least(("num_generations",), 2)
+        self._require_at_least(("num_generations",), self.min_generations)
         self._require_positive(("epsilon", "epsilon_high"))
         self._require_non_negative(("missing_eos_penalty",))
         names = self.reward_fn_names

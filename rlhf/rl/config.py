@@ -178,6 +178,8 @@ class RLConfig:
             self._fail(f"--eval_holdout_fraction must lie in [0, 1), got {self.eval_holdout_fraction}")
         if self.save_total_limit is not None and self.save_total_limit < 1:
             self._fail(f"--save_total_limit must be >= 1 (or omitted for no limit), got {self.save_total_limit}")
+        if isinstance(self.stop_token, str) and self.stop_token.strip().lower() in ("none", "null", ""):
+            self.stop_token = None  # `--stop_token None` on the command line: no truncation, as the help says
         if self.use_vllm:
             self._refuse_vllm()
         return self

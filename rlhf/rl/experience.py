@@ -14,6 +14,7 @@ sees them (loss_mask 0), so a sequence may hold several trained segments.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -53,6 +54,13 @@ class Rollout:
     def __post_init__(self) -> None:
         if self.loss_mask is None:
             self.loss_mask = self.mask.float()
+
+    def with_loss_mask(self, loss_mask: Tensor) -> Rollout:
+        """A copy trained on ``loss_mask`` only (e.g. environment text between turns masked out): the
+        per-token fields are zeroed where it is 0, as the experience maker leaves them."""
+        keep = loss_mask.to(self.logprobs.dtype)
+        return dataclasses.replace(self, loss_mask=keep, logprobs=self.logprobs * keep, ref_logprobs=self.ref_logprobs * keep,
+                                   values=self.values * keep, kl=self.kl * keep)
 
     @property
     def last_trained_index(self) -> Tensor:

@@ -1,6 +1,8 @@
-"""Sampling completions from a policy and scoring them (gold scorer, reward model), for evaluation and for
-the reward model's bias calibration. Generation: left-padded batches, the KV cache, temperature T with
-top_k 0 / top_p 1, each completion cut after its first EOS.
+"""Sampling completions from a policy and scoring them (gold scorer, reward model), for the pipeline's
+comparison, the label page and the reward model's bias calibration -- through the same sampler and the
+same reward-model scorer as RL training (``rlhf.rl.sampler.HFSampler``, ``rlhf.rl.rewards.RewardModelScorer``):
+left-padded batches, the KV cache, pure sampling at temperature T (0: greedy), each completion cut
+after its first EOS.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rlhf.common.data import reward_text
+from rlhf.rl.rewards import RewardModelScorer
+from rlhf.rl.sampler import HFSampler, SamplingSettings, truncate_after_stop
 
 
 @dataclass
@@ -35,33 +38,17 @@ def sample_completions(
     """Sample one completion per prompt (temperature 0 means greedy); deterministic given `seed`."""
     was_training = model.training
     model.eval()
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    completions: list[str] = []
-    ended: list[bool] = []
     device = next(model.parameters()).device
+    settings = SamplingSettings(max_new_tokens, temperature, tokenizer.pad_token_id, tokenizer.eos_token_id, batch_size)
+    sampler = HFSampler(model, settings, device)
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            for start in range(0, len(prompts), batch_size):
-                batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True)
-                batch = {k: v.to(device) for k, v in batch.items()}
-                sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
-                out = model.generate(
-                    **batch,
-                    max_new_tokens=max_new_tokens,
-                    pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=tokenizer.eos_token_id,
-                    **(sampling if temperature > 0 else {"do_sample": False}),
-                )
-                for row in out[:, batch["input_ids"].shape[1] :].tolist():
-                    stop = row.index(tokenizer.eos_token_id) if tokenizer.eos_token_id in row else None
-                    ended.append(stop is not None)
-                    completions.append(tokenizer.decode(row[:stop], skip_special_tokens=True))
+        ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+        samples = sampler.sample(ids, torch.Generator(device=device).manual_seed(seed))
     finally:
-        tokenizer.padding_side = side
         model.train(was_training)
-    return Samples(list(prompts), completions, ended)
+    cut = truncate_after_stop(samples.responses, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    completions = tokenizer.batch_decode(cut.responses.masked_fill(~cut.mask, tokenizer.pad_token_id), skip_special_tokens=True)
+    return Samples(list(prompts), completions, cut.has_stop.tolist())
 
 
 @torch.no_grad()
@@ -76,22 +63,11 @@ def reward_model_scores(
     was_training = reward_model.training
     reward_model.eval()
     device = next(reward_model.parameters()).device
-    scores: list[float] = []
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "right"
     try:
-        for start in range(0, len(prompts), batch_size):
-            texts = [
-                reward_text(p, c, tokenizer.eos_token)
-                for p, c in zip(prompts[start : start + batch_size], completions[start : start + batch_size])
-            ]
-            batch = tokenizer(texts, return_tensors="pt", padding=True)
-            logits = reward_model(**{k: v.to(device) for k, v in batch.items()}).logits
-            scores.extend(logits[:, 0].float().tolist())
+        scores = RewardModelScorer(reward_model, tokenizer, batch_size)(list(prompts), list(completions), device=device)
     finally:
-        tokenizer.padding_side = side
         reward_model.train(was_training)
-    return scores
+    return scores.tolist()
 
 
 def mean(values: list[float]) -> float:

@@ -11,7 +11,7 @@ model (unless `ppo.reward_fn` is set). The resolved flags of each step are kept 
 
 At the end, on held-out prompts, the SFT policy and the PPO policy are sampled (as in PPO training) and
 scored by the gold scorer and by the learned reward model. OUTPUT_DIR gets `results.md` (the table),
-`summary.json` and `ppo_curves.png` (reward and KL over PPO steps, from ppo/metrics.jsonl).
+`summary.json` and `<rl step>_curves.png` (reward and KL over the RL step's updates, from its metrics.jsonl).
 
 OUTPUT_DIR must be new or empty, unless `--overwrite_output_dir` (each step then replaces only its own
 files) or `--resume`: a killed pipeline run again with `--resume` skips the steps that finished (their
@@ -44,12 +44,12 @@ from rlhf.common.utils import (
     write_json,
     yaml_key_lines,
 )
+from rlhf.methods.registry import METHODS, RL_METHODS
 
-STEPS = ("tiny_model", "sft", "reward", "ppo", "grpo", "rloo")
-RL_STEPS = ("ppo", "grpo", "rloo")  # the RL step: any of them (usually one) after sft / reward
-STEP_MODULES = {"tiny_model": "rlhf.steps.tiny_model", "sft": "rlhf.steps.sft", "reward": "rlhf.steps.reward", "ppo": "rlhf.methods.ppo",
-                "grpo": "rlhf.methods.grpo", "rloo": "rlhf.methods.rloo"}
-CURVE_KEYS = ("objective/scores", "objective/rlhf_reward", "objective/kl")
+RL_STEPS = RL_METHODS  # the RL step: any registered method (usually one) after sft / reward
+STEPS = ("tiny_model", "sft", "reward", *RL_STEPS)
+STEP_MODULES = {"tiny_model": "rlhf.steps.tiny_model", "sft": "rlhf.steps.sft", "reward": "rlhf.steps.reward",
+                **{name: m.module for name, m in METHODS.items()}}
 
 
 @dataclass
@@ -69,23 +69,25 @@ class PipelineConfig:
     seed: int = 0
     steps: list[str] = field(default_factory=lambda: list(STEPS))
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
-    tiny_model: dict[str, Any] = field(default_factory=dict)
-    sft: dict[str, Any] = field(default_factory=dict)
-    reward: dict[str, Any] = field(default_factory=dict)
-    ppo: dict[str, Any] = field(default_factory=dict)
-    grpo: dict[str, Any] = field(default_factory=dict)
-    rloo: dict[str, Any] = field(default_factory=dict)
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)  # step -> its command's flags
+
+    def __getattr__(self, name: str) -> dict[str, Any]:
+        """``cfg.sft``, ``cfg.ppo``, ...: a step's section (empty if the YAML has none)."""
+        if name in STEPS:
+            return self.__dict__.setdefault("sections", {}).setdefault(name, {})
+        raise AttributeError(name)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> PipelineConfig:
         data = load_yaml(path) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"pipeline config '{path}' must be a YAML mapping")
-        unknown = sorted(set(data) - {f for f in cls.__dataclass_fields__})
+        valid = (set(cls.__dataclass_fields__) - {"sections"}) | set(STEPS)
+        unknown = sorted(set(data) - valid)
         if unknown:
             line = yaml_key_lines(path).get((unknown[0],))
             where = f"{path}:{line}" if line else f"pipeline config '{path}'"
-            raise ConfigError(f"{where}: unknown keys {unknown}; valid: {sorted(cls.__dataclass_fields__)}")
+            raise ConfigError(f"{where}: unknown keys {unknown}; valid: {sorted(valid)}")
         for name in ("evaluation", *STEPS):
             if data.get(name) is not None and not isinstance(data[name], dict):
                 line = yaml_key_lines(path).get((name,))
@@ -97,7 +99,7 @@ class PipelineConfig:
             raise ConfigError(f"{path}:{line}: unknown evaluation key '{bad[0]}'; valid: {sorted(evaluation_keys)}")
         evaluation = EvaluationConfig(**(data.pop("evaluation", None) or {}))
         sections = {s: dict(data.pop(s, None) or {}) for s in STEPS}
-        return cls(evaluation=evaluation, **sections, **data)
+        return cls(evaluation=evaluation, sections=sections, **data)
 
     def validate(self) -> PipelineConfig:
         bad = [s for s in self.steps if s not in STEPS]
@@ -177,8 +179,9 @@ def evaluate_policies(cfg: PipelineConfig) -> dict[str, dict[str, float]]:
     rows = data["train"] if "train" in data else next(iter(data.values()))
     tokenizer = load_tokenizer(str(out / "sft"))
     prompts = [render_prompt(p, tokenizer) for p in rows["prompt"][: ev.num_prompts]]
-    rl = next((getattr(cfg, s) for s in RL_STEPS if s in cfg.steps), cfg.ppo)
-    max_new_tokens = ev.max_new_tokens or rl.get("response_length") or rl.get("max_completion_length", 32)
+    rl_name = next((s for s in RL_STEPS if s in cfg.steps), "ppo")
+    rl = getattr(cfg, rl_name)
+    max_new_tokens = ev.max_new_tokens or rl.get(METHODS[rl_name].length_flag, 32)
     temperature = ev.temperature if ev.temperature is not None else rl.get("temperature", 1.0)
     gold = load_reward_function(ev.reward_fn) if ev.reward_fn else None
     reward_model = load_reward_model(str(out / "reward"), tokenizer) if (out / "reward").exists() else None
@@ -223,14 +226,20 @@ def results_table(summaries: dict[str, dict[str, Any]], evaluation: dict[str, di
     return "\n".join(lines)
 
 
-def plot_ppo_curves(metrics_path: Path, png_path: Path) -> bool:
-    """Plot reward (scores, RLHF reward) and KL over PPO steps from metrics.jsonl; False if there is no data."""
+LABELS = {"objective/scores": "score (reward source)", "objective/rlhf_reward": "score - beta KL",
+          "reward": "reward (reward source)", "non_score_reward": "KL penalty in the reward"}
+
+
+def plot_rl_curves(metrics_path: Path, png_path: Path, method: str = "ppo") -> bool:
+    """Plot the reward and the KL over an RL step's updates from its metrics.jsonl (the method's
+    ``curve_keys``); False if there is no data."""
+    *reward_keys, kl_key = METHODS[method].curve_keys
     if not metrics_path.exists():
         return False
     try:
-        rows = [r for r in read_jsonl(metrics_path) if "objective/kl" in r]
+        rows = [r for r in read_jsonl(metrics_path) if kl_key in r]
     except UserError as err:  # a damaged metrics file costs the plot, not the run
-        print(f"warning: no PPO curves: {err}", file=sys.stderr)
+        print(f"warning: no {method} curves: {err}", file=sys.stderr)
         return False
     if not rows:
         return False
@@ -242,17 +251,17 @@ def plot_ppo_curves(metrics_path: Path, png_path: Path) -> bool:
     x_key = "episode" if all("episode" in r for r in rows) else "step"
     x = [r[x_key] for r in rows]
     fig, (ax_reward, ax_kl) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for key, label in (("objective/scores", "score (reward source)"), ("objective/rlhf_reward", "score - beta KL")):
+    for key in reward_keys:
         if all(key in r for r in rows):
-            ax_reward.plot(x, [r[key] for r in rows], label=label)
+            ax_reward.plot(x, [r[key] for r in rows], label=LABELS.get(key, key))
     ax_reward.set_title("reward")
-    ax_reward.set_ylabel("mean reward of the PPO batch")
+    ax_reward.set_ylabel(f"mean reward of the {method.upper()} batch")
     ax_reward.legend()
-    ax_kl.plot(x, [r["objective/kl"] for r in rows], color="tab:red")
+    ax_kl.plot(x, [r[kl_key] for r in rows], color="tab:red")
     ax_kl.set_title("KL to the reference policy")
-    ax_kl.set_ylabel("KL(policy || reference), nats per response")
+    ax_kl.set_ylabel("KL(policy || reference)" + (", nats per response" if method == "ppo" else ", nats per token"))
     for ax in (ax_reward, ax_kl):
-        ax.set_xlabel("episodes (prompts sampled)" if x_key == "episode" else "PPO step")
+        ax.set_xlabel("episodes (completions sampled)" if x_key == "episode" else f"{method.upper()} step")
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
@@ -260,9 +269,12 @@ def plot_ppo_curves(metrics_path: Path, png_path: Path) -> bool:
     return True
 
 
+plot_ppo_curves = plot_rl_curves  # the name of earlier versions
+
+
 # ----------------------------------------------------------------------------------------------- command
 def run_pipeline(cfg: PipelineConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    """Run the configured steps, evaluate, write results.md / summary.json / ppo_curves.png; return the summary.
+    """Run the configured steps, evaluate, write results.md, summary.json and the curves; return the summary.
 
     `resume`: continue a killed run in the same output_dir (see the module help); `overwrite`: write into
     a non-empty output_dir, replacing only the pipeline's own files.
@@ -270,15 +282,15 @@ def run_pipeline(cfg: PipelineConfig, resume: bool = False, overwrite: bool = Fa
     from accelerate import PartialState
 
     cfg.validate()
-    if "ppo" in cfg.steps:  # fail before hours of training, not after
+    for step in (s for s in RL_STEPS if s in cfg.steps):  # fail before hours of training, not after
         try:
-            importlib.import_module(STEP_MODULES["ppo"])
+            importlib.import_module(STEP_MODULES[step])
         except ModuleNotFoundError as err:
-            if err.name != STEP_MODULES["ppo"]:
+            if err.name != STEP_MODULES[step]:
                 raise
             raise ValueError(
-                f"the ppo step needs module {STEP_MODULES['ppo']}, which is not available in this installation; "
-                "drop 'ppo' from steps to run the other steps"
+                f"the {step} step needs module {STEP_MODULES[step]}, which is not available in this installation; "
+                f"drop '{step}' from steps to run the other steps"
             ) from err
     PartialState()  # join the process group under a distributed launcher, so steps can wait for rank 0
     prepare_output_dir(cfg.output_dir, overwrite=overwrite, resume=resume)
@@ -290,16 +302,18 @@ def run_pipeline(cfg: PipelineConfig, resume: bool = False, overwrite: bool = Fa
     out = Path(cfg.output_dir)
     evaluation = evaluate_policies(cfg) if cfg.produces("sft") else {}
     table = results_table(summaries, evaluation)
-    has_plot = plot_ppo_curves(out / "ppo" / "metrics.jsonl", out / "ppo_curves.png")
-    summary.update(evaluation=evaluation, plot=str(out / "ppo_curves.png") if has_plot else None)
+    rl_step = next((s for s in RL_STEPS if s in cfg.steps), "ppo")
+    plot = out / f"{rl_step}_curves.png"
+    has_plot = plot_rl_curves(out / rl_step / "metrics.jsonl", plot, rl_step)
+    summary.update(evaluation=evaluation, plot=str(plot) if has_plot else None)
     atomic_write_text(out / "results.md", table + "\n")
     write_json(out / "summary.json", summary)
     print("\n" + table)
     if has_plot:
-        print(f"\nreward and KL over PPO steps: {out / 'ppo_curves.png'}")
-    gold = evaluation.get("ppo", {}).get("gold")
+        print(f"\nreward and KL over {rl_step.upper()} steps: {plot}")
+    gold = evaluation.get(rl_step, {}).get("gold")
     print(f"rlhf pipeline: done; results.md, summary.json and each step's folder in {out}"
-          + (f"; gold score of the PPO policy {gold:.3f}" if isinstance(gold, float) else ""), flush=True)
+          + (f"; gold score of the {rl_step.upper()} policy {gold:.3f}" if isinstance(gold, float) else ""), flush=True)
     return summary
 
 
