@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from rlhf.methods import grpo, ppo, reinforce_pp, rloo
 from rlhf.methods.grpo_config import parse_grpo_args
 from rlhf.methods.ppo_config import parse_ppo_args
