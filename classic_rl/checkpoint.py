@@ -36,6 +36,8 @@ from typing import Any
 
 import torch
 
+from classic_rl.safe_io import TrainingDiverged  # noqa: F401  (raised by train.py through this module)
+
 CHECKPOINT_FILES = ("config.yaml", "model.safetensors", "training_state.pt", "state.json")
 """The files of a saved agent, in the order they are moved into place (``state.json`` last)."""
 PENDING_DIR = ".checkpoint-next"
@@ -161,10 +163,6 @@ def stop_signals() -> Iterator[None]:
 
 
 # ----------------------------------------------------------------------------- divergence
-class TrainingDiverged(RuntimeError):
-    """A loss, gradient norm or weight became NaN or infinite."""
-
-
 def first_non_finite(values: Mapping[str, Any]) -> tuple[str, float] | None:
     """The first (name, value) of ``values`` (floats or tensors) that is not finite, else None."""
     for name, value in values.items():

@@ -7,6 +7,9 @@ Shared by both command-line tools (``classic-rl`` and ``rlhf``):
   a kill at any instant leaves either the old file or the new one, never half of either.
 - :func:`to_strict_json`: NaN and +-Infinity become ``null`` (Python's ``json`` would write the
   bare tokens ``NaN``/``Infinity``, which are not JSON and which other tools refuse).
+- :func:`atomic_directory`: a folder (a checkpoint) filled in a hidden staging folder and renamed
+  into place once complete, so it is there whole or not at all.
+- :class:`TrainingDiverged`: a loss, gradient norm or weight became NaN or infinite (exit status 1).
 - :class:`UserError`: raised for a mistake in the user's input (a bad flag value, a malformed
   file). The CLIs print its one-line message and exit with status 2, without a traceback, unless
   debugging is asked for (``--debug`` or the environment variable ``RL_TOOLKIT_DEBUG=1``).
@@ -14,17 +17,22 @@ Shared by both command-line tools (``classic-rl`` and ``rlhf``):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "DEBUG_ENV",
+    "STAGING_DIR",
+    "TrainingDiverged",
     "UserError",
+    "atomic_directory",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
@@ -39,6 +47,11 @@ DEBUG_ENV = "RL_TOOLKIT_DEBUG"
 class UserError(Exception):
     """A mistake in the user's input; its message is one line naming the file, line or flag and
     the fix. Exit status 2 at the command line."""
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss, gradient norm or weight became NaN or infinite: the run stops (exit status 1) before the
+    broken step is saved; the message names the step, the quantity and where the last good checkpoint is."""
 
 
 def debug_enabled() -> bool:
@@ -94,3 +107,52 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_write_json(path: str | os.PathLike, value: Any, indent: int | None = 2, sort_keys: bool = False) -> None:
     """Strict JSON (non-finite numbers as ``null``), written atomically, ending with a newline."""
     atomic_write_text(path, dumps_strict(value, indent=indent, sort_keys=sort_keys) + "\n")
+
+
+STAGING_DIR = ".staging"  # the hidden folder (this project's own) where folders are filled before they appear
+
+
+@contextlib.contextmanager
+def atomic_directory(final: str | os.PathLike, *, main: bool = True,
+                     barrier: Callable[[], None] | None = None) -> Iterator[Path]:
+    """Yield a staging folder to fill (``<parent>/.staging/<name>``); on success it becomes ``final`` whole.
+
+    On an exception the staging folder is removed and nothing else changes. An existing ``final`` (the
+    same checkpoint step from an earlier, interrupted run) is replaced only once the new one is complete.
+
+    Several processes writing their parts (e.g. each rank its optimizer shard): every rank enters with
+    ``barrier`` (all ranks wait there) and ``main`` True on one rank only. The main rank makes the folder,
+    barrier, every rank writes, barrier, the main rank renames it into place. A rank that dies while
+    writing leaves only the hidden staging folder, swept by the next write of the same name.
+    """
+    final = Path(final)
+    staging_root = final.parent / STAGING_DIR
+    tmp = staging_root / final.name
+    if main:
+        if tmp.exists():  # our own leftover from a killed write: never a user's file (hidden, our name)
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    if barrier is not None:
+        barrier()  # the folder exists before any rank writes into it
+    try:
+        yield tmp
+    except BaseException:
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                staging_root.rmdir()  # only if empty
+        raise
+    if barrier is not None:
+        barrier()  # every rank's part is written
+    if not main:
+        return
+    if final.exists():
+        stale = staging_root / f"{final.name}.old"
+        shutil.rmtree(stale, ignore_errors=True)
+        final.rename(stale)
+        tmp.rename(final)
+        shutil.rmtree(stale, ignore_errors=True)
+    else:
+        tmp.rename(final)
+    with contextlib.suppress(OSError):
+        staging_root.rmdir()  # only if empty

@@ -18,10 +18,10 @@ from __future__ import annotations
 import contextlib
 import re
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from classic_rl.safe_io import UserError
+from classic_rl.safe_io import UserError, atomic_directory
 
 __all__ = [
     "CHECKPOINT_PREFIX",
@@ -103,48 +103,12 @@ def resolve_resume_path(resume_from_checkpoint: str | bool | None, output_dir: s
     return path.resolve()
 
 
-@contextlib.contextmanager
 def checkpoint_writer(
     output_dir: str | Path, step: int, *, main: bool = True, barrier: Callable[[], None] | None = None
-) -> Iterator[Path]:
-    """Yield a temporary folder to fill; on success it becomes ``output_dir/checkpoint-<step>``.
-
-    On an exception the temporary folder is removed and nothing else changes. A checkpoint already
-    at that step (from an earlier, interrupted run that got this far) is replaced only after the new
-    one is complete.
-
-    Several processes writing their parts (ZeRO-3: each rank its optimizer shard): every rank enters
-    with ``barrier`` (all ranks wait there) and ``main`` True on one rank only. The main rank makes
-    the folder, barrier, every rank writes, barrier, the main rank renames the folder into place. A
-    rank that dies while writing leaves only the hidden temporary folder, never a ``checkpoint-<step>``.
-    """
-    root = Path(output_dir)
-    final = root / f"{CHECKPOINT_PREFIX}{step}"
-    tmp = root / f".{final.name}.tmp"
-    if main:
-        if tmp.exists():  # our own leftover from a killed write: never a user's file (hidden, our name)
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-    if barrier is not None:
-        barrier()  # the folder exists before any rank writes into it
-    try:
-        yield tmp
-    except BaseException:
-        if main:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if barrier is not None:
-        barrier()  # every rank's part is written
-    if not main:
-        return
-    if final.exists():
-        stale = root / f".{final.name}.old"
-        shutil.rmtree(stale, ignore_errors=True)
-        final.rename(stale)
-        tmp.rename(final)
-        shutil.rmtree(stale, ignore_errors=True)
-    else:
-        tmp.rename(final)
+) -> contextlib.AbstractContextManager[Path]:
+    """A folder to fill that becomes ``output_dir/checkpoint-<step>`` whole on success
+    (``classic_rl.safe_io.atomic_directory``: every rank may write its part between the barriers)."""
+    return atomic_directory(Path(output_dir) / f"{CHECKPOINT_PREFIX}{step}", main=main, barrier=barrier)
 
 
 def prune_checkpoints(written: Iterable[Path], limit: int | None) -> list[Path]:

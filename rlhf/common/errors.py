@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import os
 
-from classic_rl.safe_io import DEBUG_ENV, UserError
+from classic_rl.safe_io import DEBUG_ENV, TrainingDiverged, UserError
+
+__all__ = ["ConfigError", "TrainingDiverged", "pop_debug_flag"]
 
 
 class ConfigError(UserError, ValueError):
     """A bad config file or flag value (a `UserError`, exit status 2; a ValueError for library callers)."""
-
-
-class TrainingDiverged(RuntimeError):
-    """A non-finite loss or gradient norm: the run stops (exit status 1) before the broken step is saved;
-    the message names the step and the quantity, and where the last good checkpoint is."""
 
 
 def pop_debug_flag(argv: list[str]) -> bool:

@@ -525,27 +525,3 @@ def staged_output(output_dir: str | Path) -> Iterator[Path]:
     barrier()  # every rank is done writing before rank 0 publishes
     if is_main_process():
         publish_staged(staging, final)
-
-
-@contextlib.contextmanager
-def atomic_output_dir(output_dir: str | Path, overwrite: bool | None = None, resume: bool = False) -> Iterator[Path]:
-    """Check `output_dir` with `rlhf.common.checkpoints.prepare_output_dir`, then :func:`staged_output`.
-
-    `overwrite` defaults to the command's `--overwrite_output_dir`. Unlike earlier versions, the folder is
-    never replaced whole: files the command did not write are kept. On an error, a folder this call
-    created is removed again if it is still empty.
-    """
-    from rlhf.common.checkpoints import prepare_output_dir
-
-    if overwrite is None:
-        overwrite = command_options().overwrite_output_dir
-    created = not Path(output_dir).expanduser().exists()
-    path = prepare_output_dir(output_dir, overwrite=overwrite, resume=resume)
-    try:
-        with staged_output(path) as staging:
-            yield staging
-    except BaseException:
-        if created and is_main_process():  # the folder this call made, still empty: nothing left behind
-            with contextlib.suppress(OSError):
-                path.rmdir()
-        raise

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
 from trl import ModelConfig, get_peft_config
 
+from classic_rl.safe_io import STAGING_DIR, TrainingDiverged, atomic_directory
 from rlhf.common.checkpoints import (
     checkpoint_step,
     latest_checkpoint,
@@ -33,7 +33,6 @@ from rlhf.common.checkpoints import (
     resolve_resume_path,
 )
 from rlhf.common.distributed import describe_distribution, full_model_for_saving, models_loaded_whole
-from rlhf.common.errors import TrainingDiverged
 from rlhf.common.models import load_causal_lm, load_tokenizer
 from rlhf.common.utils import (
     JsonlMetricsCallback,
@@ -127,35 +126,21 @@ class SafeTrainerMixin:
 
     def _save_checkpoint(self, model, trial):
         out = Path(self.args.output_dir)
-        name = f"checkpoint-{self.state.global_step}"
-        staging = out / ".staging"
+        final = out / f"checkpoint-{self.state.global_step}"
+        # transformers writes <output dir>/checkpoint-<step>: pointed at the staging root, that is the
+        # folder atomic_directory renames into place once every rank has written its part.
+        with atomic_directory(final, main=is_main_process(), barrier=barrier) as staging:
+            self._staging_root = staging.parent
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self._staging_root = None
         if is_main_process():
-            shutil.rmtree(staging / name, ignore_errors=True)  # our own leftover from a killed save
-            staging.mkdir(parents=True, exist_ok=True)
-        barrier()
-        self._staging_root = staging
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self._staging_root = None
-        barrier()  # every rank has written its part (RNG state, shards) before the rename
-        final = out / name
-        if is_main_process():
-            if final.exists():  # the same step from an earlier, interrupted run: replaced only now
-                old = out / f".{name}.old"
-                shutil.rmtree(old, ignore_errors=True)
-                final.rename(old)
-                (staging / name).rename(final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                (staging / name).rename(final)
-            with contextlib.suppress(OSError):
-                staging.rmdir()
             written = getattr(self, "_written_checkpoints", [])
             written.append(final)
             self._written_checkpoints = prune_checkpoints(written, self.args.save_total_limit)
         best = self.state.best_model_checkpoint
-        if best and Path(best).parent == staging:
+        if best and Path(best).parent == final.parent / STAGING_DIR:
             self.state.best_model_checkpoint = str(out / Path(best).name)
         barrier()
 
