@@ -9,15 +9,46 @@ Python API (the README's "Quick start" shows it with the command line)::
 
 Importing the package registers the course's environments with gymnasium (``GridWorld-v0``,
 ``GridWorld4x3-v0``, ``RandomWalk-v0``, ``RandomWalk19-v0``; see :mod:`classic_rl.envs`), as
-``import ale_py`` does for Atari. Heavy imports (torch, the agents) happen on first use, so
+``import ale_py`` does for Atari -- at the moment gymnasium itself is imported, so a program that
+never uses gymnasium never loads it. Heavy imports (torch, the agents) happen on first use, so
 ``classic_rl.tabular`` stays light.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.abc
+import importlib.util
+import sys
 from typing import Any
 
-import classic_rl.envs  # noqa: F401  (registers the environments with gymnasium)
+
+class _RegisterEnvsAfterGymnasium(importlib.abc.MetaPathFinder):
+    """Registers the course's environments the moment gymnasium is imported, so ``import classic_rl``
+    keeps its promise without importing gymnasium itself (``rlhf``, which imports ``classic_rl.safe_io``,
+    and ``classic_rl.tabular`` stay light)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "gymnasium":
+            return None
+        sys.meta_path.remove(self)  # one shot; the real finders locate gymnasium
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        load = spec.loader.exec_module
+
+        def exec_then_register(module):
+            load(module)
+            importlib.import_module("classic_rl.envs")
+
+        spec.loader.exec_module = exec_then_register
+        return spec
+
+
+if "gymnasium" in sys.modules:
+    import classic_rl.envs  # noqa: F401  (registers the environments with gymnasium)
+elif not any(isinstance(f, _RegisterEnvsAfterGymnasium) for f in sys.meta_path):
+    sys.meta_path.insert(0, _RegisterEnvsAfterGymnasium())
 
 __version__ = "0.1.0"
 __all__ = ["ALGORITHMS", "make", "load", "evaluate", "train"]

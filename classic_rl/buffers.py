@@ -203,11 +203,6 @@ class ReplayBuffer:
     def _on_store(self, start: int, k: int) -> None:
         """Hook for prioritized buffers: ``k`` transitions were written from position ``start``."""
 
-    def flush_windows(self) -> None:
-        """Forget pending n-step steps (e.g. when the environments are reset from outside)."""
-        for window in self.windows:
-            window.clear()
-
     # ------------------------------------------------------------------ sampling
     def sample(self, batch_size: int, beta: float = 1.0) -> Batch:
         """A minibatch of ``batch_size`` transitions (``beta`` only matters for prioritized replay)."""

@@ -109,10 +109,6 @@ class StopRequested(KeyboardInterrupt):
         super().__init__(signal_name)
         self.signal_name = signal_name
 
-    @property
-    def exit_code(self) -> int:
-        return 143 if self.signal_name == "SIGTERM" else 130
-
 
 class _StopFlag:
     def __init__(self) -> None:

@@ -86,8 +86,8 @@ def numpy_forward(layers: Sequence[NumpyLayer], x: np.ndarray) -> np.ndarray:
     """The one numpy MLP forward: ``x -> act_k(... act_1(x @ W_1 + b_1) ... @ W_k + b_k)``.
 
     Why numpy: acting on one observation per environment step is a dozen tiny torch calls whose
-    fixed overhead dwarfs the arithmetic; numpy does the same products several times faster.
-    Training still runs in torch.
+    fixed overhead dwarfs the arithmetic, which numpy does without that overhead (measured in
+    docs/benchmarks.md). Training still runs in torch.
     """
     for weight, bias, act in layers:
         x = x @ weight
