@@ -14,6 +14,7 @@ from rlhf.ppo_config import PPOConfig
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from rlhf.rl.forward import entropy_from_logits, logprobs_and_entropy, token_logprobs
+from rlhf.rl.prompts import PromptStream
 from rlhf.rl.sampler import sample_from_logits, sample_responses
 
 # ----------------------------------------------------------------------------- inverse-CDF sampling
@@ -140,16 +141,18 @@ def test_held_out_evaluation_gives_every_rank_the_same_work_and_counts_each_prom
         scores = torch.tensor([float(p) for p in prompts])
         zeros = torch.zeros(len(prompts), 2)
         return SimpleNamespace(raw_scores=scores, scores=scores, logprobs=zeros, ref_logprobs=zeros,
-                               mask=torch.ones(len(prompts), 2, dtype=torch.bool), has_stop=torch.ones(len(prompts), dtype=torch.bool),
-                               prompts=prompts)
+                               mask=torch.ones(len(prompts), 2, dtype=torch.bool), loss_mask=torch.ones(len(prompts), 2),
+                               has_stop=torch.ones(len(prompts), dtype=torch.bool), prompts=prompts)
 
     reduced = []
     for rank in (0, 1):
         trainer = PPOTrainer.__new__(PPOTrainer)
         trainer.config = PPOConfig(per_device_train_batch_size=2, seed=0)
         trainer.rank, trainer.world_size, trainer.device = rank, 2, torch.device("cpu")
-        trainer.eval_prompts = ["10", "11", "12", "13", "14"]
-        trainer.eval_ids = [[i] for i in range(5)]
+        trainer.prompts = PromptStream.__new__(PromptStream)
+        trainer.prompts.rank, trainer.prompts.world_size = rank, 2
+        trainer.prompts.eval_prompts = ["10", "11", "12", "13", "14"]
+        trainer.prompts.eval_ids = [[i] for i in range(5)]
         trainer.rollout = rollout
         trainer.accelerator = SimpleNamespace(reduce=lambda sums, reduction: reduced.append(sums.clone()) or sums)
         trainer.evaluate_reward()

@@ -23,6 +23,7 @@ from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
 from classic_rl.safe_io import UserError
 from rlhf.common.utils import is_main_process, read_jsonl_lines
+from rlhf.methods.registry import RL_METHODS
 
 # Column sets of each format, and the formats each command accepts (first match wins).
 FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -206,16 +207,21 @@ def load_train_eval(
 
 
 # ----------------------------------------------------------------------------------------------- formats
+def _task(task: str) -> str:
+    """Every RL method takes the "rl" formats (a prompt)."""
+    return "rl" if task in RL_METHODS else task
+
+
 def accepted_formats_text(task: str) -> str:
     """Human-readable list of the formats a command accepts, e.g. '{prompt, completion} or {messages}'."""
-    return " or ".join("{" + ", ".join(FORMAT_COLUMNS[f]) + "}" for f in TASK_FORMATS[task])
+    return " or ".join("{" + ", ".join(FORMAT_COLUMNS[f]) + "}" for f in TASK_FORMATS[_task(task)])
 
 
 def detect_format(columns: list[str] | tuple[str, ...], task: str) -> str:
     """Name of the first format accepted by `task` whose columns are all present; ValueError otherwise."""
-    if task not in TASK_FORMATS:
+    if _task(task) not in TASK_FORMATS:
         raise ValueError(f"unknown task '{task}'; valid: {sorted(TASK_FORMATS)}")
-    for fmt in TASK_FORMATS[task]:
+    for fmt in TASK_FORMATS[_task(task)]:
         if all(c in columns for c in FORMAT_COLUMNS[fmt]):
             return fmt
     raise DataError(
