@@ -200,25 +200,23 @@ def _backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     return backbone, head
 
 
-def per_token_values(backbone: nn.Module, head: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """The scalar head applied at every position: ``(B, L)`` in float32."""
-    hidden = backbone(
+def _last_hidden(backbone: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    return backbone(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids_from_mask(attention_mask),
         use_cache=False,
     ).last_hidden_state
-    return head(hidden).squeeze(-1).float()
+
+
+def per_token_values(backbone: nn.Module, head: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """The scalar head applied at every position: ``(B, L)`` in float32."""
+    return head(_last_hidden(backbone, input_ids, attention_mask)).squeeze(-1).float()
 
 
 def sequence_scores(reward_model: nn.Module, input_ids: Tensor, attention_mask: Tensor, last_index: Tensor) -> Tensor:
     """Reward-model score ``(B,)`` read at column ``last_index`` (the last real token) of each row."""
     backbone, head = _backbone_and_head(reward_model)
-    hidden = backbone(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        use_cache=False,
-    ).last_hidden_state
+    hidden = _last_hidden(backbone, input_ids, attention_mask)
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     return head(hidden[rows, last_index]).squeeze(-1).float()
