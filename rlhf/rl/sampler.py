@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -182,6 +182,7 @@ class Samples:
     """(B, R) the engine's log-probabilities of those tokens under ``softmax(logits / T)``; None if it gives none."""
 
 
+@runtime_checkable
 class Sampler(Protocol):
     """A backend that samples responses: the built-in :class:`HFSampler`; a vLLM engine plugs in here."""
 
