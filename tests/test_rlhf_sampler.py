@@ -4,6 +4,7 @@ training does (the pipeline's comparison, the label page and the reward calibrat
 from __future__ import annotations
 
 import torch
+
 from rlhf.rl.sampler import HFSampler, Sampler, SamplingSettings, truncate_after_stop
 from rlhf.steps.evaluate import sample_completions
 from rlhf.steps.tiny_model import TinyModelConfig, build_tiny_model
