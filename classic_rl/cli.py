@@ -1,4 +1,4 @@
-"""``classic-rl``: list, train, eval and plot from the command line."""
+"""``classic-rl``: list, train, eval, plot and tune from the command line."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ EPILOG = """examples:
   classic-rl train ppo CartPole-v1 --steps 50000 --resume runs/ppo-cp   # after a kill or Ctrl-C
   classic-rl eval runs/ppo-cp --episodes 20
   classic-rl plot runs/ppo-cp runs/dqn-cp --out curves.png
+  classic-rl tune ppo CartPole-v1 --trials 20 --steps 20000 --out runs/tune-ppo   # rerun to continue
 
 errors in your input exit with status 2 and one line; --debug (or RL_TOOLKIT_DEBUG=1) shows tracebacks.
 """
@@ -82,7 +83,45 @@ def build_parser() -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="learning curves (and grid-world values) to PNG")
     plot.add_argument("run_dirs", nargs="+")
     plot.add_argument("--out", default=None, help="PNG path (default: curves.png in the first run dir)")
+
+    add_tune_parser(sub)
     return parser
+
+
+TUNE_EPILOG = """the study:
+  Trials are kept in an Optuna database (default sqlite:///OUT/study.db; any Optuna RDB URL with
+  --storage). Rerunning the same command continues the study: --trials is the total of finished
+  (COMPLETE or PRUNED) trials, so only the missing ones run. A trial left RUNNING by a killed
+  process is marked FAIL and its settings are run again. Watch it with
+      optuna-dashboard sqlite:///OUT/study.db     (pip install optuna-dashboard)
+search space file (--space), one entry per setting:
+  learning_rate: {type: float, low: 1.0e-5, high: 1.0e-2, log: true}
+  n_epochs: {type: int, low: 1, high: 20}
+  batch_size: {type: categorical, choices: [32, 64, 128]}
+  one_minus_gamma: {type: float, low: 1.0e-4, high: 0.03, log: true}   # gamma = 1 - value
+  num_envs: 4                                                          # fixed for every trial
+needs Optuna: pip install -e ".[tune]"
+"""
+
+
+def add_tune_parser(sub: argparse._SubParsersAction) -> None:
+    tune = sub.add_parser("tune", help="search hyperparameters with Optuna (TPE + median pruning); resumable",
+                          epilog=TUNE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    tune.add_argument("algo")
+    tune.add_argument("env")
+    tune.add_argument("--trials", type=int, required=True, help="finished trials the study should have in total")
+    tune.add_argument("--steps", type=int, required=True, help="environment steps per trial")
+    tune.add_argument("--out", required=True, help="folder for study.db, best.yaml and the plots")
+    tune.add_argument("--storage", default=None, help="Optuna RDB URL (default sqlite:///OUT/study.db)")
+    tune.add_argument("--study", default=None, help="study name (default ALGO-ENV)")
+    tune.add_argument("--seed", type=int, default=0, help="training seed of every trial and the sampler's seed")
+    tune.add_argument("--space", default=None, metavar="FILE.yaml", help="search space (default: the built-in one)")
+    tune.add_argument("--evaluations", type=int, default=5,
+                      help="greedy evaluations per trial, every steps/N steps; each is reported for pruning")
+    tune.add_argument("--eval-episodes", type=int, default=5, help="episodes per evaluation")
+    tune.add_argument("--startup-trials", type=int, default=None, metavar="N",
+                      help="random trials before TPE, and complete trials before pruning starts "
+                           "(default: 10 as the zoo, at most a fifth of --trials)")
 
 
 def _cmd_list() -> int:
@@ -204,6 +243,17 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from classic_rl.tune import TuneSettings, run_tune
+
+    run_tune(TuneSettings(
+        algo=args.algo, env=args.env, trials=args.trials, steps=args.steps, out=Path(args.out),
+        storage=args.storage, study=args.study, seed=args.seed, space=args.space, evaluations=args.evaluations,
+        eval_episodes=args.eval_episodes, startup_trials=args.startup_trials,
+    ))
+    return 0
+
+
 def _load_tabular(run_dir: str):
     """The saved agent if it has a state-value table (tabular runs), else None."""
     import yaml
@@ -279,6 +329,8 @@ def _run(args: argparse.Namespace) -> int:
         return _cmd_eval(args)
     if args.command == "plot":
         return _cmd_plot(args)
+    if args.command == "tune":
+        return _cmd_tune(args)
     return 1
 
 
