@@ -187,3 +187,22 @@ def test_without_optuna_one_line_names_the_extra(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` now raises ImportError
     assert main(["tune", "ppo", "CartPole-v1", "--trials", "2", "--steps", "100", "--out", str(tmp_path)]) == 2
     assert 'pip install -e ".[tune]"' in one_line_error(capsys)
+
+
+def test_the_readme_tuning_commands_parse_and_name_real_extras():
+    import re
+    import shlex
+
+    from classic_rl.cli import build_parser
+
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- readme-commands: tune-benchmark -->\s*\n```bash\n(.*?)\n```", readme, re.S).group(1)
+    lines = [line.split("   #")[0].strip() for line in block.splitlines()]
+    pyproject = (ROOT / "pyproject.toml").read_text()  # (tomllib is Python 3.11+)
+    assert 'tune = ["optuna>=4.9"]' in pyproject and 'benchmark = ["rliable>=1.2"]' in pyproject
+    dev = re.search(r"^dev = \[(.*?)\]", pyproject, re.S | re.M).group(1)
+    assert '"optuna>=4.9"' in dev and '"rliable>=1.2"' in dev
+    commands = [shlex.split(line)[1:] for line in lines if line.startswith("classic-rl ")]
+    assert [c[0] for c in commands] == ["tune", "train", "benchmark", "benchmark"]
+    for argv in commands:
+        build_parser().parse_args(argv)  # exits (SystemExit) on a flag that does not exist
