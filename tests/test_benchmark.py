@@ -2,6 +2,7 @@
 command on tiny budgets (parallel runs, resuming, --from re-aggregation, bad input in one line)."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -158,3 +159,11 @@ def test_bad_input_is_one_line_and_trains_nothing(tmp_path, capsys, monkeypatch,
     for word in words:
         assert word in err
     assert not (tmp_path / "bench" / "runs").exists()
+
+
+def test_without_rliable_one_line_names_the_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "rliable", None)  # `from rliable import metrics` now raises ImportError
+    argv = ["benchmark", "ppo", "--env", "CartPole-v1", "--seeds", "1", "--steps", "10", "--out", str(tmp_path / "b")]
+    assert main(argv) == 2
+    assert 'pip install -e ".[benchmark]"' in one_line_error(capsys)
+    assert not (tmp_path / "b").exists()
