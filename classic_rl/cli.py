@@ -1,4 +1,4 @@
-"""``classic-rl``: list, train, eval and plot from the command line."""
+"""``classic-rl``: list, train, eval, plot, tune and benchmark from the command line."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ EPILOG = """examples:
   classic-rl train ppo CartPole-v1 --steps 50000 --resume runs/ppo-cp   # after a kill or Ctrl-C
   classic-rl eval runs/ppo-cp --episodes 20
   classic-rl plot runs/ppo-cp runs/dqn-cp --out curves.png
+  classic-rl tune ppo CartPole-v1 --trials 20 --steps 20000 --out runs/tune-ppo   # rerun to continue
+  classic-rl benchmark ppo a2c --env CartPole-v1 --seeds 5 --steps 50000 --out runs/bench
 
 errors in your input exit with status 2 and one line; --debug (or RL_TOOLKIT_DEBUG=1) shows tracebacks.
 """
@@ -82,7 +84,46 @@ def build_parser() -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="learning curves (and grid-world values) to PNG")
     plot.add_argument("run_dirs", nargs="+")
     plot.add_argument("--out", default=None, help="PNG path (default: curves.png in the first run dir)")
+
+    add_tune_parser(sub)
+    add_benchmark_parser(sub)
     return parser
+
+
+TUNE_EPILOG = """the study:
+  Trials are kept in an Optuna database (default sqlite:///OUT/study.db; any Optuna RDB URL with
+  --storage). Rerunning the same command continues the study: --trials is the total of finished
+  (COMPLETE or PRUNED) trials, so only the missing ones run. A trial left RUNNING by a killed
+  process is marked FAIL and its settings are run again. Watch it with
+      optuna-dashboard sqlite:///OUT/study.db     (pip install optuna-dashboard)
+search space file (--space), one entry per setting:
+  learning_rate: {type: float, low: 1.0e-5, high: 1.0e-2, log: true}
+  n_epochs: {type: int, low: 1, high: 20}
+  batch_size: {type: categorical, choices: [32, 64, 128]}
+  one_minus_gamma: {type: float, low: 1.0e-4, high: 0.03, log: true}   # gamma = 1 - value
+  num_envs: 4                                                          # fixed for every trial
+needs Optuna: pip install -e ".[tune]"
+"""
+
+
+def add_tune_parser(sub: argparse._SubParsersAction) -> None:
+    tune = sub.add_parser("tune", help="search hyperparameters with Optuna (TPE + median pruning); resumable",
+                          epilog=TUNE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    tune.add_argument("algo")
+    tune.add_argument("env")
+    tune.add_argument("--trials", type=int, required=True, help="finished trials the study should have in total")
+    tune.add_argument("--steps", type=int, required=True, help="environment steps per trial")
+    tune.add_argument("--out", required=True, help="folder for study.db, best.yaml and the plots")
+    tune.add_argument("--storage", default=None, help="Optuna RDB URL (default sqlite:///OUT/study.db)")
+    tune.add_argument("--study", default=None, help="study name (default ALGO-ENV)")
+    tune.add_argument("--seed", type=int, default=0, help="training seed of every trial and the sampler's seed")
+    tune.add_argument("--space", default=None, metavar="FILE.yaml", help="search space (default: the built-in one)")
+    tune.add_argument("--evaluations", type=int, default=5,
+                      help="greedy evaluations per trial, every steps/N steps; each is reported for pruning")
+    tune.add_argument("--eval-episodes", type=int, default=5, help="episodes per evaluation")
+    tune.add_argument("--startup-trials", type=int, default=None, metavar="N",
+                      help="random trials before TPE, and complete trials before pruning starts "
+                           "(default: 10 as the zoo, at most a fifth of --trials)")
 
 
 def _cmd_list() -> int:
@@ -204,6 +245,92 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+BENCHMARK_EPILOG = """runs and resuming:
+  Run K of ALGO on ENV is OUT/runs/ALGO-ENV-seedK, a normal run directory (--seed K). Rerunning the
+  same command skips finished runs and resumes unfinished ones from their last checkpoint.
+scores:
+  A run's score is its final greedy evaluation (summary.json eval_return_mean), normalised per env
+  by --score-range ENV=MIN:MAX (built in: CartPole-v1=0:500, Acrobot-v1=-500:0, Pendulum-v1=-1600:0,
+  MountainCar-v0=-200:0, LunarLander-v3=-200:300; otherwise the min and max over the runs, with a
+  note). OUT/results.json holds per algorithm the IQM, mean, median and optimality gap with
+  stratified-bootstrap 95% intervals, the performance profile and the probabilities of improvement;
+  OUT/aggregate_intervals.png and OUT/performance_profile.png draw them.
+  classic-rl benchmark --from OUT/runs --out OUT2   aggregates existing runs without training.
+needs rliable: pip install -e ".[benchmark]"
+"""
+
+
+def add_benchmark_parser(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser("benchmark", help="train algorithms x envs x seeds in parallel and compare them (rliable)",
+                           epilog=BENCHMARK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench.add_argument("algos", nargs="*", metavar="ALGO")
+    bench.add_argument("--env", action="append", default=[], dest="envs", help="environment id (repeat for several)")
+    bench.add_argument("--seeds", type=int, help="runs per (algorithm, env): seeds 0..N-1")
+    bench.add_argument("--steps", type=int, help="environment steps per run")
+    bench.add_argument("--out", required=True, help="folder for runs/, results.json and the plots")
+    bench.add_argument("--workers", type=int, default=None,
+                       help="runs at a time (default: one per CPU); 0: one after another in this process")
+    bench.add_argument("--backend", choices=("process", "ray"), default="process",
+                       help="worker pool: local processes, or Ray actors (RAY_ADDRESS joins a cluster)")
+    bench.add_argument("--eval-episodes", type=int, default=10, help="episodes of each run's final evaluation")
+    bench.add_argument("--score-range", action="append", default=[], metavar="ENV=MIN:MAX",
+                       help="normalise ENV's scores as (score - MIN) / (MAX - MIN); repeat per env")
+    bench.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
+    bench.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    bench.add_argument("--from", dest="from_dirs", nargs="+", metavar="RUN_DIR",
+                       help="aggregate these run directories (or folders of them) instead of training")
+
+
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from classic_rl.aggregate import parse_score_ranges
+    from classic_rl.benchmark import BenchmarkSettings, aggregate_existing, run_benchmark
+
+    ranges = parse_score_ranges(args.score_range)
+    if args.from_dirs:
+        given = [flag for flag, value in (("ALGO", args.algos), ("--env", args.envs), ("--seeds", args.seeds),
+                                          ("--steps", args.steps)) if value not in (None, [])]
+        if given:
+            raise UserError(f"--from aggregates existing runs: drop {', '.join(given)}")
+        results = aggregate_existing(args.from_dirs, args.out, ranges, args.reps, args.seed)
+    else:
+        missing = [flag for flag, value in (("ALGO", args.algos), ("--env", args.envs), ("--seeds", args.seeds),
+                                            ("--steps", args.steps)) if value in (None, [])]
+        if missing:
+            raise UserError(f"benchmark needs {', '.join(missing)} (or --from RUN_DIR to aggregate existing runs)")
+        results, unfinished = run_benchmark(BenchmarkSettings(
+            algos=args.algos, envs=args.envs, seeds=args.seeds, steps=args.steps, out=Path(args.out),
+            workers=args.workers, backend=args.backend, eval_episodes=args.eval_episodes, score_ranges=ranges,
+            reps=args.reps, seed=args.seed,
+        ))
+        if results is None:
+            stopped = [r for r in unfinished if r["status"] == "interrupted"]
+            print(f"classic-rl benchmark: {len(unfinished)} runs did not finish"
+                  f"{' (stopped)' if stopped else ''}; rerun the same command to resume them (no results.json)",
+                  file=sys.stderr)
+            return 130 if stopped else 1
+    for algo, entry in results["algorithms"].items():
+        low, high = entry["iqm_ci"]
+        print(f"{algo}: IQM {entry['iqm']:.3f} [{low:.3f}, {high:.3f}], mean {entry['mean']:.3f}, "
+              f"median {entry['median']:.3f}, optimality gap {entry['optimality_gap']:.3f} ({entry['runs']} runs)")
+    for pair in results["probability_of_improvement"]:
+        print(f"P({pair['x']} > {pair['y']}) = {pair['probability']:.3f} [{pair['ci'][0]:.3f}, {pair['ci'][1]:.3f}]")
+    out = Path(args.out)
+    print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'aggregate_intervals.png'}, "
+          f"{out / 'performance_profile.png'}")
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from classic_rl.tune import TuneSettings, run_tune
+
+    run_tune(TuneSettings(
+        algo=args.algo, env=args.env, trials=args.trials, steps=args.steps, out=Path(args.out),
+        storage=args.storage, study=args.study, seed=args.seed, space=args.space, evaluations=args.evaluations,
+        eval_episodes=args.eval_episodes, startup_trials=args.startup_trials,
+    ))
+    return 0
+
+
 def _load_tabular(run_dir: str):
     """The saved agent if it has a state-value table (tabular runs), else None."""
     import yaml
@@ -279,6 +406,10 @@ def _run(args: argparse.Namespace) -> int:
         return _cmd_eval(args)
     if args.command == "plot":
         return _cmd_plot(args)
+    if args.command == "tune":
+        return _cmd_tune(args)
+    if args.command == "benchmark":
+        return _cmd_benchmark(args)
     return 1
 
 
