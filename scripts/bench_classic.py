@@ -152,9 +152,8 @@ def _sb3_on_policy(cfg: Any, env: Any, seed: int, algo: str) -> tuple[Any, dict[
     policy_kwargs = {"net_arch": {"pi": list(cfg.hidden), "vf": list(cfg.hidden)},
                      "activation_fn": activations[cfg.activation], "ortho_init": cfg.ortho_init,
                      "log_std_init": cfg.log_std_init}
-    # our value loss is 0.5 * (V - R)^2 (the PPO core, as CleanRL), SB3's is (V - R)^2: halve vf_coef
     return venv, dict(learning_rate=lr, n_steps=cfg.n_steps, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda,
-                      ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef / 2, max_grad_norm=cfg.max_grad_norm,
+                      ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef, max_grad_norm=cfg.max_grad_norm,
                       normalize_advantage=cfg.normalize_advantage, policy_kwargs=policy_kwargs, seed=seed,
                       device="cpu", verbose=0)
 
@@ -164,6 +163,7 @@ def sb3_a2c(cfg: Any, env: Any, seed: int) -> Any:
     from stable_baselines3 import A2C
 
     venv, kwargs = _sb3_on_policy(cfg, env, seed, "A2C")
+    kwargs["vf_coef"] = cfg.vf_coef / 2  # our A2C's value loss is 0.5 * (V - R)^2, SB3's (V - R)^2
     rmsprop = cfg.optimizer == "rmsprop"
     if not rmsprop:
         kwargs["policy_kwargs"]["optimizer_kwargs"] = {"eps": 1e-5}
@@ -171,15 +171,14 @@ def sb3_a2c(cfg: Any, env: Any, seed: int) -> Any:
 
 
 def sb3_ppo(cfg: Any, env: Any, seed: int) -> Any:
-    """stable_baselines3.PPO with our rollout, minibatch, epoch and clipping (and annealing) settings."""
+    """stable_baselines3.PPO with our rollout, minibatch, epoch and clipping (and annealing) settings:
+    the same names, the same numbers (our update is SB3's, ``tests/test_ppo_vs_sb3.py``)."""
     from stable_baselines3 import PPO
 
     venv, kwargs = _sb3_on_policy(cfg, env, seed, "PPO")
     clip = (lambda left: cfg.clip_range * left) if cfg.anneal_clip else cfg.clip_range
-    # SB3 stops the epochs once approx_kl > 1.5 * target_kl, ours once approx_kl > target_kl
-    target_kl = None if cfg.target_kl is None else cfg.target_kl / 1.5
     return PPO("MlpPolicy", venv, batch_size=cfg.batch_size, n_epochs=cfg.n_epochs, clip_range=clip,
-               clip_range_vf=cfg.clip_range_vf, target_kl=target_kl, **kwargs)
+               clip_range_vf=cfg.clip_range_vf, target_kl=cfg.target_kl, **kwargs)
 
 
 @dataclass(frozen=True)
