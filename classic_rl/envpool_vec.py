@@ -73,8 +73,9 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
     """``num_envs`` copies of ``env_id`` in one EnvPool, with gymnasium's ``SAME_STEP`` autoreset.
 
     Rows are in env order (EnvPool's ``info["env_id"]`` puts them there). ``call("episode_record")``
-    answers an empty record per copy and ``call("restore_planned")`` raises RuntimeError, so the
-    collector's checkpoint/restore takes its "cannot rebuild the episodes" path.
+    answers an empty record per copy and ``call("restore_planned")`` raises
+    :class:`~classic_rl.env_utils.EpisodesNotReplayable`, so a restored collector warns and starts
+    fresh episodes.
     """
 
     metadata = {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}
