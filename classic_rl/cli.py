@@ -19,6 +19,7 @@ EPILOG = """examples:
   classic-rl train ppo CartPole-v1 --steps 50000 --seed 1 --out runs/ppo-cp
   classic-rl train ppo CartPole-v1 --steps 50000 --resume runs/ppo-cp   # after a kill or Ctrl-C
   classic-rl eval runs/ppo-cp --episodes 20
+  classic-rl eval runs/ppo-cp --video ppo-cp.gif      # watch it: greedy episodes to a GIF (or .mp4)
   classic-rl plot runs/ppo-cp runs/dqn-cp --out curves.png
   classic-rl tune ppo CartPole-v1 --trials 20 --steps 20000 --out runs/tune-ppo   # rerun to continue
   classic-rl benchmark ppo a2c --env CartPole-v1 --seeds 5 --steps 50000 --out runs/bench
@@ -80,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=123)
     ev.add_argument("--allow-partial", action="store_true",
                     help="evaluate a run whose training did not finish (its last checkpoint)")
+    ev.add_argument("--video", metavar="OUT.gif|OUT.mp4",
+                    help="also render greedy episodes (the evaluation's first --video-episodes) to a GIF or "
+                         "an MP4 (MP4 needs the video extra)")
+    ev.add_argument("--video-episodes", type=int, default=1, metavar="N",
+                    help="episodes in the --video clip (default 1)")
 
     plot = sub.add_parser("plot", help="learning curves (and grid-world values) to PNG")
     plot.add_argument("run_dirs", nargs="+")
@@ -191,6 +197,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     if args.episodes < 1:
         raise UserError(f"--episodes must be a positive integer, got {args.episodes}")
+    if args.video is not None:  # before the agent loads: a bad name or a missing encoder costs nothing
+        from classic_rl.video import check_video_path
+
+        check_video_path(args.video)
+        if args.video_episodes < 1:
+            raise UserError(f"--video-episodes must be a positive integer, got {args.video_episodes}")
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory")
@@ -215,6 +227,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
               "eval_return_mean": mean, "eval_return_std": std}
     if partial:
         result.update(partial=True, checkpoint_step=agent.num_timesteps)
+    if args.video is not None:
+        from classic_rl.video import record_video
+
+        video = record_video(agent, args.video, episodes=args.video_episodes, seed=args.seed)
+        result.update(video=str(video.path), video_frames=video.frames, video_episode_lengths=video.lengths,
+                      video_episode_returns=video.returns)
     print(dumps_strict(result))
     return 0
 

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from classic_rl.buffers import Rollout
-from classic_rl.env_utils import replay_episode
+from classic_rl.env_utils import EpisodesNotReplayable, replay_episode
 from classic_rl.logger import RunLogger
 from classic_rl.normalizers import RewardScaler, RunningMeanStd
 from classic_rl.policies import ActorCritic, obs_to_numpy
@@ -285,16 +285,19 @@ class RolloutCollector:
         self._ep_len = state["ep_len"].numpy().copy()
         self.total_steps = int(state["total_steps"])
         self.envs.set_attr("restore_plan", plans)
+        reason = "the environment is not deterministic given its random generator"
         try:
             replayed = np.array(list(self.envs.call("restore_planned")))
             exact = replayed.shape == self._obs.shape and np.array_equal(replayed, self._obs)
-        except RuntimeError:  # an episode ended early while replaying
+        except RuntimeError as err:  # an episode ended early while replaying, or the envs cannot replay (EnvPool)
             exact = False
+            if isinstance(err, EpisodesNotReplayable):
+                reason = str(err)
         if not exact:  # keep the learning; only the unfinished episodes are cut short
             warnings.warn(
-                "The environments' current episodes could not be rebuilt exactly (the environment is not "
-                "deterministic given its random generator); training continues on fresh episodes, so its "
-                "numbers will differ from an uninterrupted run.", RuntimeWarning, stacklevel=2,
+                f"The environments' current episodes could not be rebuilt exactly ({reason}); training "
+                "continues on fresh episodes, so its numbers will differ from an uninterrupted run.",
+                RuntimeWarning, stacklevel=2,
             )
             obs, _ = self.envs.reset(seed=int(state["total_steps"]) + 7919)
             self._obs = np.array(obs)

@@ -10,7 +10,7 @@ in which case that one is used and the wrapper does not repeat again. Rewards ar
 (not clipped), so logged returns are game scores.
 
 :func:`make_vector_env` runs ``n`` copies as a gymnasium vector env (``sync``: one process;
-``async``: a process per copy); :class:`EpisodeReplay` lets such copies rebuild an episode from
+``async``: a process per copy; for the on-policy collector also ``envpool``, EnvPool's C++ pool); :class:`EpisodeReplay` lets such copies rebuild an episode from
 its reset seed and actions inside their own process (exact resume of the off-policy agents);
 :class:`EpisodeRecorder` does the same for copies that reset themselves (the on-policy collector's
 autoreset), recording each episode's start -- its reset seed, or the env's generator state just
@@ -31,6 +31,8 @@ ATARI_FRAME_SKIP = 4
 ATARI_FRAME_STACK = 4
 ATARI_SCREEN = 84
 VEC_ENV_KINDS = ("sync", "async")
+ON_POLICY_VEC_ENV_KINDS = (*VEC_ENV_KINDS, "envpool")
+"""The on-policy collector also steps EnvPool (same-step autoreset only: :mod:`classic_rl.envpool_vec`)."""
 
 
 def register_atari() -> bool:
@@ -147,10 +149,16 @@ def make_vector_env(
 
     ``kind``: ``sync`` steps the copies one after another in this process (best for cheap envs),
     ``async`` runs one process per copy (for envs whose step costs more than the pipe round trip).
+    ``envpool`` (:class:`~classic_rl.envpool_vec.EnvPoolVectorEnv`) takes an env id and only
+    ``SAME_STEP``; its copies are C++ objects, so ``wrapper`` does not apply to them.
     ``autoreset_mode``: the on-policy collector uses ``SAME_STEP`` (the final observation in
     ``info["final_obs"]``); the off-policy runner uses ``DISABLED`` and resets finished copies
     itself. ``wrapper`` is applied to every copy (inside its worker process with ``async``).
     """
+    if kind == "envpool" and autoreset_mode == gym.vector.AutoresetMode.SAME_STEP:
+        from classic_rl.envpool_vec import EnvPoolVectorEnv
+
+        return EnvPoolVectorEnv(env, num_envs, env_kwargs)
     if kind not in VEC_ENV_KINDS:
         raise ValueError(f"vec_env={kind!r} is not valid; use one of {', '.join(VEC_ENV_KINDS)}")
     wrap = wrapper or (lambda e: e)
@@ -166,6 +174,11 @@ def make_vector_env(
     if kind == "async":
         return gym.vector.AsyncVectorEnv(fns, autoreset_mode=autoreset_mode, copy=False)
     return gym.vector.SyncVectorEnv(fns, autoreset_mode=autoreset_mode, copy=False)
+
+
+class EpisodesNotReplayable(RuntimeError):
+    """Raised by a vector env whose copies cannot rebuild an episode at all (EnvPool's C++ state);
+    its message says why, and the on-policy collector passes it on in its warning."""
 
 
 def replay_episode(env: gym.Env, seed: int, actions: Sequence[Any]) -> tuple[Any, float, int]:

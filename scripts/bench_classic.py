@@ -14,7 +14,7 @@ translated from it by the algorithm's entry in :data:`BENCHMARKS`. For each it r
   Acrobot-v1 -100), averaged over the seeds that reached it (``n/m`` tells how many did);
 - wall and CPU time of training alone (periodic evaluations excluded), and the ratios ours / SB3.
   On a shared machine the CPU-time ratio is the steadier of the two;
-- on-policy algorithms (a2c, ppo): a second table with training steps/s, ours and SB3's, as a
+- on-policy algorithms (a2c, ppo): a second table with training steps/s, ours (per ``vec_env``) and SB3's, as a
   fraction of the random-policy steps/s of the same vector env (:func:`random_policy_rate`).
 
 Add an algorithm by adding a :class:`Benchmark` entry: our name and a function that builds the
@@ -30,6 +30,7 @@ Examples::
     python scripts/bench_classic.py --algos dqn --envs CartPole-v1 Acrobot-v1 --seeds 0 1 --steps 50000
     python scripts/bench_classic.py --algos dqn rainbow --envs CartPole-v1 --seeds 0 --steps 20000 --impl ours
     python scripts/bench_classic.py --algos a2c ppo --envs CartPole-v1 --seeds 0 1 --steps 100000
+    python scripts/bench_classic.py --algos ppo --envs CartPole-v1 --steps 100000 --impl ours --set vec_env=envpool
     python scripts/bench_classic.py --algos ars --envs InvertedPendulum-v5 --steps 200000 --set n_workers=0
     python scripts/bench_classic.py --algos td3 --envs Pendulum-v1 --seeds 0 1 --steps 20000 --sb3-set "hidden=[400,300]"
 """
@@ -152,9 +153,8 @@ def _sb3_on_policy(cfg: Any, env: Any, seed: int, algo: str) -> tuple[Any, dict[
     policy_kwargs = {"net_arch": {"pi": list(cfg.hidden), "vf": list(cfg.hidden)},
                      "activation_fn": activations[cfg.activation], "ortho_init": cfg.ortho_init,
                      "log_std_init": cfg.log_std_init}
-    # our value loss is 0.5 * (V - R)^2 (the PPO core, as CleanRL), SB3's is (V - R)^2: halve vf_coef
     return venv, dict(learning_rate=lr, n_steps=cfg.n_steps, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda,
-                      ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef / 2, max_grad_norm=cfg.max_grad_norm,
+                      ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef, max_grad_norm=cfg.max_grad_norm,
                       normalize_advantage=cfg.normalize_advantage, policy_kwargs=policy_kwargs, seed=seed,
                       device="cpu", verbose=0)
 
@@ -164,6 +164,7 @@ def sb3_a2c(cfg: Any, env: Any, seed: int) -> Any:
     from stable_baselines3 import A2C
 
     venv, kwargs = _sb3_on_policy(cfg, env, seed, "A2C")
+    kwargs["vf_coef"] = cfg.vf_coef / 2  # our A2C's value loss is 0.5 * (V - R)^2, SB3's (V - R)^2
     rmsprop = cfg.optimizer == "rmsprop"
     if not rmsprop:
         kwargs["policy_kwargs"]["optimizer_kwargs"] = {"eps": 1e-5}
@@ -171,15 +172,14 @@ def sb3_a2c(cfg: Any, env: Any, seed: int) -> Any:
 
 
 def sb3_ppo(cfg: Any, env: Any, seed: int) -> Any:
-    """stable_baselines3.PPO with our rollout, minibatch, epoch and clipping (and annealing) settings."""
+    """stable_baselines3.PPO with our rollout, minibatch, epoch and clipping (and annealing) settings:
+    the same names, the same numbers (our update is SB3's, ``tests/test_ppo_vs_sb3.py``)."""
     from stable_baselines3 import PPO
 
     venv, kwargs = _sb3_on_policy(cfg, env, seed, "PPO")
     clip = (lambda left: cfg.clip_range * left) if cfg.anneal_clip else cfg.clip_range
-    # SB3 stops the epochs once approx_kl > 1.5 * target_kl, ours once approx_kl > target_kl
-    target_kl = None if cfg.target_kl is None else cfg.target_kl / 1.5
     return PPO("MlpPolicy", venv, batch_size=cfg.batch_size, n_epochs=cfg.n_epochs, clip_range=clip,
-               clip_range_vf=cfg.clip_range_vf, target_kl=target_kl, **kwargs)
+               clip_range_vf=cfg.clip_range_vf, target_kl=cfg.target_kl, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -231,9 +231,9 @@ def _cpu_seconds() -> float:
     return time.process_time() + children.ru_utime + children.ru_stime
 
 
-def random_policy_rate(env_id: str, num_envs: int, steps: int, seed: int) -> dict[str, float]:
+def random_policy_rate(env_id: str, num_envs: int, steps: int, seed: int, vec_env: str = "sync") -> dict[str, float]:
     """Environment steps per wall- and CPU-second of uniformly random actions in the vector env our
-    on-policy collector steps (``make_vector_env``: same ``num_envs``, autoreset mode and wrappers).
+    on-policy collector steps (``make_vector_env``: same ``num_envs``, ``vec_env`` kind, autoreset mode).
 
     The actions are drawn before the clock starts, in the form the collector passes them (Python
     ints for Discrete), so the rate is the environment's own limit: what a learner would reach if
@@ -243,7 +243,7 @@ def random_policy_rate(env_id: str, num_envs: int, steps: int, seed: int) -> dic
 
     from classic_rl.agents.on_policy import make_vector_env
 
-    envs = make_vector_env(env_id, num_envs)
+    envs = make_vector_env(env_id, num_envs, kind=vec_env)
     envs.reset(seed=seed)
     envs.action_space.seed(seed)
     actions = [envs.action_space.sample() for _ in range(max(1, steps // num_envs))]
@@ -302,8 +302,9 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         actor: Any = agent
         steps_done = agent.num_timesteps
         if spec.get("random_steps") and isinstance(agent, OnPolicyAgent):  # the env's own limit, same load
-            extra.update(random_policy_rate(spec["env"], agent.config.num_envs, spec["random_steps"], spec["seed"]))
-            extra["num_envs"] = agent.config.num_envs
+            extra.update(random_policy_rate(spec["env"], agent.config.num_envs, spec["random_steps"], spec["seed"],
+                                            agent.config.vec_env))
+            extra.update(num_envs=agent.config.num_envs, vec_env=agent.config.vec_env)
     else:
         from stable_baselines3.common.callbacks import BaseCallback
 
@@ -403,20 +404,24 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 def throughput_table(results: list[dict[str, Any]]) -> str:
     """On-policy rows: training steps/s (ours and SB3's) as a fraction of the random-policy steps/s
     of the same vector env (measured in ours' worker right after training, so under the same load)."""
-    lines = ["| algo | env | n_envs | random policy steps/s | ours steps/s | ours / random | SB3 steps/s | SB3 / random "
-             "| random steps/CPU-s | ours steps/CPU-s | ours / random (CPU) | SB3 steps/CPU-s | SB3 / random (CPU) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    keys = sorted({(r["algo"], r["env"]) for r in results if "random_steps_per_s" in r}, key=lambda k: (k[1], k[0]))
-    for algo, env in keys:
-        ours = [r for r in results if (r["algo"], r["env"], r["impl"]) == (algo, env, "ours") and "random_steps_per_s" in r]
-        sb3 = [r for r in results if (r["algo"], r["env"], r["impl"]) == (algo, env, "sb3")]
+    lines = ["| algo | env | vec_env | n_envs | random policy steps/s | ours steps/s | ours / random | SB3 steps/s "
+             "| SB3 / random | random steps/CPU-s | ours steps/CPU-s | ours / random (CPU) | SB3 steps/CPU-s "
+             "| SB3 / random (CPU) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    keys = sorted({(r["algo"], r["env"], r.get("vec_env", "sync")) for r in results if "random_steps_per_s" in r},
+                  key=lambda k: (k[1], k[0], k[2]))
+    for algo, env, vec_env in keys:
+        ours = [r for r in results if (r["algo"], r["env"], r["impl"], r.get("vec_env", "sync")) == (algo, env, "ours", vec_env)
+                and "random_steps_per_s" in r]
+        # SB3 steps its own DummyVecEnv (one process), beside our sync rows
+        sb3 = [r for r in results if (r["algo"], r["env"], r["impl"]) == (algo, env, "sb3")] if vec_env == "sync" else []
 
         def rate(runs: list[dict[str, Any]], clock: str) -> float:
             return float(np.mean([r.get("steps_done", r["steps"]) / r[f"{clock}_s"] for r in runs])) if runs else float("nan")
 
         random_wall = float(np.mean([r["random_steps_per_s"] for r in ours]))
         random_cpu = float(np.mean([r["random_steps_per_cpu_s"] for r in ours]))
-        cells = [algo, env, str(ours[0]["num_envs"]), f"{random_wall:,.0f}"]
+        cells = [algo, env, vec_env, str(ours[0]["num_envs"]), f"{random_wall:,.0f}"]
         for clock, base in (("wall", random_wall), ("cpu", random_cpu)):
             if clock == "cpu":
                 cells.append(f"{random_cpu:,.0f}")

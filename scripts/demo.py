@@ -5,7 +5,7 @@
 1. Value iteration on the course's 4x3 grid world (V with the greedy policy, as a table and a figure).
 2. SARSA vs Q-learning on Cliff Walking (epsilon 0.1, alpha 0.5, several seeds): Sutton & Barto's
    Example 6.6 -- SARSA earns more online, Q-learning's greedy path is the 13-step edge.
-3. PPO on CartPole-v1 (the agent's loop on the shared core; a short run).
+3. PPO on CartPole-v1 (the agent's loop on the shared core; a short run), and a GIF of one greedy episode.
 4. `rlhf pipeline --config configs/rlhf/tiny.yaml`: SFT, reward model, PPO on a tiny LM, then a
    few held-out prompts answered by the SFT and the PPO policy.
 5. `rlhf pipeline --config configs/rlhf/grpo_tiny.yaml`: SFT then GRPO on a task with an exactly
@@ -155,6 +155,7 @@ def cliff_section(out: Path, seeds: int, episodes: int) -> dict[str, Any]:
 def ppo_section(out: Path, steps: int) -> dict[str, Any] | None:
     import classic_rl
     from classic_rl.cli import main as classic_rl_cli
+    from classic_rl.video import record_video
 
     if "ppo" not in classic_rl.ALGORITHMS:
         print("\n(PPO agent not available; skipping the deep-RL step)")
@@ -164,6 +165,9 @@ def ppo_section(out: Path, steps: int) -> dict[str, Any] | None:
     classic_rl_cli(["train", "ppo", "CartPole-v1", "--steps", str(steps), "--out", str(run), "--quiet"])
     classic_rl_cli(["plot", str(run)])
     summary = json.loads((run / "summary.json").read_text())
+    # what `classic-rl eval RUN --video greedy.gif` writes: one greedy episode, seeded like the evaluation's first
+    clip = record_video(classic_rl.load(run), run / "greedy.gif", episodes=1)
+    print(f"wrote {clip.path} ({clip.frames} frames)")
     table = {"caption": "PPO on CartPole-v1 (the maximum return is 500)",
              "header": ["steps", "wall time (s)", "greedy return (10 episodes)", "last 10 training episodes"],
              "rows": [[str(summary["steps"]), f"{summary['wall_s']:.0f}",
@@ -172,7 +176,10 @@ def ppo_section(out: Path, steps: int) -> dict[str, Any] | None:
     _print_table(table)
     return _section("3. PPO on CartPole-v1", tables=[table],
                     figures=[{"path": str((run / "curves.png").relative_to(out)),
-                              "caption": "episode return while training (moving average)"}])
+                              "caption": "episode return while training (moving average)"},
+                             {"path": str(clip.path.relative_to(out)),
+                              "caption": f"the trained agent, greedy: one episode of {clip.lengths[0]} steps "
+                                         f"(return {clip.returns[0]:g}; classic-rl eval RUN --video greedy.gif)"}])
 
 
 # ------------------------------------------------------------------------------------------------- 4. RLHF

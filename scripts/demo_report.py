@@ -4,7 +4,7 @@
 
 ``scripts/demo.py`` writes ``demo.json``: a title and a list of sections, each with ``title``,
 ``text`` (paragraphs), ``tables`` (``caption``, ``header``, ``rows`` of strings), ``figures``
-(``path`` relative to the demo folder, ``caption``) and ``samples`` (``prompt`` and ``answers``,
+(``path`` relative to the demo folder, ``caption``; a PNG, or a GIF clip such as PPO's greedy episode) and ``samples`` (``prompt`` and ``answers``,
 each ``policy``, ``text``, ``gold``). Figures are linked by relative paths, so the folder can be
 moved or zipped whole; nothing is fetched from the network.
 """

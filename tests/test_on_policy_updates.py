@@ -11,7 +11,7 @@ import torch
 from classic_rl.agents.actor_critic import A2C
 from classic_rl.agents.on_policy import compute_gae
 from classic_rl.agents.ppo import PPO
-from classic_rl.core.losses import policy_loss, value_loss
+from classic_rl.core.losses import masked_whiten, policy_loss, value_mse
 
 
 @pytest.mark.parametrize("agent_class,settings", [
@@ -43,9 +43,10 @@ def _reference_agent_update(batch, policy, optimizer, cfg):
         perm = torch.randperm(n)
         for start in range(0, n, mb_size):
             mb = {k: v[perm[start : start + mb_size]] for k, v in batch.items()}
+            advantages = masked_whiten(mb["advantages"]) if cfg.normalize_advantage else mb["advantages"]
             dist, values = policy(mb["obs"])
-            pg, pg_stats = policy_loss(dist.log_prob(mb["actions"]), mb["logprobs"], mb["advantages"], None, cfg.clip_range)
-            v_loss, v_clip = value_loss(values, mb["values"], mb["returns"], None, cfg.clip_range_vf)
+            pg, pg_stats = policy_loss(dist.log_prob(mb["actions"]), mb["logprobs"], advantages, None, cfg.clip_range)
+            v_loss, v_clip = value_mse(values, mb["values"], mb["returns"], None, cfg.clip_range_vf)
             entropy = dist.entropy().mean()
             loss = pg + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
             optimizer.zero_grad(set_to_none=True)
@@ -62,11 +63,14 @@ def _reference_agent_update(batch, policy, optimizer, cfg):
     return {k: v / count for k, v in totals.items()}
 
 
-@pytest.mark.parametrize("settings", [{"ent_coef": 0.01, "clip_range_vf": None}, {"ent_coef": 0.0, "clip_range_vf": 0.2}])
+@pytest.mark.parametrize("settings", [
+    {"ent_coef": 0.01, "clip_range_vf": None, "normalize_advantage": False, "batch_size": 16},
+    {"ent_coef": 0.0, "clip_range_vf": 0.2, "normalize_advantage": True, "batch_size": 24},  # last minibatch 16
+])
 def test_ppo_agent_loop_equals_the_plain_minibatch_loop(monkeypatch, settings):
     monkeypatch.setattr(PPO, "use_flat_parameters", False)
-    agent = PPO("CartPole-v1", seed=0, num_envs=2, n_steps=32, batch_size=16, n_epochs=3, learning_rate=0.01,
-                normalize_advantage=False, max_grad_norm=0.5, clip_range=0.1, **settings)
+    agent = PPO("CartPole-v1", seed=0, num_envs=2, n_steps=32, n_epochs=3, learning_rate=0.01,
+                max_grad_norm=0.5, clip_range=0.1, **settings)
     agent.collector = agent.make_collector()
     rollout = agent.collector.collect(64)
     policy, optimizer = copy.deepcopy((agent.policy, agent.optimizers()["optimizer"]))

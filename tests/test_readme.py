@@ -86,6 +86,7 @@ def test_cli_quick_start_runs_and_writes_what_it_says(tmp_path, monkeypatch, cap
     for name in ("config.yaml", "episodes.csv", "summary.json", "model.safetensors"):
         assert (tmp_path / "runs" / "ql" / name).is_file(), name
     assert (tmp_path / "runs" / "ql" / "curves.png").is_file() and (tmp_path / "runs" / "vi" / "values.png").is_file()
+    assert (tmp_path / "runs" / "ql" / "greedy.gif").is_file()
 
 
 def readme_algorithm_rows() -> list[tuple[list[str], str]]:

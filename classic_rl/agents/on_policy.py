@@ -26,7 +26,8 @@ from classic_rl.agents.base import Agent
 from classic_rl.buffers import Rollout
 from classic_rl.collectors import RolloutCollector
 from classic_rl.core.advantages import gae
-from classic_rl.env_utils import VEC_ENV_KINDS, EpisodeRecorder, make_vector_env
+from classic_rl.env_utils import ON_POLICY_VEC_ENV_KINDS, EpisodeRecorder, make_vector_env
+from classic_rl.envpool_vec import check_envpool, check_same_spaces
 from classic_rl.evaluation import PeriodicEvaluation
 from classic_rl.fused import DEFAULT_UPDATE_BACKEND, resolve_update_backend
 from classic_rl.fused.adam import make_adam
@@ -58,7 +59,8 @@ class OnPolicyConfig(PolicyConfig):
     num_envs: int = 1
     """Environments stepped together (a gymnasium vector env)."""
     vec_env: str = "sync"
-    """'sync' (one process, best for cheap envs) or 'async' (a process per env)."""
+    """'sync' (one process, best for cheap envs), 'async' (a process per env) or 'envpool'
+    (EnvPool's C++ pool: the ``envpool`` extra; see :mod:`classic_rl.envpool_vec`)."""
     gamma: float = 0.99
     gae_lambda: float = 1.0
     """GAE lambda; 1.0 gives plain n-step returns (bootstrapped at the rollout's end)."""
@@ -93,8 +95,8 @@ class OnPolicyConfig(PolicyConfig):
             raise ValueError(
                 f"eval_freq must be >= 0 and eval_episodes >= 1, got {self.eval_freq}, {self.eval_episodes}"
             )
-        if self.vec_env not in VEC_ENV_KINDS:
-            raise ValueError(f"vec_env={self.vec_env!r} is not valid; use one of {', '.join(VEC_ENV_KINDS)}")
+        if self.vec_env not in ON_POLICY_VEC_ENV_KINDS:
+            raise ValueError(f"vec_env={self.vec_env!r} is not valid; use one of {', '.join(ON_POLICY_VEC_ENV_KINDS)}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer={self.optimizer!r} is not valid; use one of {', '.join(OPTIMIZERS)}")
         for name in ("num_envs", "n_steps", "episodes_per_update"):
@@ -146,6 +148,8 @@ class OnPolicyAgent(PeriodicEvaluation, Agent):
 
     def setup(self) -> None:
         cfg = self.config
+        if cfg.vec_env == "envpool":  # before anything is written: EnvPool installed, and has this env
+            check_envpool(self._env_arg)
         self.policy = ActorCritic(
             self.env.observation_space, self.env.action_space, cfg, critic=self.critic_enabled()
         )
@@ -200,6 +204,8 @@ class OnPolicyAgent(PeriodicEvaluation, Agent):
     def make_collector(self) -> RolloutCollector:
         cfg = self.config
         envs = make_vector_env(self._env_arg, cfg.num_envs, self.env_kwargs, cfg.vec_env, wrapper=EpisodeRecorder)
+        if cfg.vec_env == "envpool":
+            check_same_spaces(envs, self.env, self.env_id)
         state, self._collector_state = self._collector_state, None
         return RolloutCollector(envs, self.policy, self.seed, self.obs_rms, self.reward_scaler, cfg.clip_obs,
                                 state=state)

@@ -14,7 +14,10 @@ Pieces
 - :func:`aggregate_loss` -- how per-token losses become one number (TRL's ``loss_type``).
 - :func:`policy_loss` -- the two above with PPO's token mean, plus statistics (the gym agents' form).
 - :func:`surrogate_stats` -- approximate KL, clip fraction, mean ratio.
-- :func:`value_loss` -- ``0.5 * (V - R)^2``, optionally clipped around the old values.
+- :func:`value_loss` -- ``0.5 * (V - R)^2``, optionally the pessimistic max with the error of a
+  prediction clipped around the old values (CleanRL's and TRL's form; the LM trainers').
+- :func:`value_mse` -- ``(V_pred - R)^2`` with ``V_pred`` optionally clipped around the old values
+  (Stable-Baselines3's form; the gym PPO agent's).
 - :func:`kl_penalty` -- the k1 / k2 / k3 estimators of ``KL(pi || pi_ref)`` per token.
 
 One vocabulary for PPO's settings in the core: ``epsilon`` / ``epsilon_high`` (the ratio's lower
@@ -44,6 +47,7 @@ __all__ = [
     "policy_loss",
     "surrogate_stats",
     "value_loss",
+    "value_mse",
 ]
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
@@ -238,6 +242,26 @@ def value_loss(
     loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask)
     with torch.no_grad():
         clipfrac = masked_mean((clipped > unclipped).to(new_values.dtype), mask)
+    return loss, clipfrac
+
+
+def value_mse(
+    new_values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor | None, epsilon_value: float | None
+) -> tuple[Tensor, Tensor]:
+    """Stable-Baselines3's PPO value loss: ``mean((V_pred - R)^2)``, no factor 1/2, where
+    ``V_pred = V`` or, with ``epsilon_value``, ``V_old + clip(V - V_old, -epsilon_value, epsilon_value)``
+    (the clipped prediction alone, not a max with the unclipped error as in :func:`value_loss`).
+    Returns (loss, clipfrac), clipfrac the share of positions whose prediction was clipped."""
+    if epsilon_value is None:
+        zero = torch.zeros((), device=new_values.device)
+        if mask is None:  # one fused op (and one backward node) instead of three
+            return F.mse_loss(new_values, returns), zero
+        return masked_mean((new_values - returns) ** 2, mask), zero
+    delta = new_values - old_values
+    predicted = old_values + torch.clamp(delta, -epsilon_value, epsilon_value)
+    loss = masked_mean((predicted - returns) ** 2, mask)
+    with torch.no_grad():
+        clipfrac = masked_mean((delta.abs() > epsilon_value).to(new_values.dtype), mask)
     return loss, clipfrac
 
 
