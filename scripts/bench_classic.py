@@ -164,7 +164,6 @@ def sb3_a2c(cfg: Any, env: Any, seed: int) -> Any:
     from stable_baselines3 import A2C
 
     venv, kwargs = _sb3_on_policy(cfg, env, seed, "A2C")
-    kwargs["vf_coef"] = cfg.vf_coef / 2  # our A2C's value loss is 0.5 * (V - R)^2, SB3's (V - R)^2
     rmsprop = cfg.optimizer == "rmsprop"
     if not rmsprop:
         kwargs["policy_kwargs"]["optimizer_kwargs"] = {"eps": 1e-5}

@@ -5,7 +5,9 @@ One update from a rollout of ``n_steps`` steps in each of ``num_envs`` environme
     R_t = r_t + gamma r_{t+1} + ... + gamma^{n-1} r_{t+n-1} + gamma^n V(s_{t+n})   (n-step target,
           cut at episode ends; GAE(lambda) when gae_lambda < 1)
     A_t = R_t - V(s_t)                                                             (advantage)
-    loss = -mean(log pi(a_t|s_t) A_t) + vf_coef * 0.5 mean((V(s_t) - R_t)^2) - ent_coef * H[pi]
+    loss = -mean(log pi(a_t|s_t) A_t) + vf_coef * mean((V(s_t) - R_t)^2) - ent_coef * H[pi]
+
+The value term is SB3's A2C loss (a plain MSE, no 1/2), so ``vf_coef`` means what it means there.
 
 ``actor_critic`` is the course's one-environment version (Adam); ``a2c`` is the same update on a
 vector of environments with RMSprop, as in Mnih et al. (2016) and SB3. :func:`actor_critic_loss`
@@ -21,7 +23,7 @@ from torch import Tensor
 
 from classic_rl.agents.base import register
 from classic_rl.agents.on_policy import OnPolicyAgent, OnPolicyConfig, Rollout, compute_gae
-from classic_rl.core.losses import masked_mean, masked_whiten, value_loss
+from classic_rl.core.losses import masked_mean, masked_whiten, value_mse
 from classic_rl.policies import ActorCritic
 
 __all__ = ["A2C", "A2CConfig", "ActorCriticAgent", "ActorCriticConfig", "actor_critic_loss"]
@@ -57,7 +59,7 @@ def actor_critic_loss(
         adv = masked_whiten(adv, mask)
     dist, values = policy(obs)
     pg_loss = -masked_mean(dist.log_prob(actions) * adv, mask)
-    v_loss, _ = value_loss(values, values.detach(), ret, mask, None)
+    v_loss, _ = value_mse(values, values.detach(), ret, mask, None)
     loss = pg_loss + config.vf_coef * v_loss
     parts = {"loss/policy": pg_loss, "loss/value": v_loss}
     if config.ent_coef != 0.0:  # the entropy graph is a noticeable share of a small update
