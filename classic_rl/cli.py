@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="checkpoint every N environment steps (default: a tenth of --steps; 0: only at the end "
                             "and on Ctrl-C/SIGTERM)")
     train.add_argument("--eval-episodes", type=int, default=10)
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--quiet", action="store_true", help="no progress bar and no threads line")
+    _add_num_threads(train)
     train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show full tracebacks (sets RL_TOOLKIT_DEBUG=1)")
 
@@ -78,11 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=123)
     ev.add_argument("--allow-partial", action="store_true",
                     help="evaluate a run whose training did not finish (its last checkpoint)")
+    _add_num_threads(ev)
 
     plot = sub.add_parser("plot", help="learning curves (and grid-world values) to PNG")
     plot.add_argument("run_dirs", nargs="+")
     plot.add_argument("--out", default=None, help="PNG path (default: curves.png in the first run dir)")
     return parser
+
+
+def _add_num_threads(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--num_threads", "--num-threads", type=int, default=None, metavar="N",
+                        help="torch CPU threads per process (default: OMP_NUM_THREADS if set, else 1 per "
+                             "process: small networks run fastest on one)")
 
 
 def _cmd_list() -> int:
@@ -113,6 +121,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         args.algo, args.env, steps=args.steps, episodes=args.episodes, seed=args.seed,
         config_file=args.config, overrides=parse_set_args(args.set), env_kwargs=env_kwargs, out=args.out,
         quiet=args.quiet, resume=args.resume, eval_episodes=args.eval_episodes, save_freq=args.save_freq,
+        num_threads=args.num_threads,
     )
     agent.close()  # environments and worker processes (vec_env async, A3C/D4PG actors) end here, not at exit
     out = Path(args.resume or args.out or "")
@@ -168,7 +177,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             )
         print(f"classic-rl eval: warning: {run_dir} is a partial checkpoint at step {step}, not a finished run",
               file=sys.stderr)
+    from classic_rl.threads import configure_threads
+
+    threads = configure_threads(args.num_threads)  # before the agent is built (see train._set_threads)
     agent = classic_rl.load(run_dir)
+    print(threads, file=sys.stderr)  # after loading, so that a damaged run is still a one-line error
     mean, std = agent.evaluate(episodes=args.episodes, seed=args.seed)  # agents own their env (mpe2:...)
     result = {"algo": agent.algo, "env": agent.env_id, "episodes": args.episodes,
               "eval_return_mean": mean, "eval_return_std": std}

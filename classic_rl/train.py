@@ -18,15 +18,20 @@ bad state, leaving the last good checkpoint.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from classic_rl.agents.base import Agent
 from classic_rl.checkpoint import StopRequested, TrainingDiverged, stop_signals
+from classic_rl.config import resolve_config
+from classic_rl.env_utils import env_label
 from classic_rl.logger import RunLogger
 from classic_rl.registry import get_algorithm
 from classic_rl.safe_io import UserError, atomic_write_json
+from classic_rl.threads import configure_threads, local_processes
+from classic_rl.workers import local_worker_count
 
 CHECKPOINTS_PER_RUN = 10
 """Default ``save_freq``: a tenth of a step budget (so a kill loses at most ~10% of the run)."""
@@ -164,6 +169,14 @@ def _open_resume(
     return meta, run
 
 
+def _set_threads(num_threads: int | None, config: Any) -> str:
+    """Set torch's thread count for the run before the agent is built (the count in force at the
+    first linear-algebra call, the orthogonal initialisation, changes the numbers, so a run started
+    with OMP_NUM_THREADS=1 and one given --num_threads 1 must set it equally early); returns the
+    line to print once the agent is built (so that a bad setting is still a one-line error)."""
+    return configure_threads(num_threads, local_processes(1 + local_worker_count(config)))
+
+
 def train_run(
     algo: str,
     env: str,
@@ -180,6 +193,7 @@ def train_run(
     eval_episodes: int = 10,
     eval_seed: int = 10_000,
     save_freq: int | None = None,
+    num_threads: int | None = None,
 ) -> tuple[Agent, dict[str, Any]]:
     """Train ``algo`` on ``env`` and write a run directory; returns (agent, summary).
 
@@ -187,6 +201,8 @@ def train_run(
     the end and on Ctrl-C/SIGTERM). With ``resume=RUN_DIR`` the run continues from its last
     checkpoint until the *total* budget ``steps`` (default: the run's own) is reached, in the same
     directory. A stop by Ctrl-C/SIGTERM returns with ``summary["interrupted"]`` set.
+    ``num_threads``: torch threads per process (None: ``OMP_NUM_THREADS``, else the default of
+    ``classic_rl.threads``); unless ``quiet``, one line on stderr says what was chosen.
     """
     for name, value in (("steps", steps), ("episodes", episodes), ("eval_episodes", eval_episodes)):
         if value is not None and int(value) < (0 if name == "eval_episodes" else 1):
@@ -196,8 +212,9 @@ def train_run(
 
     run: dict[str, Any] | None = None
     if resume is not None:
-        _, run = _open_resume(Path(resume), algo, env, seed, out, overrides, config_file, env_kwargs)
+        meta, run = _open_resume(Path(resume), algo, env, seed, out, overrides, config_file, env_kwargs)
         out = Path(resume)
+        threads = _set_threads(num_threads, meta.get("config") or {})
         agent = Agent.load(out)
         if steps is None and episodes is None:
             steps, episodes = run.get("target_steps"), run.get("target_episodes")
@@ -213,7 +230,9 @@ def train_run(
     else:
         agent_cls = get_algorithm(algo)
         seed = 0 if seed is None else int(seed)
-        agent = agent_cls(env, seed=seed, env_kwargs=env_kwargs, config_file=config_file, **(overrides or {}))
+        config = resolve_config(agent_cls.Config, algo, env_label(env), config_file, overrides)
+        threads = _set_threads(num_threads, config)
+        agent = agent_cls(env, config=config, seed=seed, env_kwargs=env_kwargs)
         out = Path(out) if out is not None else default_run_dir(algo, agent.env_id, seed)
         _check_new_out(out, algo, agent.env_id)
         steps, episodes = _budget(agent, steps, episodes)
@@ -224,6 +243,8 @@ def train_run(
     left_steps = None if steps is None else steps - agent.num_timesteps
     left_episodes = None if episodes is None else episodes - agent.num_episodes
 
+    if not quiet:
+        print(threads, file=sys.stderr)
     if resume is None:
         _make_out(out)
     logger = RunLogger(

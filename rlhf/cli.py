@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     set_command(command)
     try:
+        _set_threads(command, rest)
         command_main(rest)
     except (UserError, ValueError, FileNotFoundError) as err:  # bad input: a clear message, not a traceback
         if debug_enabled():
@@ -79,6 +80,18 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         set_command(None)
     return 0
+
+
+def _set_threads(command: str, rest: list[str]) -> None:
+    """Take `--num_threads N` out of `rest` and set torch's threads per process (classic_rl.threads);
+    one line says the choice (on the first rank only; `--help` prints none)."""
+    import os
+
+    from classic_rl.threads import configure_threads, local_processes, pop_num_threads_flag
+
+    line = configure_threads(pop_num_threads_flag(rest), local_processes())
+    if os.environ.get("RANK", "0") == "0" and not {"-h", "--help", "--help-all"} & set(rest):
+        print(f"rlhf {command}: {line}", file=sys.stderr)
 
 
 def _one_line(err: BaseException) -> str:

@@ -97,8 +97,10 @@ class OffPolicyConfig:
     eval_seed: int = 10_000
     log_interval: int = 1000
     """Steps between training-scalar logs (TensorBoard ``train/*``)."""
-    torch_threads: int = 1
-    """torch CPU threads for this process (small networks are fastest on one); 0 keeps torch's default."""
+    torch_threads: int = 0
+    """torch CPU threads for this process; 0 (default) keeps the process's count, which
+    ``classic-rl`` sets once per run (``--num_threads``, ``OMP_NUM_THREADS``, else one per process:
+    ``classic_rl.threads``)."""
 
     def validate(self) -> None:
         positive = ("buffer_size", "batch_size", "train_freq", "n_step", "target_update_interval", "n_envs",
