@@ -18,6 +18,7 @@ bad state, leaving the last good checkpoint.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 import time
@@ -94,23 +95,32 @@ class RunCheckpointer:
         if self.save_freq and agent.num_timesteps >= self.next_step:
             self.save(agent, "running")
 
+    def _failure(self, err: OSError, step: int) -> str:
+        """One line: what could not be written where, and which checkpoint is still whole."""
+        file = err.filename or self.out
+        if err.errno == errno.ENOSPC:
+            what = f"no space left on device writing {file}"
+        elif err.errno == getattr(errno, "EDQUOT", None):
+            what = f"disk quota exceeded writing {file}"
+        else:
+            what = f"could not write {file} ({err.strerror or err})"
+        if self.last_step is None:
+            return f"{what}; no checkpoint was written (the run is not resumable)"
+        return (f"{what}; the last complete checkpoint is step {self.last_step} (the one at step {step} "
+                f"was not written); make room, then continue with --resume {self.out}")
+
     def save(self, agent: Agent, status: str) -> None:
         bad = agent.non_finite_weight()
         if bad is not None:  # never save a NaN model over a good checkpoint
             raise TrainingDiverged(
                 f"training diverged by step {agent.num_timesteps}: weight {bad[0]} is {bad[1]}"
             )
-        self.logger.flush()
-        run_state = {"status": status, **self.budget, "save_freq": self.save_freq, "log": self.logger.position()}
         try:
+            self.logger.flush()  # episodes.csv: the checkpoint records how many rows it holds
+            run_state = {"status": status, **self.budget, "save_freq": self.save_freq, "log": self.logger.position()}
             agent.save(self.out, run_state=run_state)
         except OSError as err:
-            kept = (f"the checkpoint at step {self.last_step} is intact" if self.last_step is not None
-                    else "no checkpoint was written")
-            raise CheckpointWriteError(
-                f"could not write the checkpoint at step {agent.num_timesteps} to {self.out} "
-                f"({err.strerror or err}); {kept}"
-            ) from err
+            raise CheckpointWriteError(self._failure(err, agent.num_timesteps)) from err
         self.last_step = agent.num_timesteps
         self._schedule_after(agent.num_timesteps)
 

@@ -140,7 +140,7 @@ def test_divergence_found_in_the_weights_at_a_checkpoint(tmp_path, capsys, monke
 def test_a_failed_final_save_keeps_the_previous_checkpoint_resumable(tmp_path, capsys, monkeypatch):
     from classic_rl.agents import base
 
-    save_file, calls = base.save_file, [0]
+    save_file, calls = base.save_safetensors, [0]
 
     def disk_full_on_the_final_save(tensors, path):
         calls[0] += 1
@@ -148,12 +148,13 @@ def test_a_failed_final_save_keeps_the_previous_checkpoint_resumable(tmp_path, c
             raise OSError(28, "No space left on device")
         return save_file(tensors, path)
 
-    monkeypatch.setattr(base, "save_file", disk_full_on_the_final_save)
+    monkeypatch.setattr(base, "save_safetensors", disk_full_on_the_final_save)
     out = tmp_path / "run"
     assert main([*A2C, "--out", str(out), "--save-freq", "100"]) == 1
     err = _one_line_error(capsys)
-    assert "No space left on device" in err and "the checkpoint at step 400 is intact" in err
-    monkeypatch.setattr(base, "save_file", save_file)
+    assert f"no space left on device writing {out / 'model.safetensors'}" in err
+    assert "the last complete checkpoint is step 400" in err
+    monkeypatch.setattr(base, "save_safetensors", save_file)
     state = json.loads((out / "state.json").read_text())
     assert state["num_timesteps"] == 400 and state["run"]["status"] == "running"
     assert not list(out.glob(".checkpoint-*"))  # the failed write left nothing half-written

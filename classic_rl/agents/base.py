@@ -24,13 +24,15 @@ import gymnasium as gym
 import numpy as np
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from classic_rl.checkpoint import (
     STOP,
     TrainingDiverged,
     checkpoint_file,
     first_non_finite,
+    save_safetensors,
+    save_torch,
     write_checkpoint,
 )
 from classic_rl.config import resolve_config, to_dict
@@ -305,8 +307,8 @@ class Agent:
         training = self.training_state()
         write_checkpoint(path, {
             "config.yaml": lambda p: p.write_text(yaml.safe_dump(self.describe(), sort_keys=False)),
-            "model.safetensors": lambda p: save_file(tensors, str(p)),
-            "training_state.pt": lambda p: torch.save(training, p),
+            "model.safetensors": lambda p: save_safetensors(tensors, p),
+            "training_state.pt": lambda p: save_torch(training, p),
             "state.json": lambda p: p.write_text(dumps_strict(extra, indent=2) + "\n"),
         })
         return Path(path)
