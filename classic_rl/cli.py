@@ -75,8 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="evaluate a saved run greedily")
     ev.add_argument("run_dir")
-    ev.add_argument("--episodes", type=int, default=10)
-    ev.add_argument("--seed", type=int, default=123)
+    ev.add_argument("--episodes", type=int, default=None,
+                    help="episodes (default: as many as the run's own final evaluation, else 10)")
+    ev.add_argument("--seed", type=int, default=None,
+                    help="seed of the first episode, then +1 each (default: the run's own evaluation seed, "
+                         "10000, so the result equals summary.json's eval_return_mean)")
     ev.add_argument("--allow-partial", action="store_true",
                     help="evaluate a run whose training did not finish (its last checkpoint)")
     _add_num_threads(ev)
@@ -157,11 +160,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from classic_rl.agents.base import Agent
     from classic_rl.safe_io import dumps_strict
 
-    if args.episodes < 1:
+    if args.episodes is not None and args.episodes < 1:
         raise UserError(f"--episodes must be a positive integer, got {args.episodes}")
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory")
+    episodes, seed = _eval_defaults(run_dir, args.episodes, args.seed)
     run = Agent.read_state(run_dir).get("run")
     partial = isinstance(run, dict) and run.get("status") != "complete"
     if partial:
@@ -182,13 +186,34 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     threads = configure_threads(args.num_threads)  # before the agent is built (see train._set_threads)
     agent = classic_rl.load(run_dir)
     print(threads, file=sys.stderr)  # after loading, so that a damaged run is still a one-line error
-    mean, std = agent.evaluate(episodes=args.episodes, seed=args.seed)  # agents own their env (mpe2:...)
-    result = {"algo": agent.algo, "env": agent.env_id, "episodes": args.episodes,
+    mean, std = agent.evaluate(episodes=episodes, seed=seed)  # agents own their env (mpe2:...)
+    result = {"algo": agent.algo, "env": agent.env_id, "episodes": episodes, "seed": seed,
               "eval_return_mean": mean, "eval_return_std": std}
     if partial:
         result.update(partial=True, checkpoint_step=agent.num_timesteps)
     print(dumps_strict(result))
     return 0
+
+
+def _eval_defaults(run_dir: Path, episodes: int | None, seed: int | None) -> tuple[int, int]:
+    """--episodes and --seed, defaulting to those of the run's final evaluation (summary.json), so
+    that `classic-rl eval RUN` repeats the number training reported."""
+    from classic_rl.evaluation import RUN_EVAL_SEED
+
+    summary: dict = {}
+    path = run_dir / "summary.json"
+    if path.is_file():
+        try:
+            summary = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            summary = {}  # only the defaults come from it; the run itself is checked on loading
+    if not isinstance(summary, dict):
+        summary = {}
+    if episodes is None:
+        episodes = summary.get("eval_episodes") or 10
+    if seed is None:
+        seed = summary.get("eval_seed", RUN_EVAL_SEED)
+    return int(episodes), int(seed)
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ from classic_rl.agents.base import Agent
 from classic_rl.checkpoint import StopRequested, TrainingDiverged, stop_signals
 from classic_rl.config import resolve_config
 from classic_rl.env_utils import env_label
+from classic_rl.evaluation import RUN_EVAL_SEED
 from classic_rl.logger import RunLogger
 from classic_rl.registry import get_algorithm
 from classic_rl.safe_io import (
@@ -214,7 +215,7 @@ def train_run(
     quiet: bool = False,
     resume: str | Path | None = None,
     eval_episodes: int = 10,
-    eval_seed: int = 10_000,
+    eval_seed: int = RUN_EVAL_SEED,
     save_freq: int | None = None,
     num_threads: int | None = None,
 ) -> tuple[Agent, dict[str, Any]]:
@@ -322,6 +323,7 @@ def train_run(
             "episodes": agent.num_episodes,
             "wall_s": round(logger.wall_s, 3),
             "eval_episodes": eval_episodes,
+            "eval_seed": eval_seed,  # `classic-rl eval` starts from it too, so both give the same number
             "eval_return_mean": mean,
             "eval_return_std": std,
             "train_return_last10": (sum(recent) / len(recent)) if recent else None,
