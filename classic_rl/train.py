@@ -278,9 +278,10 @@ def train_run(
             _make_out(out)
             hold.enter_context(lock_run_dir(out))
             _check_new_out(out, algo, agent.env_id)  # again, under the lock: another run may have filled it
+        # The bar shows the whole budget, and on resume starts at the checkpoint: 48128/50000.
         logger = RunLogger(
-            out, total=left_steps if left_steps is not None else left_episodes,
-            unit="step" if left_steps is not None else "episode", progress=not quiet,
+            out, total=steps if steps is not None else episodes, unit="step" if steps is not None else "episode",
+            initial=agent.num_timesteps if steps is not None else agent.num_episodes, progress=not quiet,
             resume=run.get("log") if run else None, purge_step=agent.num_timesteps + 1 if run else None,
         )
         checkpointer = RunCheckpointer(out, save_freq, logger, target,

@@ -329,7 +329,8 @@ class OffPolicyAgent(PeriodicEvaluation, Agent):
         self.buffer.add(obs, actions, rewards, next_obs, terminated, truncated)
         self.num_timesteps += n
         t = self.num_timesteps
-        logger.advance(n)
+        if logger.unit == "step":  # an episode budget's bar moves in logger.episode
+            logger.advance(n)
         for episode_return, length in finished:
             self.num_episodes += 1
             logger.episode(t, episode_return, length)
