@@ -104,6 +104,21 @@ def write_checkpoint(run_dir: str | os.PathLike, writers: Mapping[str, Callable[
     return run_dir
 
 
+def checkpoint_sizes(run_dir: str | os.PathLike) -> dict[str, int]:
+    """Bytes of each file of the newest complete checkpoint in ``run_dir``."""
+    sizes = {}
+    for name in CHECKPOINT_FILES:
+        path = checkpoint_file(run_dir, name)
+        if path.is_file():
+            sizes[name] = path.stat().st_size
+    return sizes
+
+
+class InexactResumeWarning(RuntimeWarning):
+    """A resume keeps everything learned but will not give the numbers of an uninterrupted run
+    (the command line prints it as one ``warning:`` line)."""
+
+
 # ----------------------------------------------------------------------------- file writers
 class CheckpointFileError(OSError):
     """Writing one file of a checkpoint failed; ``filename`` is where the file was going."""

@@ -135,7 +135,34 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"{summary['algo']} on {summary['env']} (seed {summary['seed']}): {_work_done(summary)}; {_eval_text(summary)}")
     if args.out or args.resume:
         print(f"run directory: {out}")
+    print(_checkpoint_text(agent, summary))
     return 0
+
+
+BIG_BUFFER_BYTES = 100 * 2**20
+"""A training_state.pt this large gets the hint that leaving the replay buffer out shrinks it."""
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def _checkpoint_text(agent, summary: dict) -> str:
+    """One line: the checkpoint's size and its largest files, and how to shrink a big replay buffer."""
+    sizes = summary.get("checkpoint_bytes") or {}
+    files = ", ".join(f"{name} {_human_bytes(size)}" for name, size in sorted(sizes.items(), key=lambda kv: -kv[1]))
+    text = f"checkpoint: {_human_bytes(sum(sizes.values()))} ({files})"
+    config = agent.config
+    if getattr(config, "checkpoint_buffer", False) and sizes.get("training_state.pt", 0) > BIG_BUFFER_BYTES:
+        text += ("; most of it is the replay buffer: --set checkpoint_buffer=false leaves it out "
+                 "(a resume then refills it and is not exact)")
+    elif getattr(config, "checkpoint_buffer", True) is False:
+        text += "; without the replay buffer (checkpoint_buffer=false): a resume refills it and is not exact"
+    return text
 
 
 def _work_done(summary: dict) -> str:
@@ -258,8 +285,10 @@ def _load_tabular(run_dir: str):
 
 @contextlib.contextmanager
 def _notes_as_plain_lines(command: str) -> Iterator[None]:
-    """Inside, the evaluation cap's warning prints as one ``classic-rl CMD: note: ...`` line (not
-    Python's ``file:line: Category: ...`` form with a source line); other warnings are unchanged."""
+    """Inside, the evaluation cap's warning prints as one ``classic-rl CMD: note: ...`` line and an
+    inexact resume's as one ``warning:`` line (not Python's ``file:line: Category: ...`` form with a
+    source line); other warnings are unchanged."""
+    from classic_rl.checkpoint import InexactResumeWarning
     from classic_rl.evaluation import EvaluationCapWarning
 
     show = warnings.showwarning
@@ -267,6 +296,8 @@ def _notes_as_plain_lines(command: str) -> Iterator[None]:
     def showwarning(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, EvaluationCapWarning):
             print(f"classic-rl {command}: note: {message}", file=sys.stderr)
+        elif issubclass(category, InexactResumeWarning):
+            print(f"classic-rl {command}: warning: {message}", file=sys.stderr)
         else:
             show(message, category, filename, lineno, file, line)
 

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from classic_rl.buffers import Rollout
+from classic_rl.checkpoint import InexactResumeWarning
 from classic_rl.env_utils import replay_episode
 from classic_rl.logger import RunLogger
 from classic_rl.normalizers import RewardScaler, RunningMeanStd
@@ -294,7 +295,7 @@ class RolloutCollector:
             warnings.warn(
                 "The environments' current episodes could not be rebuilt exactly (the environment is not "
                 "deterministic given its random generator); training continues on fresh episodes, so its "
-                "numbers will differ from an uninterrupted run.", RuntimeWarning, stacklevel=2,
+                "numbers will differ from an uninterrupted run.", InexactResumeWarning, stacklevel=2,
             )
             obs, _ = self.envs.reset(seed=int(state["total_steps"]) + 7919)
             self._obs = np.array(obs)

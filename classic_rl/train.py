@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from classic_rl.agents.base import Agent
-from classic_rl.checkpoint import StopRequested, TrainingDiverged, stop_signals
+from classic_rl.checkpoint import StopRequested, TrainingDiverged, checkpoint_sizes, stop_signals
 from classic_rl.config import resolve_config
 from classic_rl.env_utils import env_label
 from classic_rl.evaluation import RUN_EVAL_SEED
@@ -329,6 +329,7 @@ def train_run(
             "eval_return_std": std,
             "train_return_last10": (sum(recent) / len(recent)) if recent else None,
             "interrupted": stop is not None,
+            "checkpoint_bytes": checkpoint_sizes(out),
         }
         if getattr(agent, "solve_stats", None):  # dynamic programming: sweeps, not steps or episodes
             summary["solve"] = dict(agent.solve_stats)
