@@ -271,10 +271,10 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 def _load_tabular(run_dir: str):
     """The saved agent if it has a state-value table (tabular runs), else None."""
-    import yaml
-
-    meta = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+    from classic_rl.agents.base import Agent
     from classic_rl.registry import get_algorithm
+
+    meta = Agent.read_meta(run_dir)  # a damaged or tagged config.yaml is a one-line error naming it
 
     if not get_algorithm(meta["algo"]).family.startswith(("tabular", "dynamic")):
         return None

@@ -34,7 +34,9 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "current_umask",
     "debug_enabled",
+    "default_file_mode",
     "dumps_strict",
     "lock_holder",
     "lock_run_dir",
@@ -75,12 +77,31 @@ def dumps_strict(value: Any, **kwargs: Any) -> str:
     return json.dumps(to_strict_json(value), allow_nan=False, **kwargs)
 
 
+def current_umask() -> int:
+    """The process's umask; on Linux read from /proc, which leaves it untouched for threads that
+    create files at the same moment."""
+    try:
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1], 8) for line in fh if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0o022)  # the only portable way to read it is to set it ...
+        os.umask(umask)  # ... and put it back
+        return umask
+
+
+def default_file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0666 less the umask (0644 for the usual 022)."""
+    return 0o666 & ~current_umask()
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash leaves the old content or the new, never a mix."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file 0600; every file the project writes gets open()'s mode instead.
+        os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
