@@ -181,8 +181,11 @@ def defaults_for(algo: str, env_id: str, root: Path | None = None) -> dict[str, 
     data = load_yaml(path)
     merged = dict(data.get("default") or {})
     envs = data.get("envs") or {}
+    name = env_id.partition(":")[2]  # MODULE:NAME (env_utils.import_env_module): NAME's settings
     if env_id in envs:
         merged.update(envs[env_id] or {})
+    elif name in envs:
+        merged.update(envs[name] or {})
     elif is_atari_name(env_id):
         merged.update(data.get("atari") or {})
     return merged
