@@ -81,15 +81,23 @@ def test_worker_processes_use_the_runs_count(monkeypatch):
         pool.close()
 
 
-def test_rlhf_cli_strips_the_flag_and_prints_one_line(capsys):
-    from rlhf.cli import _set_threads
+def test_rlhf_cli_strips_the_flag_and_prints_one_line_at_the_end(monkeypatch, capsys):
+    import rlhf.cli
 
-    rest = ["--model_name_or_path", "m", "--num_threads", "2"]
-    _set_threads("sft", rest)
-    assert rest == ["--model_name_or_path", "m"] and torch.get_num_threads() == 2
-    err = capsys.readouterr().err
-    assert err == ("rlhf sft: threads: 2 per process (from --num_threads; set --num_threads or "
-                   "OMP_NUM_THREADS to change)\n")
+    seen = []
+    monkeypatch.setattr(rlhf.cli, "resolve", lambda command: lambda rest: seen.append((list(rest),
+                                                                                         torch.get_num_threads())))
+    assert rlhf.cli.main(["sft", "--model_name_or_path", "m", "--num_threads", "2"]) == 0
+    assert seen == [(["--model_name_or_path", "m"], 2)]  # stripped, and set before the command ran
+    assert capsys.readouterr().err == ("rlhf sft: threads: 2 per process (from --num_threads; set --num_threads "
+                                       "or OMP_NUM_THREADS to change)\n")
+
+    def bad_input(rest):
+        raise ValueError("--learning_rate must be positive")
+
+    monkeypatch.setattr(rlhf.cli, "resolve", lambda command: bad_input)
+    assert rlhf.cli.main(["sft", "--num_threads", "1"]) == 2
+    assert capsys.readouterr().err == "rlhf sft: error: --learning_rate must be positive\n"  # still one line
 
 
 def _train(tmp_path, name, env_update, *extra):
