@@ -30,7 +30,14 @@ $(BIN)/.installed: pyproject.toml
 	$(PIP) -e ".[dev,deepspeed]"
 	touch $@
 
+# Read when make starts, before any recipe: TORCH_INDEX acts only on a fresh .venv, so say so
+# instead of ignoring it silently.
+VENV_EXISTED := $(wildcard $(BIN)/python)
+
 install: $(BIN)/.installed
+ifneq ($(and $(TORCH_INDEX),$(VENV_EXISTED)),)
+	@echo "note: TORCH_INDEX applies only to a fresh install and $(VENV) already exists, so its torch stays as it is; to install torch from $(TORCH_INDEX): rm -rf $(VENV), then run make again with TORCH_INDEX"
+endif
 
 demo: install
 	$(BIN)/python scripts/demo.py
@@ -41,9 +48,10 @@ test: install
 	$(BIN)/python -m pytest tests -v -p no:cacheprovider --durations=15
 
 # While developing: everything but the learning and multi-process tests (marked `slow`), a few minutes.
+# No -q here: pyproject.toml's addopts already has one, and a second hides the "N passed" line.
 test-fast: install
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest tests -m "not slow" -q -p no:cacheprovider --durations=10
+	$(BIN)/python -m pytest tests -m "not slow" -p no:cacheprovider --durations=10
 
 bench: install
 	$(BIN)/python scripts/bench_tabular.py

@@ -88,9 +88,14 @@ def write_checkpoint(run_dir: str | os.PathLike, writers: Mapping[str, Callable[
     try:
         for name, write in writers.items():
             target = staging / name
-            write(target)
-            with open(target, "rb+") as fh:
-                os.fsync(fh.fileno())
+            try:
+                write(target)
+                with open(target, "rb+") as fh:
+                    os.fsync(fh.fileno())
+            except (OSError, RuntimeError) as err:  # torch's own writer errors are RuntimeErrors
+                # Name the file where it was going, not its staging copy.
+                reason = getattr(err, "strerror", None) or " ".join(str(err).split())
+                raise CheckpointFileError(getattr(err, "errno", None), reason, str(run_dir / name)) from err
         _fsync_dir(staging)
         os.rename(staging, run_dir / PENDING_DIR)  # the commit point
     except BaseException:
@@ -99,6 +104,67 @@ def write_checkpoint(run_dir: str | os.PathLike, writers: Mapping[str, Callable[
     _fsync_dir(run_dir)
     finish_pending_checkpoint(run_dir)
     return run_dir
+
+
+def checkpoint_sizes(run_dir: str | os.PathLike) -> dict[str, int]:
+    """Bytes of each file of the newest complete checkpoint in ``run_dir``."""
+    sizes = {}
+    for name in CHECKPOINT_FILES:
+        path = checkpoint_file(run_dir, name)
+        if path.is_file():
+            sizes[name] = path.stat().st_size
+    return sizes
+
+
+class InexactResumeWarning(RuntimeWarning):
+    """A resume keeps everything learned but will not give the numbers of an uninterrupted run
+    (the command line prints it as one ``warning:`` line)."""
+
+
+# ----------------------------------------------------------------------------- file writers
+class CheckpointFileError(OSError):
+    """Writing one file of a checkpoint failed; ``filename`` is where the file was going."""
+
+
+class _KeepWriteError:
+    """A file for ``torch.save`` that remembers the OS error of a failed write: torch reports one
+    only as ``RuntimeError('[enforce fail at inline_container.cc] ... unexpected pos')``, which
+    names neither the cause (a full disk) nor the file."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh, self.error = fh, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def save_torch(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)``, raising the OS's own error (ENOSPC ...) when a write fails."""
+    with open(path, "wb") as fh:
+        sink = _KeepWriteError(fh)
+        try:
+            torch.save(obj, sink)
+        except RuntimeError:
+            if sink.error is not None:
+                raise sink.error from None
+            raise
+
+
+def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """``safetensors.torch.save_file``, raising the OS's own error when a write fails (safetensors
+    reports one as its own SafetensorError)."""
+    from safetensors.torch import save
+
+    data = save(dict(tensors))
+    with open(path, "wb") as fh:
+        fh.write(data)
 
 
 # ----------------------------------------------------------------------------- stop requests

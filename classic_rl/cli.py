@@ -71,14 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="checkpoint every N environment steps (default: a tenth of --steps; 0: only at the end "
                             "and on Ctrl-C/SIGTERM)")
     train.add_argument("--eval-episodes", type=int, default=10)
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--quiet", action="store_true", help="no progress bar and no threads line")
+    _add_num_threads(train)
     train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show full tracebacks (sets RL_TOOLKIT_DEBUG=1)")
 
     ev = sub.add_parser("eval", help="evaluate a saved run greedily")
     ev.add_argument("run_dir")
-    ev.add_argument("--episodes", type=int, default=10)
-    ev.add_argument("--seed", type=int, default=123)
+    ev.add_argument("--episodes", type=int, default=None,
+                    help="episodes (default: as many as the run's own final evaluation, else 10)")
+    ev.add_argument("--seed", type=int, default=None,
+                    help="seed of the first episode, then +1 each (default: the run's own evaluation seed, "
+                         "10000, so the result equals summary.json's eval_return_mean)")
     ev.add_argument("--allow-partial", action="store_true",
                     help="evaluate a run whose training did not finish (its last checkpoint)")
     ev.add_argument("--video", metavar="OUT.gif|OUT.mp4",
@@ -86,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "an MP4 (MP4 needs the video extra)")
     ev.add_argument("--video-episodes", type=int, default=1, metavar="N",
                     help="episodes in the --video clip (default 1)")
+    _add_num_threads(ev)
 
     plot = sub.add_parser("plot", help="learning curves (and grid-world values) to PNG")
     plot.add_argument("run_dirs", nargs="+")
@@ -132,6 +137,12 @@ def add_tune_parser(sub: argparse._SubParsersAction) -> None:
                            "(default: 10 as the zoo, at most a fifth of --trials)")
 
 
+def _add_num_threads(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--num_threads", "--num-threads", type=int, default=None, metavar="N",
+                        help="torch CPU threads per process (default: OMP_NUM_THREADS if set, else 1 per "
+                             "process: small networks run fastest on one)")
+
+
 def _cmd_list() -> int:
     from classic_rl.registry import algorithms
 
@@ -160,6 +171,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         args.algo, args.env, steps=args.steps, episodes=args.episodes, seed=args.seed,
         config_file=args.config, overrides=parse_set_args(args.set), env_kwargs=env_kwargs, out=args.out,
         quiet=args.quiet, resume=args.resume, eval_episodes=args.eval_episodes, save_freq=args.save_freq,
+        num_threads=args.num_threads,
     )
     agent.close()  # environments and worker processes (vec_env async, A3C/D4PG actors) end here, not at exit
     out = Path(args.resume or args.out or "")
@@ -170,7 +182,34 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"{summary['algo']} on {summary['env']} (seed {summary['seed']}): {_work_done(summary)}; {_eval_text(summary)}")
     if args.out or args.resume:
         print(f"run directory: {out}")
+    print(_checkpoint_text(agent, summary))
     return 0
+
+
+BIG_BUFFER_BYTES = 100 * 2**20
+"""A training_state.pt this large gets the hint that leaving the replay buffer out shrinks it."""
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def _checkpoint_text(agent, summary: dict) -> str:
+    """One line: the checkpoint's size and its largest files, and how to shrink a big replay buffer."""
+    sizes = summary.get("checkpoint_bytes") or {}
+    files = ", ".join(f"{name} {_human_bytes(size)}" for name, size in sorted(sizes.items(), key=lambda kv: -kv[1]))
+    text = f"checkpoint: {_human_bytes(sum(sizes.values()))} ({files})"
+    config = agent.config
+    if getattr(config, "checkpoint_buffer", False) and sizes.get("training_state.pt", 0) > BIG_BUFFER_BYTES:
+        text += ("; most of it is the replay buffer: --set checkpoint_buffer=false leaves it out "
+                 "(a resume then refills it and is not exact)")
+    elif getattr(config, "checkpoint_buffer", True) is False:
+        text += "; without the replay buffer (checkpoint_buffer=false): a resume refills it and is not exact"
+    return text
 
 
 def _work_done(summary: dict) -> str:
@@ -195,7 +234,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from classic_rl.agents.base import Agent
     from classic_rl.safe_io import dumps_strict
 
-    if args.episodes < 1:
+    if args.episodes is not None and args.episodes < 1:
         raise UserError(f"--episodes must be a positive integer, got {args.episodes}")
     if args.video is not None:  # before the agent loads: a bad name or a missing encoder costs nothing
         from classic_rl.video import check_video_path
@@ -206,6 +245,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory")
+    episodes, seed = _eval_defaults(run_dir, args.episodes, args.seed)
     run = Agent.read_state(run_dir).get("run")
     partial = isinstance(run, dict) and run.get("status") != "complete"
     if partial:
@@ -221,9 +261,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             )
         print(f"classic-rl eval: warning: {run_dir} is a partial checkpoint at step {step}, not a finished run",
               file=sys.stderr)
+    from classic_rl.threads import configure_threads
+
+    threads = configure_threads(args.num_threads)  # before the agent is built (see train._set_threads)
     agent = classic_rl.load(run_dir)
-    mean, std = agent.evaluate(episodes=args.episodes, seed=args.seed)  # agents own their env (mpe2:...)
-    result = {"algo": agent.algo, "env": agent.env_id, "episodes": args.episodes,
+    print(threads, file=sys.stderr)  # after loading, so that a damaged run is still a one-line error
+    mean, std = agent.evaluate(episodes=episodes, seed=seed)  # agents own their env (mpe2:...)
+    result = {"algo": agent.algo, "env": agent.env_id, "episodes": episodes, "seed": seed,
               "eval_return_mean": mean, "eval_return_std": std}
     if partial:
         result.update(partial=True, checkpoint_step=agent.num_timesteps)
@@ -235,6 +279,27 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                       video_episode_returns=video.returns)
     print(dumps_strict(result))
     return 0
+
+
+def _eval_defaults(run_dir: Path, episodes: int | None, seed: int | None) -> tuple[int, int]:
+    """--episodes and --seed, defaulting to those of the run's final evaluation (summary.json), so
+    that `classic-rl eval RUN` repeats the number training reported."""
+    from classic_rl.evaluation import RUN_EVAL_SEED
+
+    summary: dict = {}
+    path = run_dir / "summary.json"
+    if path.is_file():
+        try:
+            summary = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            summary = {}  # only the defaults come from it; the run itself is checked on loading
+    if not isinstance(summary, dict):
+        summary = {}
+    if episodes is None:
+        episodes = summary.get("eval_episodes") or 10
+    if seed is None:
+        seed = summary.get("eval_seed", RUN_EVAL_SEED)
+    return int(episodes), int(seed)
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
@@ -351,10 +416,10 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 def _load_tabular(run_dir: str):
     """The saved agent if it has a state-value table (tabular runs), else None."""
-    import yaml
-
-    meta = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+    from classic_rl.agents.base import Agent
     from classic_rl.registry import get_algorithm
+
+    meta = Agent.read_meta(run_dir)  # a damaged or tagged config.yaml is a one-line error naming it
 
     if not get_algorithm(meta["algo"]).family.startswith(("tabular", "dynamic")):
         return None
@@ -365,8 +430,10 @@ def _load_tabular(run_dir: str):
 
 @contextlib.contextmanager
 def _notes_as_plain_lines(command: str) -> Iterator[None]:
-    """Inside, the evaluation cap's warning prints as one ``classic-rl CMD: note: ...`` line (not
-    Python's ``file:line: Category: ...`` form with a source line); other warnings are unchanged."""
+    """Inside, the evaluation cap's warning prints as one ``classic-rl CMD: note: ...`` line and an
+    inexact resume's as one ``warning:`` line (not Python's ``file:line: Category: ...`` form with a
+    source line); other warnings are unchanged."""
+    from classic_rl.checkpoint import InexactResumeWarning
     from classic_rl.evaluation import EvaluationCapWarning
 
     show = warnings.showwarning
@@ -374,6 +441,8 @@ def _notes_as_plain_lines(command: str) -> Iterator[None]:
     def showwarning(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, EvaluationCapWarning):
             print(f"classic-rl {command}: note: {message}", file=sys.stderr)
+        elif issubclass(category, InexactResumeWarning):
+            print(f"classic-rl {command}: warning: {message}", file=sys.stderr)
         else:
             show(message, category, filename, lineno, file, line)
 

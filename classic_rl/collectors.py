@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from classic_rl.buffers import Rollout
+from classic_rl.checkpoint import InexactResumeWarning
 from classic_rl.env_utils import EpisodesNotReplayable, replay_episode
 from classic_rl.logger import RunLogger
 from classic_rl.normalizers import RewardScaler, RunningMeanStd
@@ -297,7 +298,7 @@ class RolloutCollector:
             warnings.warn(
                 f"The environments' current episodes could not be rebuilt exactly ({reason}); training "
                 "continues on fresh episodes, so its numbers will differ from an uninterrupted run.",
-                RuntimeWarning, stacklevel=2,
+                InexactResumeWarning, stacklevel=2,
             )
             obs, _ = self.envs.reset(seed=int(state["total_steps"]) + 7919)
             self._obs = np.array(obs)

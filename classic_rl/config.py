@@ -136,12 +136,12 @@ def apply_overrides(config: Any, overrides: dict[str, Any], where: str) -> Any:
     return config
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def read_yaml(path: str | Path) -> Any:
+    """``yaml.safe_load`` of a file; a file that is not valid YAML (bad syntax, a ``!tag`` that
+    safe loading refuses, not text) is a one-line :class:`ConfigError` naming the file and line."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"Config file {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
@@ -152,6 +152,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{where}: invalid YAML: {problem}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text (YAML) file") from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file {str(path)!r} does not exist")
+    data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"Config file {str(path)!r} must hold a mapping of settings, got {type(data).__name__}")
     return data
@@ -174,8 +181,11 @@ def defaults_for(algo: str, env_id: str, root: Path | None = None) -> dict[str, 
     data = load_yaml(path)
     merged = dict(data.get("default") or {})
     envs = data.get("envs") or {}
+    name = env_id.partition(":")[2]  # MODULE:NAME (env_utils.import_env_module): NAME's settings
     if env_id in envs:
         merged.update(envs[env_id] or {})
+    elif name in envs:
+        merged.update(envs[name] or {})
     elif is_atari_name(env_id):
         merged.update(data.get("atari") or {})
     return merged

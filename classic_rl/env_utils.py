@@ -20,6 +20,7 @@ before an unseeded reset -- and its actions, without pickling the environment.
 from __future__ import annotations
 
 import difflib
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -70,10 +71,37 @@ def registered_env_ids() -> list[str]:
     return sorted(gym.envs.registry.keys())
 
 
+def import_env_module(env_id: str) -> str:
+    """For an id ``MODULE:NAME``, import ``MODULE`` and return ``NAME``; other ids come back as they are.
+
+    The one rule for every algorithm, gymnasium's (``gymnasium.make("MODULE:NAME")``): the part
+    before the colon is a Python module that is imported, so its code runs (a gymnasium package
+    registers its environments on import; for maddpg, ``MODULE.NAME`` is the PettingZoo env).
+    Only use modules you trust, including in run folders from others (their config.yaml names
+    the env id). A module that cannot be imported is a ValueError naming it.
+    """
+    module, sep, name = env_id.partition(":")
+    if not sep:
+        return env_id
+    if not module or not name:
+        raise ValueError(f"Environment id {env_id!r} must be MODULE:NAME, e.g. 'mypackage:MyEnv-v0'")
+    try:
+        importlib.import_module(module)
+    except ImportError as err:
+        raise ValueError(
+            f"Environment id {env_id!r}: cannot import module {module!r} ({err}); install it or put its folder "
+            "on PYTHONPATH"
+        ) from None
+    return name
+
+
 def check_env_id(env_id: str) -> None:
-    """Raise a ValueError naming close matches when ``env_id`` is not registered."""
+    """Raise a ValueError naming close matches when ``env_id`` is not registered (``MODULE:NAME``
+    first imports ``MODULE``, which registers ``NAME``: :func:`import_env_module`)."""
     if not isinstance(env_id, str):
         return
+    module = env_id.partition(":")[0] if ":" in env_id else None
+    env_id = import_env_module(env_id)
     ids = registered_env_ids()
     if env_id in ids:
         return
@@ -83,6 +111,9 @@ def check_env_id(env_id: str) -> None:
             return
     close = difflib.get_close_matches(env_id, ids, n=5, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    if module is not None:
+        raise ValueError(f"Module {module!r} was imported but registered no environment {env_id!r}.{hint} "
+                         "It must call gymnasium.register(id=..., entry_point=...) when imported")
     if (env_id.startswith("ALE/") or "NoFrameskip" in env_id) and "ale_py" not in sys.modules:
         hint = " Atari games need the Arcade Learning Environment: pip install ale-py." + hint
     raise ValueError(
@@ -118,7 +149,7 @@ def _env_kwargs_error(env_id: str, env_kwargs: dict[str, Any], err: TypeError) -
 
     valid: list[str] = []
     try:
-        entry = gym.envs.registry[env_id].entry_point
+        entry = gym.envs.registry[env_id.partition(":")[2] or env_id].entry_point
         cls = gym.envs.registration.load_env_creator(entry) if isinstance(entry, str) else entry
         params = inspect.signature(cls).parameters.values()
         valid = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]

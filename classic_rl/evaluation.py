@@ -13,6 +13,10 @@ import numpy as np
 from classic_rl.env_utils import make_env
 
 DEFAULT_MAX_STEPS = 10_000
+RUN_EVAL_SEED = 10_000
+"""Seed of the first episode of a run's evaluation, by ``classic-rl train`` at the end and by
+``classic-rl eval`` (episodes ``RUN_EVAL_SEED, +1, ...``): one default, so the two give the same
+number for the same agent; far from the training seeds (0, 1, ...)."""
 
 
 class EvaluationCapWarning(UserWarning):

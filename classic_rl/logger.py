@@ -36,6 +36,8 @@ class RunLogger:
         out_dir: run directory; None keeps everything in memory.
         total: size of the budget for the progress bar (steps or episodes).
         unit: ``"step"`` or ``"episode"``: what :meth:`advance` counts.
+        initial: how much of ``total`` was done before (a resumed run's checkpoint), so the bar
+            shows the whole run: ``48128/50000``.
         progress: show a progress bar.
         tensorboard: write TensorBoard event files under ``out_dir/tb``.
         resume: the log position saved with the checkpoint a resumed run starts from.
@@ -52,6 +54,7 @@ class RunLogger:
         tensorboard: bool = True,
         resume: dict | None = None,
         purge_step: int | None = None,
+        initial: int = 0,
     ) -> None:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         resume = resume or {}
@@ -86,7 +89,8 @@ class RunLogger:
                 except ImportError:  # tensorboard is optional at run time
                     self._tb = None
         self.unit = unit
-        self._bar = tqdm(total=total, unit=unit, disable=not progress, dynamic_ncols=True, leave=False)
+        self._bar = tqdm(total=total, initial=initial, unit=unit, disable=not progress, dynamic_ncols=True,
+                         leave=False)
 
     @property
     def wall_s(self) -> float:
@@ -130,7 +134,12 @@ class RunLogger:
             self._tb.flush()
 
     def advance(self, n: int = 1) -> None:
-        """Move the progress bar by ``n`` units of the budget."""
+        """Move the progress bar by ``n`` units of the budget (``unit``)."""
+        total = self._bar.total
+        if total is not None:
+            # A last rollout may overshoot the budget; past its total tqdm would drop the total
+            # and show a bare count ("50176step"), so the bar stops at the budget.
+            n = max(0, min(n, total - self._bar.n))
         self._bar.update(n)
 
     def close(self) -> None:

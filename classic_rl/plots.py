@@ -21,9 +21,11 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
-import yaml
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+
+from classic_rl.config import read_yaml
+from classic_rl.safe_io import UserError
 
 SPREADS = ("std", "minmax")
 X_AXES = ("steps", "episodes")
@@ -43,15 +45,22 @@ class Run:
 
 def _run_info(run_dir: Path) -> dict:
     """algo / env / seed from config.yaml, falling back to summary.json."""
-    for name, loader in (("config.yaml", yaml.safe_load), ("summary.json", json.loads)):
+    for name, loader in (("config.yaml", read_yaml), ("summary.json", _read_json)):
         path = run_dir / name
         if path.is_file():
-            info = loader(path.read_text()) or {}
+            info = loader(path) or {}
             if isinstance(info, dict) and "algo" in info and "env" in info:
                 return info
     raise ValueError(
         f"{run_dir}: config.yaml (or summary.json) with keys 'algo' and 'env' is needed to group runs"
     )
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: damaged or truncated JSON ({err})") from None
 
 
 def load_run(run_dir: str | Path) -> Run:

@@ -13,6 +13,9 @@ Shared by both command-line tools (``classic-rl`` and ``rlhf``):
 - :class:`UserError`: raised for a mistake in the user's input (a bad flag value, a malformed
   file). The CLIs print its one-line message and exit with status 2, without a traceback, unless
   debugging is asked for (``--debug`` or the environment variable ``RL_TOOLKIT_DEBUG=1``).
+- :func:`lock_run_dir`: one writer per run folder. Two processes writing the same folder (a run
+  and its ``--resume`` started twice) interleave their logs and checkpoints; the second one gets
+  :class:`RunDirLocked` (a UserError naming the folder and the holder's PID) instead.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from typing import Any
 
 __all__ = [
     "DEBUG_ENV",
+    "LOCK_FILE",
+    "RunDirLocked",
     "STAGING_DIR",
     "TrainingDiverged",
     "UserError",
@@ -36,8 +41,12 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "current_umask",
     "debug_enabled",
+    "default_file_mode",
     "dumps_strict",
+    "lock_holder",
+    "lock_run_dir",
     "to_strict_json",
 ]
 
@@ -80,12 +89,31 @@ def dumps_strict(value: Any, **kwargs: Any) -> str:
     return json.dumps(to_strict_json(value), allow_nan=False, **kwargs)
 
 
+def current_umask() -> int:
+    """The process's umask; on Linux read from /proc, which leaves it untouched for threads that
+    create files at the same moment."""
+    try:
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1], 8) for line in fh if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0o022)  # the only portable way to read it is to set it ...
+        os.umask(umask)  # ... and put it back
+        return umask
+
+
+def default_file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0666 less the umask (0644 for the usual 022)."""
+    return 0o666 & ~current_umask()
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash leaves the old content or the new, never a mix."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file 0600; every file the project writes gets open()'s mode instead.
+        os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -156,3 +184,110 @@ def atomic_directory(final: str | os.PathLike, *, main: bool = True,
         tmp.rename(final)
     with contextlib.suppress(OSError):
         staging_root.rmdir()  # only if empty
+
+
+# ----------------------------------------------------------------------------- run-folder lock
+LOCK_FILE = ".lock"
+"""The lock file inside a run folder; it holds the PID of the process that has the folder."""
+
+
+class RunDirLocked(UserError):
+    """Another live process holds the run folder's lock."""
+
+
+_held: dict[str, list] = {}
+"""Lock files this process holds: resolved folder -> [fd, depth], so that nesting is free."""
+
+
+def _close_held_in_child() -> None:
+    # A forked worker inherits the lock's open file; flock locks belong to the open file, so the
+    # worker would keep the folder locked after the run itself died. Workers never write the folder.
+    for fd, _ in _held.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_in_child)
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def lock_holder(path: str | os.PathLike) -> int | None:
+    """The PID of another process holding ``path``'s lock (-1 when it has not written it yet), or
+    None when no live process but this one holds it. Nothing is created."""
+    import fcntl
+
+    if str(Path(path).resolve()) in _held:
+        return None
+    try:
+        fd = os.open(Path(path) / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_pid(fd) or -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def lock_run_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Hold ``path``'s exclusive lock (creating the folder if needed) for the ``with`` block.
+
+    The lock is an ``flock`` on ``path/.lock``, which holds our PID. The kernel releases it when the
+    process ends in any way (SIGKILL and power loss included), so no stale lock is ever left; the
+    file itself stays and is reused. Raises :class:`RunDirLocked` when another process holds it.
+    Nested use in one process is free. POSIX only (``fcntl``); elsewhere nothing is locked.
+    """
+    path = Path(path)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here
+        yield path
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    key = str(path.resolve())
+    if key in _held:
+        _held[key][1] += 1
+        try:
+            yield path
+        finally:
+            _held[key][1] -= 1
+        return
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = _read_pid(fd)
+        os.close(fd)
+        holder = f"PID {pid}" if pid else "a process that is just starting"
+        raise RunDirLocked(
+            f"{path} is in use by another run ({holder} holds {path / LOCK_FILE}); wait for it to finish "
+            "or stop it, then try again"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _held[key] = [fd, 1]
+    try:
+        yield path
+    finally:
+        _held.pop(key, None)
+        os.close(fd)  # releases the lock; the file (and its stale PID) stays, unlocked
+

@@ -60,6 +60,15 @@ A3C_RAY_REFUSAL = (
 )
 
 
+def local_worker_count(config: Any) -> int:
+    """Worker processes a run with these settings starts on this machine (``n_workers`` with the
+    ``process`` backend; Ray places its actors itself). ``config``: a Config object or its dict."""
+    get = config.get if isinstance(config, dict) else (lambda key, default: getattr(config, key, default))
+    if get("worker_backend", "process") != "process":
+        return 0
+    return max(0, int(get("n_workers", 0) or 0))
+
+
 class WorkerError(RuntimeError):
     """A worker died, raised an exception or did not answer in time."""
 
@@ -149,9 +158,12 @@ def stop_processes(procs: list[Any], timeout_s: float = 5.0) -> None:
         proc.join()
 
 
-def _serve(conn: Any, worker_cls: type, init_args: tuple) -> None:
+def _serve(conn: Any, worker_cls: type, init_args: tuple, processes: int = 1) -> None:
     """A worker process: build the object, then answer (method, args) requests until None."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the learner's to handle
+    from classic_rl.threads import set_worker_threads
+
+    set_worker_threads(processes)  # the run's per-process count, not one per core in every worker
     try:
         obj = worker_cls(*init_args)
     except BaseException:
@@ -182,7 +194,8 @@ class ProcessPool(WorkerPool):
         self._failed = False
         pipes = [ctx.Pipe() for _ in init_args]
         self.conns = [parent for parent, _ in pipes]
-        self.procs = start_processes(ctx, _serve, [(child, worker_cls, a) for (_, child), a in zip(pipes, init_args)], name)
+        args = [(child, worker_cls, a, self.n + 1) for (_, child), a in zip(pipes, init_args)]  # + the learner
+        self.procs = start_processes(ctx, _serve, args, name)
         for _, child in pipes:
             child.close()
 

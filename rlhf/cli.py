@@ -65,7 +65,10 @@ def main(argv: list[str] | None = None) -> int:
 
     set_command(command)
     try:
+        threads = _set_threads(command, rest)
         command_main(rest)
+        if threads:  # at the end, so that an error in the input is still one line
+            print(threads, file=sys.stderr)
     except (UserError, ValueError, FileNotFoundError) as err:  # bad input: a clear message, not a traceback
         if debug_enabled():
             raise
@@ -79,6 +82,19 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         set_command(None)
     return 0
+
+
+def _set_threads(command: str, rest: list[str]) -> str | None:
+    """Take `--num_threads N` out of `rest` and set torch's threads per process (classic_rl.threads)
+    before the command builds anything; returns the line to print (None on other ranks and for `--help`)."""
+    import os
+
+    from classic_rl.threads import configure_threads, local_processes, pop_num_threads_flag
+
+    line = configure_threads(pop_num_threads_flag(rest), local_processes())
+    if os.environ.get("RANK", "0") != "0" or {"-h", "--help", "--help-all"} & set(rest):
+        return None
+    return f"rlhf {command}: {line}"
 
 
 def _one_line(err: BaseException) -> str:

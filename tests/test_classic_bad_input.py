@@ -3,6 +3,9 @@ line or flag; divergence and failed writes stop loudly and keep the last good ch
 
 import json
 import math
+import os
+import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -140,7 +143,7 @@ def test_divergence_found_in_the_weights_at_a_checkpoint(tmp_path, capsys, monke
 def test_a_failed_final_save_keeps_the_previous_checkpoint_resumable(tmp_path, capsys, monkeypatch):
     from classic_rl.agents import base
 
-    save_file, calls = base.save_file, [0]
+    save_file, calls = base.save_safetensors, [0]
 
     def disk_full_on_the_final_save(tensors, path):
         calls[0] += 1
@@ -148,12 +151,13 @@ def test_a_failed_final_save_keeps_the_previous_checkpoint_resumable(tmp_path, c
             raise OSError(28, "No space left on device")
         return save_file(tensors, path)
 
-    monkeypatch.setattr(base, "save_file", disk_full_on_the_final_save)
+    monkeypatch.setattr(base, "save_safetensors", disk_full_on_the_final_save)
     out = tmp_path / "run"
     assert main([*A2C, "--out", str(out), "--save-freq", "100"]) == 1
     err = _one_line_error(capsys)
-    assert "No space left on device" in err and "the checkpoint at step 400 is intact" in err
-    monkeypatch.setattr(base, "save_file", save_file)
+    assert f"no space left on device writing {out / 'model.safetensors'}" in err
+    assert "the last complete checkpoint is step 400" in err
+    monkeypatch.setattr(base, "save_safetensors", save_file)
     state = json.loads((out / "state.json").read_text())
     assert state["num_timesteps"] == 400 and state["run"]["status"] == "running"
     assert not list(out.glob(".checkpoint-*"))  # the failed write left nothing half-written
@@ -168,3 +172,46 @@ def test_eval_of_a_folder_that_is_not_a_run(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["eval", str(tmp_path / "empty")]) == 2
     assert "config.yaml" in _one_line_error(capsys)
+
+
+def test_truncated_run_config_names_the_file_and_the_setting(tmp_path, capsys):
+    run = _trained(tmp_path)
+    config = tmp_path / "run" / "config.yaml"
+    text = config.read_text()
+    config.write_text(text[: text.index("update_backend:") + len("update_backend:")])  # cut as a kill would
+    expected = (f"{config}: setting 'update_backend' (the last one in the file) has no value; the file looks "
+                "truncated or was edited")
+    assert main(["eval", run, "--episodes", "1"]) == 2
+    assert expected in _one_line_error(capsys)  # it said: update_backend must be one of ...; got 'None'
+    assert main(["train", "a2c", "CartPole-v1", "--resume", run, "--quiet"]) == 2
+    assert expected in _one_line_error(capsys)
+
+
+def test_out_of_range_setting_in_a_run_config_names_the_file(tmp_path, capsys):
+    run = _trained(tmp_path)
+    config = tmp_path / "run" / "config.yaml"
+    config.write_text(config.read_text().replace("update_backend: fused", "update_backend: turbo"))
+    assert main(["eval", run, "--episodes", "1"]) == 2
+    err = _one_line_error(capsys)
+    assert err.startswith(f"classic-rl eval: error: {config}: ") and "update_backend" in err
+
+
+@pytest.mark.parametrize("command", ["plot", "eval"])
+def test_yaml_tag_in_a_run_config_is_a_one_line_error(tmp_path, capsys, command):
+    run = _trained(tmp_path)
+    config = tmp_path / "run" / "config.yaml"
+    config.write_text("algo: !python/name:os.system a2c\n" + config.read_text().split("\n", 1)[1])
+    assert main([command, run]) == 2  # plot used to exit 1 with a ConstructorError
+    err = _one_line_error(capsys)
+    assert f"{config}:1:" in err and "invalid YAML" in err and "tag" in err
+
+
+def test_run_files_get_the_umask_default_mode(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        run = Path(_trained(tmp_path))
+    finally:
+        os.umask(previous)
+    modes = {str(p.relative_to(run)): stat.S_IMODE(p.stat().st_mode) for p in run.rglob("*") if p.is_file()}
+    assert "summary.json" in modes and "model.safetensors" in modes and "episodes.csv" in modes
+    assert set(modes.values()) == {0o640}, modes  # summary.json came out 0600 (mkstemp), the rest 0640

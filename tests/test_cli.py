@@ -94,3 +94,22 @@ def test_plot_draws_curves_and_the_grid_value_heatmap(tmp_path, capsys):
     for run in runs:
         assert (tmp_path / run / "values.png").stat().st_size > 10_000
     assert main(["plot", str(tmp_path / "missing")]) == 2
+
+
+def test_eval_repeats_the_number_training_reported(tmp_path, capsys):
+    """Training's final evaluation and `classic-rl eval RUN` use one default seed (10000) and the
+    run's episode count, so the same agent gives the same number (they used to differ: 123)."""
+    run = tmp_path / "sac"
+    assert main(["train", "sac", "Pendulum-v1", "--steps", "600", "--set", "learning_starts=200",
+                 "--eval-episodes", "2", "--out", str(run), "--quiet"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["eval_seed"] == 10_000 and summary["eval_episodes"] == 2
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["seed"] == 10_000 and result["episodes"] == 2
+    assert result["eval_return_mean"] == summary["eval_return_mean"]
+    assert result["eval_return_std"] == summary["eval_return_std"]
+    assert main(["eval", str(run), "--seed", "123"]) == 0  # another seed is another number, said in the output
+    other = json.loads(capsys.readouterr().out)
+    assert other["seed"] == 123 and other["eval_return_mean"] != summary["eval_return_mean"]

@@ -37,6 +37,7 @@ from classic_rl.agents.on_policy import OnPolicyAgent, OnPolicyConfig, RolloutCo
 from classic_rl.env_utils import make_env
 from classic_rl.logger import RunLogger
 from classic_rl.policies import ActorCritic
+from classic_rl.threads import set_worker_threads
 from classic_rl.workers import (
     A3C_RAY_REFUSAL,
     DEFAULT_TIMEOUT_S,
@@ -124,7 +125,7 @@ def _worker(
     """One A3C learner process (see the module docstring)."""
     collector = None
     try:
-        torch.set_num_threads(1)
+        set_worker_threads(config.n_workers + 1)  # the run's per-process count (classic_rl.threads)
         seed_everything(seed)
         env = make_env(env_id, env_kwargs)
         local = ActorCritic(env.observation_space, env.action_space, config)

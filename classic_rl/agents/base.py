@@ -24,13 +24,15 @@ import gymnasium as gym
 import numpy as np
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from classic_rl.checkpoint import (
     STOP,
     TrainingDiverged,
     checkpoint_file,
     first_non_finite,
+    save_safetensors,
+    save_torch,
     write_checkpoint,
 )
 from classic_rl.config import resolve_config, to_dict
@@ -305,8 +307,8 @@ class Agent:
         training = self.training_state()
         write_checkpoint(path, {
             "config.yaml": lambda p: p.write_text(yaml.safe_dump(self.describe(), sort_keys=False)),
-            "model.safetensors": lambda p: save_file(tensors, str(p)),
-            "training_state.pt": lambda p: torch.save(training, p),
+            "model.safetensors": lambda p: save_safetensors(tensors, p),
+            "training_state.pt": lambda p: save_torch(training, p),
             "state.json": lambda p: p.write_text(dumps_strict(extra, indent=2) + "\n"),
         })
         return Path(path)
@@ -318,12 +320,14 @@ class Agent:
         file = checkpoint_file(path, "config.yaml")
         if not file.is_file():
             raise FileNotFoundError(f"{str(path)!r} is not a saved agent: it has no config.yaml")
+        from classic_rl.config import ConfigError, read_yaml
+
         try:
-            meta = yaml.safe_load(file.read_text())
-        except yaml.YAMLError as err:
-            raise UserError(f"{file}: not valid YAML ({_one_line(err)}); the run directory is damaged") from None
+            meta = read_yaml(file)
+        except ConfigError as err:
+            raise UserError(f"{err}; the run directory is damaged{_truncation_hint(file)}") from None
         if not isinstance(meta, dict) or "algo" not in meta or "env" not in meta:
-            raise UserError(f"{file}: not a classic-rl agent description (no algo/env)")
+            raise UserError(f"{file}: not a classic-rl agent description (no algo/env){_truncation_hint(file)}")
         return meta
 
     @staticmethod
@@ -347,9 +351,7 @@ class Agent:
         agent_cls = get_algorithm(meta["algo"])
         if cls is not Agent and not issubclass(agent_cls, cls):
             raise TypeError(f"{str(path)!r} holds a {meta['algo']} agent, not {cls.__name__}")
-        from classic_rl.config import apply_overrides
-
-        config = apply_overrides(agent_cls.Config(), meta.get("config") or {}, f"{path}/config.yaml")
+        config = _saved_config(agent_cls.Config, meta.get("config"), checkpoint_file(path, "config.yaml"))
         agent = agent_cls(env or meta["env"], config=config, seed=meta.get("seed", 0), env_kwargs=meta.get("env_kwargs"))
         weights = checkpoint_file(path, "model.safetensors")
         try:
@@ -368,6 +370,50 @@ class Agent:
             agent.load_training_state(state)
         agent.load_extra_state(cls.read_state(path))
         return agent
+
+
+def _truncation_hint(file: Path) -> str:
+    """'; it looks truncated ...' when ``file`` does not end as classic-rl writes it (a newline)."""
+    try:
+        whole = file.read_bytes().endswith(b"\n")
+    except OSError:
+        return ""
+    return "" if whole else "; it looks truncated (it does not end with a newline, as a saved file does)"
+
+
+def _saved_config(config_cls: type, settings: Any, file: Path) -> Any:
+    """The Config of a saved agent from its config.yaml's ``config`` section; every problem is a
+    one-line UserError naming the file (a truncated file ends in a setting with no value)."""
+    import typing
+
+    from classic_rl.config import apply_overrides
+
+    if settings is None:
+        settings = {}
+    if not isinstance(settings, dict):
+        raise UserError(f"{file}: 'config' must be a mapping of settings{_truncation_hint(file)}")
+    hints = typing.get_type_hints(config_cls)
+    for key, value in settings.items():
+        if value is None and key in hints and not _allows_none(hints[key]):
+            last = " (the last one in the file)" if key == list(settings)[-1] else ""
+            raise UserError(
+                f"{file}: setting {key!r}{last} has no value; the file looks truncated or was edited: "
+                "restore it from a copy of the run, or start a new run"
+            )
+    try:
+        return apply_overrides(config_cls(), settings, str(file))
+    except ValueError as err:  # range checks name the setting, not the file
+        message = " ".join(str(err).split())
+        raise UserError(f"{message if str(file) in message else f'{file}: {message}'}"
+                        f"{_truncation_hint(file)}") from None
+
+
+def _allows_none(annotation: Any) -> bool:
+    import types
+    import typing
+
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in typing.get_args(
+        annotation)
 
 
 def _one_line(err: BaseException) -> str:

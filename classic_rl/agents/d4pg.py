@@ -254,7 +254,8 @@ class D4PG(ContinuousAgent):
                 self.num_episodes += 1
                 logger.episode(self.num_timesteps, episode_return, length)
         self.num_timesteps += round_steps
-        logger.advance(round_steps)
+        if logger.unit == "step":  # an episode budget's bar moves in logger.episode
+            logger.advance(round_steps)
 
     # ------------------------------------------------------------------ saving
     def networks(self) -> dict[str, torch.nn.Module]:

@@ -78,6 +78,8 @@ def make_multiagent_env(env: Any, env_kwargs: dict | None = None) -> MultiAgentE
         if hasattr(env, "possible_agents") and hasattr(env, "observation_space"):
             return MultiAgentEnv(env, type(getattr(env, "unwrapped", env)).__name__)
         raise ValueError(f"maddpg needs a PettingZoo ParallelEnv or an id like 'mpe2:simple_spread_v3', got {env!r}")
+    # The rule of every env id (env_utils.import_env_module): MODULE is imported, so its code runs;
+    # for a multi-agent env, NAME is then the PettingZoo env module MODULE.NAME.
     module_name, sep, name = env.partition(":")
     if not sep or not module_name or not name:
         raise ValueError(

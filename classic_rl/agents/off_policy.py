@@ -44,6 +44,7 @@ import torch
 
 from classic_rl.agents.base import Agent
 from classic_rl.buffers import REPLAY_KINDS, Batch, make_replay_buffer
+from classic_rl.checkpoint import InexactResumeWarning
 from classic_rl.collectors import EnvRunner, VectorEnvRunner
 from classic_rl.env_utils import VEC_ENV_KINDS, EpisodeReplay, make_env, make_vector_env
 from classic_rl.evaluation import PeriodicEvaluation
@@ -97,8 +98,15 @@ class OffPolicyConfig:
     eval_seed: int = 10_000
     log_interval: int = 1000
     """Steps between training-scalar logs (TensorBoard ``train/*``)."""
-    torch_threads: int = 1
-    """torch CPU threads for this process (small networks are fastest on one); 0 keeps torch's default."""
+    checkpoint_buffer: bool = True
+    """Save the replay buffer in every checkpoint, so a resume continues exactly. It is most of a
+    checkpoint (gigabytes for Atari frames); false leaves it out: a resumed run then refills an
+    empty buffer for ``max(learning_starts, batch_size)`` steps before it updates again, and its
+    numbers differ from an uninterrupted run."""
+    torch_threads: int = 0
+    """torch CPU threads for this process; 0 (default) keeps the process's count, which
+    ``classic-rl`` sets once per run (``--num_threads``, ``OMP_NUM_THREADS``, else one per process:
+    ``classic_rl.threads``)."""
 
     def validate(self) -> None:
         positive = ("buffer_size", "batch_size", "train_freq", "n_step", "target_update_interval", "n_envs",
@@ -171,6 +179,9 @@ class OffPolicyAgent(PeriodicEvaluation, Agent):
             alpha=cfg.per_alpha, eps=cfg.per_eps, sort_every=cfg.rank_sort_every,
         )
         self.horizon = self.default_steps
+        self.train_from = cfg.learning_starts
+        """Updates start after this step (later after resuming a checkpoint without its buffer)."""
+        self.buffer_left_out = False
         self.n_updates = 0
         self.targets_stale = False
         self.last_log_step = 0
@@ -327,30 +338,32 @@ class OffPolicyAgent(PeriodicEvaluation, Agent):
         self.buffer.add(obs, actions, rewards, next_obs, terminated, truncated)
         self.num_timesteps += n
         t = self.num_timesteps
-        logger.advance(n)
+        if logger.unit == "step":  # an episode budget's bar moves in logger.episode
+            logger.advance(n)
         for episode_return, length in finished:
             self.num_episodes += 1
             logger.episode(t, episode_return, length)
         if t % target_every == 0 and self.targets_stale:
             self.update_targets()
-        if t > cfg.learning_starts and t % train_every == 0:
+        if t > self.train_from and t % train_every == 0:
             self.train(gradient_steps, logger)
         self.maybe_evaluate(t - n, logger)
 
     # ------------------------------------------------------------------ saving / resuming
     def training_state(self) -> dict[str, Any]:
         state = super().training_state()
-        state.update(
-            buffer=self.buffer.state_dict(),
-            runner=self.runner.state_dict(),
-            numpy_rng=self.rng.bit_generator.state,
-        )
+        state.update(runner=self.runner.state_dict(), numpy_rng=self.rng.bit_generator.state)
+        if self.config.checkpoint_buffer:
+            state["buffer"] = self.buffer.state_dict()
+        else:
+            state["buffer_left_out"] = True
         return state
 
     def load_training_state(self, state: dict[str, Any]) -> None:
         super().load_training_state(state)
         if "buffer" in state:
             self.buffer.load_state_dict(state["buffer"])
+        self.buffer_left_out = bool(state.get("buffer_left_out"))
         if "numpy_rng" in state:
             self.rng.bit_generator.state = state["numpy_rng"]
         if "runner" in state:
@@ -358,7 +371,7 @@ class OffPolicyAgent(PeriodicEvaluation, Agent):
                 self.runner.load_state_dict(state["runner"])
             except RuntimeError as err:  # keep the learning; only the unfinished episodes are lost
                 warnings.warn(f"{err} Training continues on fresh episodes, so its numbers will differ from "
-                              "an uninterrupted run.", RuntimeWarning, stacklevel=2)
+                              "an uninterrupted run.", InexactResumeWarning, stacklevel=2)
                 self.runner.obs = None
 
     def extra_state(self) -> dict[str, Any]:
@@ -371,6 +384,13 @@ class OffPolicyAgent(PeriodicEvaluation, Agent):
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         super().load_extra_state(state)
+        if self.buffer_left_out:  # after load_training_state, now that the step count is known
+            refill = max(self.config.learning_starts, self.config.batch_size)
+            self.train_from = self.num_timesteps + refill
+            warnings.warn(
+                f"the checkpoint at step {self.num_timesteps} holds no replay buffer (checkpoint_buffer=false): "
+                f"training refills an empty buffer for {refill} steps before it updates again, so its numbers "
+                "will differ from an uninterrupted run", InexactResumeWarning, stacklevel=2)
         self.n_updates = int(state.get("n_updates", 0))
         self.targets_stale = bool(state.get("targets_stale", False))
         self.last_log_step = int(state.get("last_log_step", 0))
