@@ -28,13 +28,9 @@ from typing import Any
 
 import yaml
 
-from classic_rl.safe_io import UserError
+from classic_rl.safe_io import ConfigError, UserError, read_yaml  # noqa: F401  (both re-exported for callers)
 
 CONFIG_ROOT = Path(os.environ.get("CLASSIC_RL_CONFIGS", Path(__file__).resolve().parents[1] / "configs" / "classic"))
-
-
-class ConfigError(UserError, ValueError):
-    """A setting that does not exist or has a value of the wrong type (a user error: exit 2)."""
 
 
 def field_names(config_cls: type) -> list[str]:
@@ -134,24 +130,6 @@ def apply_overrides(config: Any, overrides: dict[str, Any], where: str) -> Any:
     if callable(validate):
         validate()
     return config
-
-
-def read_yaml(path: str | Path) -> Any:
-    """``yaml.safe_load`` of a file; a file that is not valid YAML (bad syntax, a ``!tag`` that
-    safe loading refuses, not text) is a one-line :class:`ConfigError` naming the file and line."""
-    path = Path(path)
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        context, start = getattr(err, "context", None), getattr(err, "context_mark", None)
-        if context and start is not None and mark is not None and start.line != mark.line:
-            problem += f" ({context} at line {start.line + 1})"
-        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text (YAML) file") from None
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

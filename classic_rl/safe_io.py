@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "ConfigError",
     "DEBUG_ENV",
     "LOCK_FILE",
     "RunDirLocked",
@@ -45,6 +46,7 @@ __all__ = [
     "debug_enabled",
     "default_file_mode",
     "dumps_strict",
+    "read_yaml",
     "lock_holder",
     "lock_run_dir",
     "to_strict_json",
@@ -61,6 +63,36 @@ class UserError(Exception):
 class TrainingDiverged(RuntimeError):
     """A loss, gradient norm or weight became NaN or infinite: the run stops (exit status 1) before the
     broken step is saved; the message names the step, the quantity and where the last good checkpoint is."""
+
+
+class ConfigError(UserError, ValueError):
+    """A bad config file or flag value (a :class:`UserError`, exit status 2; a ValueError for library callers)."""
+
+
+def read_yaml(path: str | os.PathLike, flag: str | None = None) -> Any:
+    """``yaml.safe_load`` of a file: the one YAML reader of both command lines. A missing file, a file that
+    is not text, or invalid YAML (bad syntax, a ``!tag`` that safe loading refuses) is a one-line
+    :class:`ConfigError` naming the file (and line and column; ``flag`` when the path came from one)."""
+    import yaml
+
+    path = Path(path).expanduser()
+    named = f"{flag} {path}" if flag else str(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{named}: no such file") from None
+    except (IsADirectoryError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{named}: not a readable YAML text file ({type(err).__name__})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = " ".join(str(getattr(err, "problem", None) or str(err).splitlines()[0]).split())
+        context, start = getattr(err, "context", None), getattr(err, "context_mark", None)
+        if context and start is not None and mark is not None and start.line != mark.line:
+            problem += f" ({context} at line {start.line + 1})"
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
 
 
 def debug_enabled() -> bool:

@@ -211,7 +211,7 @@ def test_malformed_yaml_names_the_file_and_line(tmp_path, capsys):
     config.write_text("sft:\n  max_steps: 10\n  learning_rate: [1e-3\n  seed: 0\n")
     assert cli.main(["sft", "--config", str(config), "--output_dir", str(tmp_path / "o")]) == 2
     line = _error_line(capsys)
-    assert f"{config}:4" in line and "YAML syntax error" in line
+    assert f"{config}:4" in line and "invalid YAML" in line
     assert cli.main(["pipeline", "--config", str(config)]) == 2
     assert f"{config}:4" in _error_line(capsys)
 

@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import os
 
-from classic_rl.safe_io import DEBUG_ENV, TrainingDiverged, UserError
+from classic_rl.safe_io import DEBUG_ENV, ConfigError, TrainingDiverged
 
 __all__ = ["ConfigError", "TrainingDiverged", "pop_debug_flag"]
-
-
-class ConfigError(UserError, ValueError):
-    """A bad config file or flag value (a `UserError`, exit status 2; a ValueError for library callers)."""
 
 
 def pop_debug_flag(argv: list[str]) -> bool:

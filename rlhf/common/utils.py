@@ -21,7 +21,14 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from classic_rl.safe_io import DEBUG_ENV, UserError, atomic_write_json, atomic_write_text, dumps_strict
+from classic_rl.safe_io import (
+    DEBUG_ENV,
+    UserError,
+    atomic_write_json,
+    atomic_write_text,
+    dumps_strict,
+    read_yaml,
+)
 from rlhf.common.errors import pop_debug_flag
 from rlhf.methods.registry import RL_METHODS
 
@@ -84,25 +91,8 @@ def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> in
 
 # ----------------------------------------------------------------------------------------------- YAML / JSONL
 def load_yaml(path: str | Path, flag: str = "--config") -> Any:
-    """Parse a YAML file; a syntax error is a :class:`UserError` naming the file and line."""
-    import yaml
-
-    path = Path(path).expanduser()
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UserError(f"{flag} {path}: no such file") from None
-    except (IsADirectoryError, UnicodeDecodeError) as err:
-        raise UserError(f"{flag} {path}: not a readable YAML text file ({err.__class__.__name__})") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        problem = " ".join(str(err.problem or err.context or "invalid YAML").split())
-        raise UserError(f"{where}: YAML syntax error: {problem}") from None
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: YAML error: {' '.join(str(err).split())}") from None
+    """Parse a YAML file (``classic_rl.safe_io.read_yaml``: a bad one is a one-line error naming file and line)."""
+    return read_yaml(path, flag)
 
 
 def yaml_key_lines(path: str | Path) -> dict[tuple[str, ...], int]:
