@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from classic_rl.safe_io import DEBUG_ENV, UserError, debug_enabled
+from classic_rl.safe_io import DEBUG_ENV, UserError, debug_enabled, exit_status, one_line
 
 EPILOG = """examples:
   classic-rl list
@@ -466,22 +466,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         if debug_enabled():
             raise
-        from classic_rl.checkpoint import TrainingDiverged
         from classic_rl.train import CheckpointWriteError
 
-        message = " ".join(str(err).split()) or type(err).__name__
-        if isinstance(err, (UserError, ValueError, FileNotFoundError, FileExistsError)):
-            print(f"classic-rl {args.command}: error: {message}", file=sys.stderr)
-            return 2
-        if isinstance(err, TrainingDiverged):
-            print(f"classic-rl {args.command}: error: {message}", file=sys.stderr)
-            return 3
-        if isinstance(err, CheckpointWriteError):
-            print(f"classic-rl {args.command}: error: {message}", file=sys.stderr)
-            return 1
-        print(f"classic-rl {args.command}: error: {type(err).__name__}: {message} "
-              f"(run with --debug for the traceback)", file=sys.stderr)
-        return 1
+        status, message = exit_status(err), one_line(err)
+        if status == 1 and not isinstance(err, CheckpointWriteError):  # not one of ours: say what it is
+            message = f"{type(err).__name__}: {message} (run with --debug for the traceback)"
+        print(f"classic-rl {args.command}: error: {message}", file=sys.stderr)
+        return status
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -46,6 +46,8 @@ __all__ = [
     "debug_enabled",
     "default_file_mode",
     "dumps_strict",
+    "exit_status",
+    "one_line",
     "read_yaml",
     "lock_holder",
     "lock_run_dir",
@@ -93,6 +95,24 @@ def read_yaml(path: str | os.PathLike, flag: str | None = None) -> Any:
         if context and start is not None and mark is not None and start.line != mark.line:
             problem += f" ({context} at line {start.line + 1})"
         raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+
+
+def exit_status(err: BaseException) -> int:
+    """The one mapping from an error to the exit status of both command lines: 2 for a mistake in the
+    input (:class:`UserError`, and the ValueError / FileNotFoundError / FileExistsError raised for bad values
+    and paths), 3 when training diverged, 130 / 143 for Ctrl-C / SIGTERM, 1 for anything else."""
+    if isinstance(err, KeyboardInterrupt):
+        return 143 if getattr(err, "signal_name", None) == "SIGTERM" else 130
+    if isinstance(err, (UserError, ValueError, FileNotFoundError, FileExistsError)):
+        return 2
+    if isinstance(err, TrainingDiverged):
+        return 3
+    return 1
+
+
+def one_line(err: BaseException) -> str:
+    """An error's message on one line (a failure message is read in a terminal, next to a prompt)."""
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def debug_enabled() -> bool:
