@@ -314,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(grpo_section(out, Path(args.grpo_config)))
     seconds = time.perf_counter() - start
     write_results(out, [s for s in sections if s], seconds)
+    if not (args.skip_deep or args.skip_rlhf or args.skip_grpo):  # the README's tables are of the whole demo
+        import readme_tables
+
+        readme_tables.main([str(out)])
     print(f"\nDemo finished in {seconds:.0f}s; everything is under {out}/")
     print(f"All tables and figures on one page: {out / 'index.html'} (tables also in {out / 'results.md'})")
     return 0

@@ -4,6 +4,7 @@ faster that way) and no Hugging Face Hub access (every model and dataset here is
 
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +45,18 @@ def ctrl_c_at_step(monkeypatch):
         return lambda: monkeypatch.setattr(RunLogger, "advance", advance)
 
     return press
+
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str):
+    """Import ``scripts/NAME.py`` as module ``NAME`` (the scripts are not a package)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
