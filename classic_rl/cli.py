@@ -265,7 +265,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     threads = configure_threads(args.num_threads)  # before the agent is built (see train._set_threads)
     agent = classic_rl.load(run_dir)
-    print(threads, file=sys.stderr)  # after loading, so that a damaged run is still a one-line error
     mean, std = agent.evaluate(episodes=episodes, seed=seed)  # agents own their env (mpe2:...)
     result = {"algo": agent.algo, "env": agent.env_id, "episodes": episodes, "seed": seed,
               "eval_return_mean": mean, "eval_return_std": std}
@@ -274,9 +273,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.video is not None:
         from classic_rl.video import record_video
 
-        video = record_video(agent, args.video, episodes=args.video_episodes, seed=args.seed)
+        video = record_video(agent, args.video, episodes=args.video_episodes, seed=seed)
         result.update(video=str(video.path), video_frames=video.frames, video_episode_lengths=video.lengths,
                       video_episode_returns=video.returns)
+    print(threads, file=sys.stderr)  # at the end, so that a damaged run or a bad --video is still one line
     print(dumps_strict(result))
     return 0
 

@@ -38,7 +38,7 @@ def test_eval_video_writes_a_gif_with_one_frame_per_observation(cartpole_run, tm
     lengths = result["video_episode_lengths"]
     assert len(lengths) == 2 and result["video"] == str(gif)
     # the clip's episodes are the evaluation's first two (same seeds, greedy)
-    assert lengths == evaluate_episodes(classic_rl.load(cartpole_run), "CartPole-v1", episodes=2).lengths
+    assert lengths == evaluate_episodes(classic_rl.load(cartpole_run), "CartPole-v1", episodes=2, seed=result["seed"]).lengths
     with Image.open(gif) as clip:
         assert clip.format == "GIF" and clip.is_animated
         assert clip.n_frames == result["video_frames"] == sum(lengths) + 2  # first frame + one per step
