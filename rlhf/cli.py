@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from classic_rl.safe_io import UserError, debug_enabled
 from rlhf.common.errors import TrainingDiverged, pop_debug_flag
+from rlhf.common.process_exit import end_processes
 from rlhf.methods.registry import METHODS
 
 # command -> (module, one-line help). Each module has `main(argv: list[str] | None)`. The RL methods come
@@ -64,8 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     from rlhf.common.utils import set_command
 
     set_command(command)
+    finished = False
     try:
         command_main(rest)
+        finished = True
     except (UserError, ValueError, FileNotFoundError) as err:  # bad input: a clear message, not a traceback
         if debug_enabled():
             raise
@@ -78,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         set_command(None)
+        end_processes(finished)  # under a launcher: every rank ends in order (rlhf.common.process_exit)
     return 0
 
 
