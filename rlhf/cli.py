@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"rlhf: error: {err}\n\n{USAGE}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # while importing the command's libraries
+        print(f"rlhf {command}: interrupted", file=sys.stderr)
+        return 130
     from rlhf.common.utils import set_command
 
     set_command(command)
@@ -79,10 +82,28 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"rlhf {command}: error: {_one_line(err)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as err:  # Ctrl-C / SIGTERM: one line, the shell's exit status (130, 143)
+        if debug_enabled():
+            raise
+        print(f"rlhf {command}: {_stopped_line(command, err)}", file=sys.stderr)
+        return 143 if getattr(err, "signal_name", "SIGINT") == "SIGTERM" else 130
     finally:
         set_command(None)
         end_processes(finished)  # under a launcher: every rank ends in order (rlhf.common.process_exit)
     return 0
+
+
+def _stopped_line(command: str, err: KeyboardInterrupt) -> str:
+    """What a stop says: a stop at a safe point (``rlhf.common.stopping.RunStopped``) where it saved and how
+    to go on; a stop at once (a second Ctrl-C, or outside a training loop) what is kept."""
+    if hasattr(err, "where"):
+        return _one_line(err)
+    if command == "pipeline":
+        return "interrupted; finished steps and saved checkpoints are kept: continue with the same command and --resume"
+    if command in ("sft", "reward", *METHODS):
+        return ("interrupted at once; checkpoints saved so far are kept: continue with the same command and "
+                "--resume_from_checkpoint true (or start again without it if there is none)")
+    return "interrupted"
 
 
 def _one_line(err: BaseException) -> str:

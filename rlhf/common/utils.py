@@ -471,7 +471,9 @@ class JsonlMetricsCallback(TrainerCallback):
             for line in self.path.read_text().splitlines():
                 with contextlib.suppress(json.JSONDecodeError, TypeError, ValueError, AttributeError):
                     row = json.loads(line)  # a line cut short by the kill is dropped
-                    if int(row.get("step", 0)) <= resume_step:
+                    # a session's closing row (train_runtime, ...) is not a row of the uninterrupted run:
+                    # a run stopped by Ctrl-C writes one before its checkpoint's step ends the file
+                    if int(row.get("step", 0)) <= resume_step and "train_runtime" not in row:
                         kept.append(line)
         atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 

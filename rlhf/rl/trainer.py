@@ -36,6 +36,7 @@ from rlhf.common.distributed import (
 )
 from rlhf.common.errors import ConfigError
 from rlhf.common.models import load_tokenizer
+from rlhf.common.stopping import RunStopped, stop_pending, stop_signals
 from rlhf.common.utils import seed_everything
 from rlhf.rl.config import RLConfig
 from rlhf.rl.experience import ExperienceMaker, Rollout, RolloutSettings
@@ -259,6 +260,9 @@ class RLTrainer:
                    disable=not main or cfg.disable_tqdm, dynamic_ncols=True)
         start = time.perf_counter() - self.progress_state.elapsed
         last: dict[str, float] = dict(self.metrics.history[-1]) if self.metrics.history else {}
+        # Ctrl-C / SIGTERM: a flag checked after each update; a second one stops at once (rlhf.common.stopping)
+        signals = stop_signals()
+        signals.__enter__()
         try:
             for update in range(self.update + 1, self.num_updates + 1):
                 metrics, batch = self.step(*self.next_batch())
@@ -272,12 +276,16 @@ class RLTrainer:
                     self._print_samples(update, batch, tqdm.write)
                 bar.set_postfix(self.progress(metrics))
                 bar.update(1)
-                if output_dir is not None and cfg.save_steps and update % cfg.save_steps == 0 and update < self.num_updates:
+                saves = output_dir is not None and cfg.save_steps and update % cfg.save_steps == 0
+                if saves and update < self.num_updates:
                     self.progress_state.elapsed = time.perf_counter() - start
                     self.save_checkpoint(output_dir)
+                if update < self.num_updates and (signal_name := stop_pending()) is not None:
+                    self._stop(signal_name, output_dir, already_saved=saves, elapsed=time.perf_counter() - start)
         finally:
             bar.close()
             self.metrics.close()
+            signals.__exit__(None, None, None)
         train_runtime = time.perf_counter() - start
         return self.summary(self.progress_state.before or {}, self.evaluate_reward(), train_runtime, last, resume_from)
 
@@ -299,6 +307,16 @@ class RLTrainer:
             "resumed_from": str(resume_from) if resume_from is not None else None,
             **self.summary_extras(last),
         }
+
+    def _stop(self, signal_name: str, output_dir: Path | None, already_saved: bool, elapsed: float) -> None:
+        """Save the state after this update (unless just saved) and raise :class:`RunStopped`."""
+        where = f"after update {self.update}/{self.num_updates}"
+        if output_dir is None:
+            raise RunStopped(signal_name, where + " (no output folder: nothing saved)", "")
+        if not already_saved:
+            self.progress_state.elapsed = elapsed
+            self.save_checkpoint(output_dir)
+        raise RunStopped(signal_name, f"{where}; checkpoint saved in {output_dir / f'checkpoint-{self.update}'}")
 
     def _print_samples(self, update: int, batch: Rollout, write, count: int = 3) -> None:
         write(f"[{self.command}] samples at update {update}/{self.num_updates}:")

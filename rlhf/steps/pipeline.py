@@ -157,8 +157,13 @@ def run_step(cfg: PipelineConfig, step: str, resume: bool = False, overwrite: bo
     module = importlib.import_module(STEP_MODULES[step])
     print(f"\n=== rlhf pipeline: {step} -> {flags['output_dir']}", flush=True)
     set_command(step.replace("_", "-"))
+    from rlhf.common.stopping import RunStopped
+
     try:
         result = module.main(["--config", str(path)])
+    except RunStopped as stop:  # the step saved a checkpoint: the pipeline's --resume continues from it
+        raise RunStopped(stop.signal_name, f"in the {step} step {stop.where}",
+                         "continue with the same command and --resume") from None
     finally:
         set_command("pipeline")
     barrier()  # the next step reads what rank 0 just saved

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 from trl import ModelConfig, get_peft_config
 
 from classic_rl.safe_io import STAGING_DIR, TrainingDiverged, atomic_directory
@@ -34,6 +34,7 @@ from rlhf.common.checkpoints import (
 )
 from rlhf.common.distributed import describe_distribution, full_model_for_saving, models_loaded_whole
 from rlhf.common.models import load_causal_lm, load_tokenizer
+from rlhf.common.stopping import RunStopped, stop_pending, stop_signals
 from rlhf.common.utils import (
     JsonlMetricsCallback,
     barrier,
@@ -101,6 +102,22 @@ class SafeTrainerMixin:
 
     _staging_root: Path | None = None
 
+    def train(self, *args, **kwargs):
+        """transformers' train, where Ctrl-C / SIGTERM saves a checkpoint after the optimizer step under
+        way and raises :class:`RunStopped` (a second one stops at once; rlhf.common.stopping)."""
+        stop = StopOnSignal()
+        self.add_callback(stop)
+        try:
+            with stop_signals():
+                result = super().train(*args, **kwargs)
+        finally:
+            self.remove_callback(stop)
+        if stop.signal_name is not None:
+            where = f"at step {self.state.global_step}/{self.state.max_steps}"
+            raise RunStopped(stop.signal_name, f"{where}; checkpoint saved in "
+                             f"{Path(self.args.output_dir) / f'checkpoint-{self.state.global_step}'}")
+        return result
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
         if not torch.isfinite(loss).all():
@@ -143,6 +160,20 @@ class SafeTrainerMixin:
         if best and Path(best).parent == final.parent / STAGING_DIR:
             self.state.best_model_checkpoint = str(out / Path(best).name)
         barrier()
+
+
+class StopOnSignal(TrainerCallback):
+    """After each optimizer step: a pending stop request (the same on every rank) saves a checkpoint and
+    ends training there (``Trainer`` saves on ``should_save`` before it stops)."""
+
+    signal_name: str | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step < state.max_steps and (signal_name := stop_pending()) is not None:
+            self.signal_name = signal_name
+            control.should_save = True
+            control.should_training_stop = True
+        return control
 
 
 # ----------------------------------------------------------------------------------------------- run folder
