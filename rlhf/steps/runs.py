@@ -13,6 +13,7 @@ complete, so a kill leaves the previous files (or none), never a mix.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -40,6 +41,7 @@ from rlhf.common.utils import (
     barrier,
     command_options,
     is_main_process,
+    process_rank,
     staged_output,
     write_config,
     write_json,
@@ -102,16 +104,24 @@ class SafeTrainerMixin:
 
     _staging_root: Path | None = None
 
-    def train(self, *args, **kwargs):
+    _whole_run_log = False  # the running loss / token counts came back from the checkpoint (LogState)
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
         """transformers' train, where Ctrl-C / SIGTERM saves a checkpoint after the optimizer step under
-        way and raises :class:`RunStopped` (a second one stops at once; rlhf.common.stopping)."""
+        way and raises :class:`RunStopped` (a second one stops at once; rlhf.common.stopping), and a
+        resumed run logs what the uninterrupted run logs (:class:`LogState`)."""
         stop = StopOnSignal()
-        self.add_callback(stop)
+        callbacks = [stop]
+        if resume_from_checkpoint:
+            callbacks.append(LogState(self, Path(resume_from_checkpoint)))
+        for callback in callbacks:
+            self.add_callback(callback)
         try:
             with stop_signals():
-                result = super().train(*args, **kwargs)
+                result = super().train(resume_from_checkpoint, *args, **kwargs)
         finally:
-            self.remove_callback(stop)
+            for callback in callbacks:
+                self.remove_callback(callback)
         if stop.signal_name is not None:
             where = f"at step {self.state.global_step}/{self.state.max_steps}"
             raise RunStopped(stop.signal_name, f"{where}; checkpoint saved in "
@@ -133,6 +143,12 @@ class SafeTrainerMixin:
                 raise TrainingDiverged(_divergence_message(self.args.output_dir, step, "the gradient norm", value))
         return super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, **kwargs)
 
+    def log(self, logs, *args, **kwargs):
+        if "train_loss" in logs and self._whole_run_log:
+            # transformers divides by this session's steps; the restored sum covers the whole run
+            logs["train_loss"] = self._total_loss_scalar / max(self.state.global_step, 1)
+        return super().log(logs, *args, **kwargs)
+
     def create_model_card(self, *args, **kwargs) -> None:
         return None
 
@@ -150,6 +166,7 @@ class SafeTrainerMixin:
             self._staging_root = staging.parent
             try:
                 super()._save_checkpoint(model, trial)
+                LogState.save(self, staging)
             finally:
                 self._staging_root = None
         if is_main_process():
@@ -160,6 +177,51 @@ class SafeTrainerMixin:
         if best and Path(best).parent == final.parent / STAGING_DIR:
             self.state.best_model_checkpoint = str(out / Path(best).name)
         barrier()
+
+
+class LogState(TrainerCallback):
+    """What a resumed Trainer run needs to log the uninterrupted run's rows, which transformers and TRL
+    keep only in memory: the loss summed since the last log and over the run, the step last logged,
+    TRL's token count (``num_tokens``) and its metric windows (accuracy, entropy, ...). Each rank writes
+    its own ``rlhf_log_state_<rank>.json`` into every checkpoint; resuming restores it when training
+    begins (after transformers has reset them). A checkpoint of an earlier version has none: the run
+    then logs as transformers does (``num_tokens`` and the loss windows count this session only)."""
+
+    def __init__(self, trainer: Trainer, checkpoint: Path):
+        self.trainer, self.checkpoint = trainer, checkpoint
+
+    @staticmethod
+    def file(folder: Path) -> Path:
+        return folder / f"rlhf_log_state_{process_rank()}.json"
+
+    @staticmethod
+    def save(trainer: Trainer, folder: Path) -> None:
+        tr_loss = getattr(trainer, "_tr_loss", None)
+        if tr_loss is None or not hasattr(trainer, "_total_loss_scalar"):  # another transformers version
+            return
+        metrics = getattr(trainer, "_metrics", {}).get("train", {})
+        write_json(LogState.file(folder), {
+            "tr_loss": float(tr_loss.item()), "total_loss": trainer._total_loss_scalar,
+            "last_logged": trainer._globalstep_last_logged,
+            "total_train_tokens": getattr(trainer, "_total_train_tokens", None),
+            "metrics": {key: list(values) for key, values in metrics.items()},
+        })
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        path = self.file(self.checkpoint)
+        trainer = self.trainer
+        if not path.is_file() or getattr(trainer, "_tr_loss", None) is None:
+            return
+        saved = json.loads(path.read_text())
+        trainer._tr_loss += saved["tr_loss"]
+        trainer._total_loss_scalar = saved["total_loss"]
+        trainer._globalstep_last_logged = saved["last_logged"]
+        if saved["total_train_tokens"] is not None and hasattr(trainer, "_total_train_tokens"):
+            trainer._total_train_tokens = saved["total_train_tokens"]
+        if hasattr(trainer, "_metrics"):
+            trainer._metrics["train"].clear()
+            trainer._metrics["train"].update(saved["metrics"])
+        trainer._whole_run_log = True
 
 
 class StopOnSignal(TrainerCallback):
@@ -228,8 +290,8 @@ def run_train_loss(trainer: Trainer, result: Any, out: RunDirectory) -> float | 
     before the checkpoint from the restored log history (logged windows up to the checkpoint's step).
     """
     session = result.metrics.get("train_loss")
-    if out.resume_from is None or session is None:
-        return session
+    if out.resume_from is None or session is None or getattr(trainer, "_whole_run_log", False):
+        return session  # (restored from the checkpoint: already the whole run's, see LogState)
     resume_step = checkpoint_step(out.resume_from) or 0
     total, last = 0.0, 0
     for row in trainer.state.log_history:
