@@ -105,7 +105,7 @@ class RLTrainer:
         self.state = TrainerState(acc, self.command, self.model, self.optimizer, self.scheduler,
                                   {"sample": self.sample_generator, "shuffle": self.shuffle_generator,
                                    "data": self.prompts.generator},
-                                  self.prompts, self.metrics, config.save_total_limit)
+                                  self.prompts, self.metrics, config.save_total_limit, config=config)
 
     # ------------------------------------------------------------------ what a method provides
     def update_policy(self, batch: Rollout) -> dict[str, Any]:

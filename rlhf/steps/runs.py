@@ -35,6 +35,7 @@ from rlhf.common.checkpoints import (
 )
 from rlhf.common.distributed import describe_distribution, full_model_for_saving, models_loaded_whole
 from rlhf.common.models import load_causal_lm, load_tokenizer
+from rlhf.common.resume_settings import check_same_settings, comparable
 from rlhf.common.stopping import RunStopped, stop_pending, stop_signals
 from rlhf.common.utils import (
     JsonlMetricsCallback,
@@ -103,6 +104,7 @@ class SafeTrainerMixin:
     """
 
     _staging_root: Path | None = None
+    run_settings: dict[str, Any] | None = None  # RunDirectory.settings: saved in each checkpoint
 
     _whole_run_log = False  # the running loss / token counts came back from the checkpoint (LogState)
 
@@ -167,6 +169,8 @@ class SafeTrainerMixin:
             try:
                 super()._save_checkpoint(model, trial)
                 LogState.save(self, staging)
+                if self.run_settings is not None and is_main_process():
+                    write_json(staging / SETTINGS_FILE, self.run_settings)
             finally:
                 self._staging_root = None
         if is_main_process():
@@ -247,6 +251,7 @@ class RunDirectory:
     resume_from: Path | None
     metrics_callback: JsonlMetricsCallback
     started: float = field(default_factory=time.time)
+    settings: dict[str, Any] | None = None  # the resolved settings, kept in every checkpoint (SETTINGS_FILE)
 
     @property
     def final(self) -> Path:
@@ -266,12 +271,27 @@ def check_output_dir(training_args: TrainingArguments) -> None:
         prepare_output_dir(training_args.output_dir, overwrite=command_options().overwrite_output_dir, resume=resume)
 
 
+SETTINGS_FILE = "rlhf_settings.json"
+
+
+def check_resume_settings(resume_from: Path, settings: dict[str, Any]) -> None:
+    """Refuse to resume ``resume_from`` with other settings than it was saved with (see
+    ``rlhf.common.resume_settings``); a checkpoint of an earlier version (no SETTINGS_FILE) gets a note."""
+    path = resume_from / SETTINGS_FILE
+    saved = json.loads(path.read_text()) if path.is_file() else None
+    check_same_settings(resume_from, saved, settings, f"{path} has them")
+
+
 @contextlib.contextmanager
-def run_directory(training_args: TrainingArguments) -> Iterator[RunDirectory]:
+def run_directory(training_args: TrainingArguments, sections: dict[str, Any] | None = None) -> Iterator[RunDirectory]:
     """Check and create OUTPUT_DIR (refusing a non-empty one, see `prepare_output_dir`), resolve the resume
-    checkpoint, and start metrics.jsonl (kept up to the checkpoint's step when resuming)."""
+    checkpoint (refused if ``sections``, the run's settings, differ from those it was saved with), and
+    start metrics.jsonl (kept up to the checkpoint's step when resuming)."""
     _ = training_args.device  # joins the process group under a launcher, so the barriers below are real
     resume_from = resolve_resume(training_args)
+    settings = comparable(sections) if sections is not None else None
+    if resume_from is not None and settings is not None:
+        check_resume_settings(resume_from, settings)
     path = prepare_output_dir(
         training_args.output_dir, overwrite=command_options().overwrite_output_dir, resume=resume_from is not None
     )
@@ -280,7 +300,7 @@ def run_directory(training_args: TrainingArguments) -> Iterator[RunDirectory]:
     training_args.resume_from_checkpoint = str(resume_from) if resume_from else None
     metrics = JsonlMetricsCallback(path)
     metrics.start(resume_step=checkpoint_step(resume_from) if resume_from else None)
-    yield RunDirectory(path, resume_from, metrics)
+    yield RunDirectory(path, resume_from, metrics, settings=settings)
 
 
 def run_train_loss(trainer: Trainer, result: Any, out: RunDirectory) -> float | None:
