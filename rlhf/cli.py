@@ -1,5 +1,6 @@
 """`rlhf <command> [flags]`: dispatch to the command modules, imported only when called (they load torch,
-transformers and TRL). Every command also runs as `accelerate launch [flags] -m rlhf <command> ...`.
+transformers and TRL); `--help` / `--help-all` come from the stored help texts (``rlhf.common.help``), so
+they load none of them. Every command also runs as `accelerate launch [flags] -m rlhf <command> ...`.
 
 Errors: a mistake in the input (`classic_rl.safe_io.UserError`, and the ValueError / FileNotFoundError
 raised for bad values and missing files) prints one line `rlhf CMD: error: ...` and exits 2; a run that
@@ -15,6 +16,8 @@ from collections.abc import Callable
 
 from classic_rl.safe_io import UserError, debug_enabled
 from rlhf.common.errors import TrainingDiverged, pop_debug_flag
+from rlhf.common.help import cached as cached_help
+from rlhf.common.help import help_kind
 from rlhf.common.process_exit import end_processes
 from rlhf.methods.registry import METHODS
 
@@ -57,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     pop_debug_flag(rest)
+    kind = help_kind(rest)
+    if kind is not None and command in COMMANDS:
+        text = cached_help(command, kind)  # None when it may be stale: then the command prints it live
+        if text is not None:
+            sys.stdout.write(text)
+            return 0
     try:
         command_main = resolve(command)
     except ValueError as err:

@@ -313,15 +313,12 @@ def test_debug_shows_the_traceback(tmp_path):
 # ----------------------------------------------------------------------------------------------- help and output
 @pytest.mark.parametrize("command", ["sft", "reward", "tiny-model"])
 def test_help_names_the_command_and_lists_this_projects_flags_first(command, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        cli.main([command, "--help"])
-    assert exit_.value.code == 0
+    assert cli.main([command, "--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"usage: rlhf {command} ")
     assert out.index("this project's flags:") < out.index("--overwrite_output_dir") and "--help-all" in out
-    assert len(out.splitlines()) < 80
-    with pytest.raises(SystemExit):
-        cli.main([command, "--help-all"])
+    assert len(out.splitlines()) < 120  # the main flags, each explained in full (wrapped at 100 columns)
+    assert cli.main([command, "--help-all"]) == 0
     full = capsys.readouterr().out
     assert full.startswith(f"usage: rlhf {command} ") and len(full.splitlines()) > len(out.splitlines())
 

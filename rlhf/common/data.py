@@ -22,21 +22,10 @@ from typing import Any
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
 from classic_rl.safe_io import UserError
+from rlhf.common.formats import FORMAT_COLUMNS, TASK_FORMATS, accepted_formats_text  # noqa: F401 (re-exported)
 from rlhf.common.utils import is_main_process, read_jsonl_lines
 
-# Column sets of each format, and the formats each command accepts (first match wins).
-FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
-    "prompt_completion": ("prompt", "completion"),
-    "messages": ("messages",),
-    "preference": ("prompt", "chosen", "rejected"),
-    "ranking": ("prompt", "responses"),
-    "prompt": ("prompt",),
-}
-TASK_FORMATS: dict[str, tuple[str, ...]] = {
-    "sft": ("prompt_completion", "messages"),
-    "reward": ("preference", "ranking"),
-    "rl": ("prompt",),  # every RL method (ppo, grpo, rloo, reinforce_pp)
-}
+# The formats each command accepts (first match wins) are in rlhf.common.formats, shared with --help.
 _FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
@@ -206,11 +195,6 @@ def load_train_eval(
 
 
 # ----------------------------------------------------------------------------------------------- formats
-def accepted_formats_text(task: str) -> str:
-    """Human-readable list of the formats a command accepts, e.g. '{prompt, completion} or {messages}'."""
-    return " or ".join("{" + ", ".join(FORMAT_COLUMNS[f]) + "}" for f in TASK_FORMATS[task])
-
-
 def detect_format(columns: list[str] | tuple[str, ...], task: str) -> str:
     """Name of the first format accepted by `task` whose columns are all present; ValueError otherwise."""
     if task not in TASK_FORMATS:

@@ -323,7 +323,14 @@ def run_pipeline(cfg: PipelineConfig, resume: bool = False, overwrite: bool = Fa
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="rlhf pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from rlhf.common.utils import HELP_WIDTH
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--help-all" in argv:  # every command takes it; the pipeline's flags all fit in --help
+        argv = ["--help"]
+    parser = argparse.ArgumentParser(
+        prog="rlhf pipeline", description=__doc__,
+        formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, width=HELP_WIDTH))
     parser.add_argument("--config", required=True, help="pipeline YAML (e.g. configs/rlhf/tiny.yaml)")
     parser.add_argument("--output_dir", help="override the config's output_dir")
     parser.add_argument("--seed", type=int, help="override the config's seed")
