@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     set_command(command)
     finished = False
     try:
+        from rlhf.common.distributed import keep_deepspeed_unloaded
+
+        keep_deepspeed_unloaded()  # its import is slow and noisy; loaded only under a DeepSpeed launch
         command_main(rest)
         finished = True
     except (UserError, ValueError, FileNotFoundError) as err:  # bad input: a clear message, not a traceback

@@ -55,6 +55,7 @@ __all__ = [
     "check_trainer_sharding",
     "requested_sharding",
     "is_deepspeed_zero3",
+    "keep_deepspeed_unloaded",
     "fsdp_version",
     "full_model_for_saving",
     "masked_whiten_across_processes",
@@ -250,6 +251,21 @@ def quiet_deepspeed_collectives() -> None:
     import warnings
 
     warnings.filterwarnings("ignore", message=_DEEPSPEED_DEPRECATED_COLLECTIVES, category=FutureWarning)
+
+
+def keep_deepspeed_unloaded() -> None:
+    """Outside a DeepSpeed launch, keep accelerate from importing DeepSpeed just to ask whether a model is a
+    DeepSpeed engine (``extract_model_from_parallel``, run by every ``save_pretrained``): the import costs
+    most of a second and, without a GPU, logs DeepSpeed's "Setting accelerator to CPU" warning on every
+    command. No DeepSpeed engine can exist in such a process, so the answer is the same. No-op once
+    DeepSpeed is imported (a user's own code may use it)."""
+    import sys
+
+    if requested_sharding() == "deepspeed" or "deepspeed" in sys.modules:
+        return
+    import accelerate.utils.other
+
+    accelerate.utils.other.is_deepspeed_available = lambda: False
 
 
 def requested_sharding() -> str | None:

@@ -48,9 +48,25 @@ def broken_weight_file(folder: Path) -> tuple[Path, str] | None:
     return None
 
 
+class _NoTensorParallelNotes(logging.Filter):
+    """transformers checks a model's tensor-parallel plan on every load, with or without tensor
+    parallelism, and warns "The following layers were not sharded" for layers the plan leaves alone. The
+    rlhf commands never shard by tensor parallelism (they pass no tp_plan), so the note is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not message.startswith(("The following layers were not sharded",
+                                       "The following TP rules were not applied"))
+
+
+_TP_LOGGER = logging.getLogger("transformers.distributed.tensor_parallel")
+_TP_FILTER = _NoTensorParallelNotes()
+
+
 def _load(loader: Any, name: str, what: str, **kwargs: Any) -> Any:
     """`loader.from_pretrained(name)`, turning a missing local path, an unreachable hub or a truncated weight
     file into a clear error."""
+    _TP_LOGGER.addFilter(_TP_FILTER)  # idempotent: a logger holds a filter once
     try:
         return loader.from_pretrained(name, **kwargs)
     except Exception as err:
@@ -172,11 +188,13 @@ def load_reward_model(
     revision: str | None = None,
     dtype: str | None = None,
     trust_remote_code: bool = False,
+    announce_new_head: bool = True,
     **kwargs: Any,
 ) -> PreTrainedModel:
     """A one-scalar sequence classifier (reward model or critic) from a reward model or from a causal LM.
 
-    From a causal LM the score head is new and gets the reward-head init. A checkpoint written by
+    From a causal LM the score head is new and gets the reward-head init, said in one line unless
+    ``announce_new_head`` is False (PPO's critic from the SFT model: its head is zeroed, no reward model). A checkpoint written by
     `rlhf reward` stores the bias shift that centres the SFT policy's scores in `config.score_bias`
     (transformers' score heads have no bias); it is installed here as the bias of the score layer, so
     `model(...).logits` already includes it.
@@ -196,7 +214,8 @@ def load_reward_model(
         init_score_head(model)
         others = sorted(k for k in info.get("missing_keys", ()) if not k.startswith("score."))
         note = f"; other weights not in the checkpoint, initialised at random: {others}" if others else ""
-        print(f"new reward head initialised (score) on {name_or_path}{note}", file=sys.stderr, flush=True)
+        if announce_new_head or others:
+            print(f"new reward head initialised (score) on {name_or_path}{note}", file=sys.stderr, flush=True)
     if tokenizer is not None:
         align_model_with_tokenizer(model, tokenizer)
     offset = float(getattr(model.config, SCORE_BIAS_KEY, 0.0) or 0.0)

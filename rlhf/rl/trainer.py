@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from rlhf.common.console import write_above_bars
 from rlhf.common.distributed import (
     all_processes_finished,
     describe_distribution,
@@ -273,7 +274,7 @@ class RLTrainer:
                 if update % cfg.logging_steps == 0 or update == self.num_updates:
                     self.metrics.log(update, metrics)
                 if main and sample_every and (update % sample_every == 0 or update == 1):
-                    self._print_samples(update, batch, tqdm.write)
+                    self._print_samples(update, batch, write_above_bars)
                 bar.set_postfix(self.progress(metrics))
                 bar.update(1)
                 saves = output_dir is not None and cfg.save_steps and update % cfg.save_steps == 0
@@ -319,9 +320,10 @@ class RLTrainer:
         raise RunStopped(signal_name, f"{where}; checkpoint saved in {output_dir / f'checkpoint-{self.update}'}")
 
     def _print_samples(self, update: int, batch: Rollout, write, count: int = 3) -> None:
-        write(f"[{self.command}] samples at update {update}/{self.num_updates}:")
+        lines = [f"[{self.command}] samples at update {update}/{self.num_updates}:"]
         for prompt, completion, score in list(zip(batch.prompts, batch.completions, batch.raw_scores.tolist()))[:count]:
-            write(f"  {prompt!r} -> {completion!r}  (score {score:+.3f})")
+            lines.append(f"  {prompt!r} -> {completion!r}  (score {score:+.3f})")
+        write("\n".join(lines))  # one write: the progress bar is cleared and redrawn once around them
 
     # ------------------------------------------------------------------ state, checkpoints, saving
     @property
