@@ -45,6 +45,26 @@ def row_location(dataset: Dataset, row: int, name: str = "dataset") -> str:
     return f"{name}, row {row}"
 
 
+def keep_row_locations(child: Dataset, parent: Dataset, rows: list[int] | None = None) -> Dataset:
+    """Let :func:`row_location` name ``child``'s rows by ``parent``'s file lines: ``child`` holds ``parent``'s
+    rows ``rows`` in that order (all of them if None: a renamed column, say). Returns ``child``."""
+    source = _SOURCE_LINES.get(getattr(parent, "_fingerprint", ""))
+    if source is not None:
+        lines = source[1] if rows is None else [source[1][i] for i in rows]
+        _SOURCE_LINES[child._fingerprint] = (source[0], lines)
+    return child
+
+
+def _split_rows(part: Dataset) -> list[int] | None:
+    """The rows of the parent that a ``train_test_split`` part holds (datasets keeps them as an indices
+    mapping), or None if this datasets version keeps them otherwise."""
+    indices = getattr(part, "_indices", None)
+    try:
+        return indices.column("indices").to_pylist() if indices is not None else None
+    except (AttributeError, KeyError):
+        return None
+
+
 def _kind(value: Any) -> str:
     return "null" if value is None else "list" if isinstance(value, list) else "object" if isinstance(value, dict) \
         else "number" if isinstance(value, (int, float)) and not isinstance(value, bool) else type(value).__name__
@@ -190,6 +210,10 @@ def load_train_eval(
         return train, checked(data[args.dataset_test_split], f"dataset '{args.dataset_name}' split {args.dataset_test_split}")
     if args.eval_holdout_fraction > 0 and len(train) >= 2:
         parts = train.train_test_split(test_size=args.eval_holdout_fraction, seed=seed)
+        for part in parts.values():  # errors found later (tokenizing) still name the file line
+            rows = _split_rows(part)
+            if rows is not None:
+                keep_row_locations(part, train, rows)
         return parts["train"], parts["test"]
     return train, None
 

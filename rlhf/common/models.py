@@ -101,16 +101,40 @@ def torch_dtype(name: str | None) -> torch.dtype | str | None:
     return getattr(torch, name)
 
 
+# Files of which a saved tokenizer has at least one (transformers' fast and slow tokenizers, tiktoken).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer.tiktoken", "tiktoken.model")
+
+
+def _missing_tokenizer(folder: Path) -> str | None:
+    """Why a local model folder cannot give a tokenizer (it holds none of its files), or None."""
+    if not folder.is_dir() or any((folder / name).is_file() for name in TOKENIZER_FILES):
+        return None
+    found = ", ".join(sorted(p.name for p in folder.iterdir())[:8]) or "nothing"
+    return (f"tokenizer '{folder}': the folder has no tokenizer (none of tokenizer.json, tokenizer.model, "
+            f"vocab.json, vocab.txt; it holds {found}); save the tokenizer there too "
+            "(tokenizer.save_pretrained(FOLDER)), or copy its files from the model it was trained from")
+
+
 def load_tokenizer(
     name_or_path: str,
     revision: str | None = None,
     trust_remote_code: bool = False,
     padding_side: str | None = None,
 ) -> PreTrainedTokenizerBase:
-    """Load a tokenizer and make sure it has a pad token distinct from EOS (see `ensure_pad_token`)."""
-    tokenizer = _load(
-        AutoTokenizer, name_or_path, "tokenizer", revision=revision, trust_remote_code=trust_remote_code
-    )
+    """Load a tokenizer and make sure it has a pad token distinct from EOS (see `ensure_pad_token`).
+
+    A local folder without tokenizer files is one line naming the folder and what is missing (transformers
+    would suggest installing sentencepiece or tiktoken to convert a tokenizer that is not there)."""
+    try:
+        tokenizer = _load(
+            AutoTokenizer, name_or_path, "tokenizer", revision=revision, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        missing = _missing_tokenizer(Path(name_or_path).expanduser())
+        if missing is not None:
+            raise UserError(missing) from err
+        raise
     if tokenizer.eos_token is None:
         raise ValueError(f"tokenizer '{name_or_path}' has no eos_token; set one (e.g. tokenizer.eos_token = '</s>')")
     ensure_pad_token(tokenizer)
