@@ -10,12 +10,13 @@ RL_TOOLKIT_DEBUG=1 shows the full traceback instead.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 from collections.abc import Callable
 
 from classic_rl.safe_io import UserError, debug_enabled
-from rlhf.common.errors import TrainingDiverged, pop_debug_flag
+from rlhf.common.errors import DiskFull, TrainingDiverged, pop_debug_flag
 from rlhf.common.help import cached as cached_help
 from rlhf.common.help import help_kind
 from rlhf.common.process_exit import end_processes
@@ -89,10 +90,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"rlhf {command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
-    except TrainingDiverged as err:
+    except (TrainingDiverged, DiskFull) as err:
         if debug_enabled():
             raise
         print(f"rlhf {command}: error: {_one_line(err)}", file=sys.stderr)
+        return 1
+    except OSError as err:  # a full disk while writing a file no checkpoint writer wraps (a metrics line)
+        if debug_enabled() or err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"rlhf {command}: error: no space left on device writing {err.filename or 'a file'}; free some space "
+              "and continue with the same command and --resume_from_checkpoint true", file=sys.stderr)
         return 1
     except KeyboardInterrupt as err:  # Ctrl-C / SIGTERM: one line, the shell's exit status (130, 143)
         if debug_enabled():

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rlhf.common.checkpoints import prepare_output_dir, resolve_resume_path
+from rlhf.common.checkpoints import full_disk_reported, prepare_output_dir, resolve_resume_path
 from rlhf.common.distributed import sharded
 from rlhf.common.utils import (
     SUMMARY_FILE,
@@ -59,7 +59,7 @@ def save_final(trainer, out: Path, summary: dict[str, Any]) -> None:
     """The model, tokenizer, config.yaml and summary.json into OUT, through the same staging folder as
     sft and reward (``rlhf.common.utils.staged_output``): OUT never holds a half-written model file."""
     main = trainer.accelerator.is_main_process
-    with staged_output(out) as staging:
+    with full_disk_reported(out, out), staged_output(out) as staging:
         save_policy(trainer, staging)  # every rank joins (the gather under ZeRO-3 / FSDP); rank 0 writes
         if main:
             write_config(staging, {trainer.command: trainer.config})

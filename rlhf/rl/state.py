@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from classic_rl.safe_io import UserError, atomic_write_text
-from rlhf.common.checkpoints import checkpoint_writer, prune_checkpoints
+from rlhf.common.checkpoints import checkpoint_writer, full_disk_reported, prune_checkpoints
 from rlhf.common.distributed import describe_distribution
 from rlhf.common.resume_settings import check_same_settings, comparable
 from rlhf.common.utils import METRICS_FILE, write_json
@@ -82,7 +82,9 @@ class TrainerState:
         rng_states = gather_object([self._rng_state()]) if world > 1 else [self._rng_state()]
         files = state_files(acc, self.model, self.optimizer)  # collectives under ZeRO-3 / FSDP2
         barrier = acc.wait_for_everyone if world > 1 else None
-        with checkpoint_writer(output_dir, progress.update, main=main, barrier=barrier) as tmp:
+        final = output_dir / f"checkpoint-{progress.update}"
+        with full_disk_reported(output_dir, final), \
+                checkpoint_writer(output_dir, progress.update, main=main, barrier=barrier) as tmp:
             write_state_files(tmp, files)
             if main:
                 torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")

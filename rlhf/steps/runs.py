@@ -28,6 +28,7 @@ from trl import ModelConfig, get_peft_config
 from classic_rl.safe_io import STAGING_DIR, TrainingDiverged, atomic_directory
 from rlhf.common.checkpoints import (
     checkpoint_step,
+    full_disk_reported,
     latest_checkpoint,
     prepare_output_dir,
     prune_checkpoints,
@@ -163,8 +164,8 @@ class SafeTrainerMixin:
         out = Path(self.args.output_dir)
         final = out / f"checkpoint-{self.state.global_step}"
         # transformers writes <output dir>/checkpoint-<step>: pointed at the staging root, that is the
-        # folder atomic_directory renames into place once every rank has written its part.
-        with atomic_directory(final, main=is_main_process(), barrier=barrier) as staging:
+        # folder atomic_directory renames into place once every rank has written its part (or removes).
+        with full_disk_reported(out, final), atomic_directory(final, main=is_main_process(), barrier=barrier) as staging:
             self._staging_root = staging.parent
             try:
                 super()._save_checkpoint(model, trial)
@@ -339,7 +340,7 @@ def finish_run(
     if out.resume_from is not None:
         summary["resumed_from"] = str(out.resume_from)
     full = full_model_for_saving(trainer)  # every rank: gathers the shards under ZeRO-3 / FSDP
-    with staged_output(out.path) as staging:
+    with full_disk_reported(out.path, out.path), staged_output(out.path) as staging:
         if trainer.is_world_process_zero():
             model = trainer.model if full is None else full
             if hasattr(model, "merge_and_unload"):  # a peft model
