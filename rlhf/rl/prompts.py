@@ -21,7 +21,11 @@ from rlhf.common.data import (
 from rlhf.common.errors import ConfigError
 from rlhf.rl.config import RLConfig
 
-__all__ = ["PromptStream"]
+__all__ = ["HELD_OUT_SEED_OFFSET", "PromptStream"]
+
+# The held-out prompts are sampled with seed + HELD_OUT_SEED_OFFSET (+ rank): the RL step's before/after
+# evaluation and the pipeline's comparison of the SFT and RL policies draw the same samples from it.
+HELD_OUT_SEED_OFFSET = 10_000
 
 
 class PromptStream:

@@ -48,8 +48,9 @@ def run_trainer(trainer_class: type, config: RLConfig) -> dict[str, Any]:
         raise
     if trainer.accelerator.is_main_process:
         print(
-            f"{config.command}: reward {summary['reward_mean_before']:+.3f} -> {summary['reward_mean_after']:+.3f}, "
-            f"KL {summary['kl_mean']:.3f}, {summary['train_runtime']:.1f}s, world size {summary['world_size']} "
+            f"{config.command}: held-out reward {summary['reward_mean_before']:+.3f} -> {summary['reward_mean_after']:+.3f} "
+            f"({summary['num_eval_prompts']} prompts), KL {summary['kl_mean']:.3f}, {summary['train_runtime']:.1f}s, "
+            f"world size {summary['world_size']} "
             f"-> {config.output_dir}"
         )
     return summary

@@ -44,7 +44,7 @@ from rlhf.rl.experience import ExperienceMaker, Rollout, RolloutSettings
 from rlhf.rl.forward import logits_for_responses
 from rlhf.rl.metrics import MetricsSink, check_finite, mean_over_ranks
 from rlhf.rl.optimizer_loop import LossFn, OptimizerLoop
-from rlhf.rl.prompts import PromptStream
+from rlhf.rl.prompts import HELD_OUT_SEED_OFFSET, PromptStream
 from rlhf.rl.runner import run_trainer, save_policy
 from rlhf.rl.sampler import HFSampler, Sampler, SamplingSettings
 from rlhf.rl.setup import build_components, choose_precision, refuse_unsupported
@@ -226,7 +226,7 @@ class RLTrainer:
         """Mean reward-source score, KL to the reference and EOS rate on the held-out prompts, sampled
         as in training (same sampler, same temperature) with a fixed seed, so before/after see the same
         randomness."""
-        generator = torch.Generator(device=self.device).manual_seed(self.config.seed + 10_000 + self.rank)
+        generator = torch.Generator(device=self.device).manual_seed(self.config.seed + HELD_OUT_SEED_OFFSET + self.rank)
         prompts, ids, weight_list = self.prompts.held_out_for_rank()
         weights = torch.tensor(weight_list, dtype=torch.float64, device=self.device)
         sums = torch.zeros(5, dtype=torch.float64, device=self.device)
@@ -306,6 +306,10 @@ class RLTrainer:
             "precision": self.precision, "use_peft": cfg.use_peft, "seed": cfg.seed,
             "generation_backend": self.sampler.name,
             "resumed_from": str(resume_from) if resume_from is not None else None,
+            # how the held-out prompts were sampled, so the pipeline's comparison draws the same samples
+            "held_out_sampling": {"seed": cfg.seed + HELD_OUT_SEED_OFFSET, "slice": cfg.local_batch_size,
+                                  "chunk": cfg.local_rollout_forward_batch_size, "temperature": cfg.temperature,
+                                  "max_new_tokens": cfg.max_new_tokens},
             **self.summary_extras(last),
         }
 
