@@ -193,33 +193,25 @@ def read_markdown_table(path: Path) -> dict[str, Any]:
     return {"header": cells[0], "rows": cells[1:]}
 
 
-def rlhf_samples(rlhf_dir: Path, config: dict[str, Any], n: int = 6) -> list[dict[str, Any]]:
-    """A few held-out prompts answered by the SFT and the PPO policy, with their gold scores."""
-    from rlhf.common.data import load_dataset_dict, render_prompt
-    from rlhf.common.models import load_causal_lm, load_tokenizer
-    from rlhf.steps.evaluate import sample_completions
-    from rlhf.tasks.reviews import gold_reward
+def rlhf_samples(pipeline_dir: Path, n: int = 6) -> list[dict[str, Any]]:
+    """The first held-out prompts answered by the SFT and the RL policy, with their gold scores: the samples
+    the pipeline itself scored for its table (its summary.json keeps them), not a second draw."""
+    summary = json.loads((pipeline_dir / "summary.json").read_text())
+    return [{"prompt": sample["prompt"],
+             "answers": [{"policy": a["policy"].upper(), "text": a["text"],
+                          **({"gold": round(float(a["gold"]), 3)} if "gold" in a else {})} for a in sample["answers"]]}
+            for sample in summary.get("samples", [])[:n]]
 
-    tokenizer = load_tokenizer(str(rlhf_dir / "sft"))
-    data = load_dataset_dict(str(ROOT / config["evaluation"]["prompts"]))
-    rows = data["train"] if "train" in data else next(iter(data.values()))
-    prompts = [render_prompt(p, tokenizer) for p in rows["prompt"][:n]]
-    ppo = config.get("ppo", {})
-    samples = []
-    for name in ("sft", "ppo"):
-        policy = load_causal_lm(str(rlhf_dir / name), tokenizer)
-        out = sample_completions(policy, tokenizer, prompts, ppo.get("response_length", 32),
-                                 ppo.get("temperature", 1.0), seed=config.get("seed", 0))
-        scores = gold_reward(out.prompts, out.completions)
-        samples.append((name, out.completions, scores))
-    return [{"prompt": prompt,
-             "answers": [{"policy": name.upper(), "text": completions[i], "gold": round(float(scores[i]), 3)}
-                         for name, completions, scores in samples]}
-            for i, prompt in enumerate(prompts)]
+
+def print_samples(samples: list[dict[str, Any]], policy: str) -> None:
+    print(f"\nHeld-out prompts answered by the SFT and the {policy} policy (sampled, gold score in brackets):")
+    for sample in samples[:3]:
+        print(f"\n  {sample['prompt']}")
+        for answer in sample["answers"]:
+            print(f"    {answer['policy']:<4} [{answer.get('gold', float('nan')):+.2f}] {answer['text'].strip()}")
 
 
 def rlhf_section(out: Path, config_path: Path) -> dict[str, Any]:
-    import yaml
 
     print("\n== 4. RLHF pipeline on the shipped task: tiny model -> SFT -> reward model -> PPO", flush=True)
     rlhf_dir = out / "rlhf"
@@ -228,12 +220,8 @@ def rlhf_section(out: Path, config_path: Path) -> dict[str, Any]:
     subprocess.run(cmd, check=True, cwd=ROOT)
     table = read_markdown_table(rlhf_dir / "results.md")
     table["caption"] = "the pipeline's results.md (held-out prompts; gold = the task's programmatic scorer)"
-    samples = rlhf_samples(rlhf_dir, yaml.safe_load(config_path.read_text()))
-    print("\nHeld-out prompts answered by the SFT and the PPO policy (sampled, gold score in brackets):")
-    for sample in samples[:3]:
-        print(f"\n  {sample['prompt']}")
-        for answer in sample["answers"]:
-            print(f"    {answer['policy']:<3} [{answer['gold']:+.2f}] {answer['text'].strip()}")
+    samples = rlhf_samples(rlhf_dir)
+    print_samples(samples, "PPO")
     text = ["Gold score: the task's programmatic scorer (rlhf/tasks/reviews.py), which the reward model only sees "
             "through noisy rankings. Learned reward: the reward model's score (0 = the mean of SFT "
             "samples). KL: how far PPO moved the policy from the SFT model it started from."]
@@ -264,7 +252,11 @@ def grpo_section(out: Path, config_path: Path) -> dict[str, Any]:
             "reward cannot be gamed. SFT on noisy demonstrations (half of them wrong) gives a policy that "
             f"is right part of the time; GRPO samples {generations} answers per prompt, rewards the right ones "
             "relative to their group, and makes the policy right far more often on triples it never trained on."]
-    return _section("5. GRPO: critic-free RL from a checkable reward", text=text, tables=[table])
+    samples = rlhf_samples(grpo_dir)
+    print_samples(samples, "GRPO")
+    figures = [{"path": "rlhf-grpo/grpo_curves.png", "caption": "reward and KL over GRPO training"}]
+    return _section("5. GRPO: critic-free RL from a checkable reward", text=text, tables=[table],
+                    figures=[f for f in figures if (out / f["path"]).exists()], samples=samples)
 
 
 # ---------------------------------------------------------------------------------------------------- main

@@ -359,12 +359,17 @@ def test_rlhf_rank_your_own_data_runs_as_printed(rlhf_steps, tmp_path, monkeypat
     install, label_command, reward_command, ppo_command = shell_commands(marked_blocks()["rlhf-rank"][1])
     assert install == 'pip install -e ".[label]"'
     assert re.search(r"^label = ", (README.parent / "pyproject.toml").read_text(), re.M), "no `label` extra"
-    # The working layout: runs/sft from the step-by-step block, and the first 12 shipped prompts.
+    # The working layout: runs/sft from the step-by-step block, the first 12 shipped prompts, the held-out
+    # files and the (small-budget) configs the reward and ppo commands read their settings from.
+    small_layout(tmp_path)
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "sft").symlink_to(rlhf_steps / "runs" / "sft")
     (tmp_path / "rlhf" / "data").mkdir(parents=True)
     shipped = (README.parent / "rlhf" / "data" / "prompts.jsonl").read_text().splitlines()
     (tmp_path / "rlhf" / "data" / "prompts.jsonl").write_text("\n".join(shipped[:12]) + "\n")
+    for name in ("pairs_eval.jsonl", "prompts_eval.jsonl"):
+        shutil.copy(README.parent / "rlhf" / "data" / name, tmp_path / "rlhf" / "data" / name)
+    assert "--config configs/rlhf/tiny.yaml" in reward_command and "--config configs/rlhf/tiny.yaml" in ppo_command
     servers = []
     real_serve = label.serve
 

@@ -96,3 +96,35 @@ def test_pipeline_runs_sft_reward_and_ppo_and_reports(rlhf_tiny_model, tmp_path)
     table = (run / "results.md").read_text()
     assert "RM held-out pairwise accuracy" in table and "n/a" not in table
     assert (run / "ppo_curves.png").exists()
+
+
+@pytest.mark.slow
+def test_the_pipeline_table_and_the_rl_step_give_one_number_per_quantity(tmp_path):
+    """The pipeline samples the held-out prompts as the RL step did for its before/after numbers (same
+    seed, same slices, same sampler), so on the same prompts with the same reward its table repeats the RL
+    step's reward and EOS rate exactly; results.md says so, and the summary keeps the scored samples."""
+    data = REPO / "rlhf" / "data"
+    config = {
+        "output_dir": str(tmp_path / "run"), "seed": 0, "steps": ["tiny_model", "sft", "grpo"],
+        "evaluation": {"prompts": str(data / "reverse_prompts_eval.jsonl"), "reward_fn": "rlhf.tasks.verifiable:reward",
+                       "num_prompts": 48},
+        "tiny_model": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "vocab_size": 300},
+        "sft": {"dataset_name": str(data / "reverse_sft.jsonl"), "max_steps": 60, "per_device_train_batch_size": 32,
+                "learning_rate": 3e-3, "disable_tqdm": True, "report_to": "none"},
+        "grpo": {"dataset_name": str(data / "reverse_prompts.jsonl"), "eval_dataset_name": str(data / "reverse_prompts_eval.jsonl"),
+                 "reward_fn": "rlhf.tasks.verifiable:reward", "num_eval_prompts": 48, "num_generations": 4,
+                 "per_device_train_batch_size": 16, "max_completion_length": 4, "max_steps": 3, "learning_rate": 1e-3,
+                 "temperature": 1.5, "num_sample_generations": 0, "disable_tqdm": True, "report_to": "none"},
+    }
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config))
+    summary = pipeline.main(["--config", str(path)])
+    grpo = json.loads((tmp_path / "run" / "grpo" / "summary.json").read_text())
+    for policy, when in (("sft", "before"), ("grpo", "after")):
+        assert summary["evaluation"][policy]["gold"] == grpo[f"reward_mean_{when}"], policy
+        assert summary["evaluation"][policy]["eos_fraction"] == grpo[f"eos_fraction_{when}"], policy
+    assert len(summary["samples"]) == pipeline.NUM_SAMPLES_KEPT
+    assert [a["policy"] for a in summary["samples"][0]["answers"]] == ["sft", "grpo"]
+    assert "come from the same samples" in (tmp_path / "run" / "results.md").read_text()
+    assert (tmp_path / "run" / "grpo_curves.png").is_file()

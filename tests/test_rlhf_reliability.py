@@ -86,7 +86,7 @@ def test_non_empty_output_dir_is_refused_and_overwrite_keeps_unrelated_files(tmp
 
 @pytest.mark.slow
 def test_sft_killed_after_a_checkpoint_then_resumed_equals_the_uninterrupted_run(rlhf_tiny_model, tmp_path):
-    flags = fixtures.sft_flags(rlhf_tiny_model, "OUT", "--max_steps", "24", "--save_steps", "8",
+    flags = fixtures.sft_flags(rlhf_tiny_model, "OUT", "--max_steps", "24", "--save_steps", "6",
                                "--logging_steps", "4", "--per_device_train_batch_size", "8")
     whole = tmp_path / "whole"
     summary = cli_run(flags, whole)
@@ -97,11 +97,11 @@ def test_sft_killed_after_a_checkpoint_then_resumed_equals_the_uninterrupted_run
     proc = subprocess.Popen([sys.executable, "-m", "rlhf", "sft", *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while not (killed / "checkpoint-8").exists() and proc.poll() is None and time.time() < deadline:
+    while not (killed / "checkpoint-6").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert (killed / "checkpoint-8").exists() and not (killed / "model.safetensors").exists()
+    assert (killed / "checkpoint-6").exists() and not (killed / "model.safetensors").exists()
     checkpoints_before = {p.name for p in killed.glob("checkpoint-*")}
 
     resumed = cli_run(flags + ["--resume_from_checkpoint", "true"], killed)
@@ -109,11 +109,14 @@ def test_sft_killed_after_a_checkpoint_then_resumed_equals_the_uninterrupted_run
     assert _max_weight_difference(whole, killed) < 1e-5
     assert resumed["eval_loss"] == pytest.approx(summary["eval_loss"], abs=1e-5)
     assert resumed["train_loss"] == pytest.approx(summary["train_loss"], abs=1e-5)
-    def rows(folder):
+    def rows(folder):  # every logged number but the wall-clock ones
         logged = map(json.loads, (folder / "metrics.jsonl").read_text().splitlines())
-        return [(r["step"], *(round(r[k], 5) if k in r else None for k in ("loss", "eval_loss"))) for r in logged]
+        return [{k: round(v, 5) if isinstance(v, float) else v for k, v in r.items()
+                 if not ("runtime" in k or "per_second" in k or k.endswith("_time"))} for r in logged]
 
-    assert rows(killed) == rows(whole)  # the same losses, none duplicated or missing
+    # the same rows, none duplicated or missing: the losses (also of the window the checkpoint cut in two,
+    # checkpoints every 6 steps, a log line every 4), TRL's num_tokens, the final train_loss
+    assert rows(killed) == rows(whole)
     assert checkpoints_before <= {p.name for p in killed.glob("checkpoint-*")}  # none deleted
 
 
@@ -174,7 +177,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(rlhf_t
     monkeypatch.setattr(trl.SFTTrainer, "compute_loss", poisoned)
     out = tmp_path / "out"
     rc = cli.main(["sft", *_short_sft(rlhf_tiny_model, out, "--max_steps", "8", "--save_steps", "2")])
-    assert rc == 1
+    assert rc == 3  # diverged (the exit status classic-rl gives too)
     line = _error_line(capsys)
     assert "diverged at step 5: the loss is nan" in line and str(out / "checkpoint-4") in line
     assert not (out / "model.safetensors").exists() and not (out / "summary.json").exists()
@@ -198,7 +201,7 @@ def test_non_finite_gradient_norm_stops_the_run_before_the_step_is_saved(rlhf_sf
     out = tmp_path / "rm"
     rc = cli.main(["reward", *fixtures.reward_flags(rlhf_sft_run[0], out, "--max_steps", "6", "--save_steps", "2",
                                                     "--calibrate", "false")])
-    assert rc == 1
+    assert rc == 3
     line = _error_line(capsys)
     assert "diverged at step 3: the gradient norm is" in line and str(out / "checkpoint-2") in line
     assert not (out / "model.safetensors").exists()
@@ -310,15 +313,12 @@ def test_debug_shows_the_traceback(tmp_path):
 # ----------------------------------------------------------------------------------------------- help and output
 @pytest.mark.parametrize("command", ["sft", "reward", "tiny-model"])
 def test_help_names_the_command_and_lists_this_projects_flags_first(command, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        cli.main([command, "--help"])
-    assert exit_.value.code == 0
+    assert cli.main([command, "--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"usage: rlhf {command} ")
     assert out.index("this project's flags:") < out.index("--overwrite_output_dir") and "--help-all" in out
-    assert len(out.splitlines()) < 80
-    with pytest.raises(SystemExit):
-        cli.main([command, "--help-all"])
+    assert len(out.splitlines()) < 120  # the main flags, each explained in full (wrapped at 100 columns)
+    assert cli.main([command, "--help-all"]) == 0
     full = capsys.readouterr().out
     assert full.startswith(f"usage: rlhf {command} ") and len(full.splitlines()) > len(out.splitlines())
 

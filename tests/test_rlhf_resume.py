@@ -164,3 +164,61 @@ def test_resume_under_another_sharding_is_refused_with_one_line(setup, tmp_path)
     with pytest.raises(UserError, match=r"saved under DeepSpeed ZeRO-3, now no sharding \(DDP or one process\); resume with the accelerate config") as err:
         main([*flags, "--resume_from_checkpoint", str(out / "checkpoint-1")])
     assert "\n" not in str(err.value)
+
+
+def test_resume_with_settings_that_change_the_run_is_refused_in_one_line(setup, tmp_path, capsys):
+    """The checkpoint keeps the resolved config; a resume that changes what the run computes (learning rate,
+    KL coefficient, seed, reward function) is refused listing every difference; logging, saving and display
+    settings may change; a checkpoint without saved settings (earlier versions) resumes with a note."""
+    from rlhf.ppo import main
+
+    out = tmp_path / "out"
+    flags = _flags("ppo", setup, out)
+    flags[flags.index("--total_episodes") + 1] = "32"  # 2 updates, a checkpoint after the first
+    flags[flags.index("--save_steps") + 1] = "1"
+    main(flags)
+    state_file = out / "checkpoint-1" / "trainer_state.json"
+    assert json.loads(state_file.read_text())["config"]["learning_rate"] == 3e-3
+    resume = [*flags, "--resume_from_checkpoint", str(out / "checkpoint-1"), "--output_dir", str(tmp_path / "again")]
+
+    with pytest.raises(UserError, match=r"saved with other settings \(learning_rate 0.003 -> 0.01\)") as err:
+        main([*resume, "--learning_rate", "1e-2"])
+    assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match=r"\(kl_coef 0.05 -> 0.5, seed 0 -> 7\); a resumed run must be the saved run"):
+        main([*resume, "--kl_coef", "0.5", "--seed", "7"])
+    other = setup / "other_rewards.py"
+    other.write_text("def vowels(prompts, completions):\n    return [0.0 for _ in completions]\n")
+    with pytest.raises(UserError, match=r"\(reward_fn .*resume_rewards.py:vowels.* -> .*other_rewards.py:vowels"):
+        main([*resume, "--reward_fn", f"{other}:vowels"])
+
+    summary = main([*resume, "--logging_steps", "2", "--save_total_limit", "1", "--report_to", "tensorboard",
+                    "--num_sample_generations", "1"])  # harmless: accepted
+    assert summary["resumed_from"] == str(out / "checkpoint-1")
+
+    state = json.loads(state_file.read_text())
+    del state["config"]  # as written by an earlier version
+    state_file.write_text(json.dumps(state))
+    capsys.readouterr()
+    main([*flags, "--resume_from_checkpoint", str(out / "checkpoint-1"), "--output_dir", str(tmp_path / "old")])
+    assert "did not keep the run's settings; resuming with the flags given now, unchecked" in capsys.readouterr().err
+
+
+def test_sft_resume_with_other_settings_is_refused_and_same_settings_resume(setup, tmp_path, capsys):
+    from rlhf.sft import main
+
+    out = tmp_path / "sft"
+    flags = ["--model_name_or_path", str(setup / "tiny"), "--dataset_name", str(DATA / "sft.jsonl"),
+             "--output_dir", str(out), "--max_steps", "4", "--save_steps", "2", "--per_device_train_batch_size", "4",
+             "--learning_rate", "3e-3", "--seed", "0", "--report_to", "none", "--disable_tqdm", "true"]
+    main(flags)
+    checkpoint = out / "checkpoint-2"
+    assert json.loads((checkpoint / "rlhf_settings.json").read_text())["training"]["learning_rate"] == 3e-3
+    resume = [*flags, "--resume_from_checkpoint", str(checkpoint), "--output_dir", str(tmp_path / "again")]
+    with pytest.raises(UserError, match=r"saved with other settings \(learning_rate 0.003 -> 0.01, seed 0 -> 7\)"):
+        main([*resume, "--learning_rate", "1e-2", "--seed", "7"])
+    assert main([*resume, "--logging_steps", "1", "--save_total_limit", "1"])["resumed_from"] == str(checkpoint)
+
+    (checkpoint / "rlhf_settings.json").unlink()  # a checkpoint of an earlier version
+    capsys.readouterr()
+    main([*flags, "--resume_from_checkpoint", str(checkpoint), "--output_dir", str(tmp_path / "old")])
+    assert "did not keep the run's settings" in capsys.readouterr().err

@@ -11,20 +11,27 @@ model and run files directly in ``OUTPUT_DIR``. Rules that keep a user's work sa
   never a half-written ``checkpoint-<step>``.
 - :func:`prune_checkpoints` (``--save_total_limit``) deletes only checkpoints written by the current
   process, never those of an earlier run.
+- :func:`full_disk_reported` turns a write that failed for want of space (whatever the writer calls it:
+  ``OSError(ENOSPC)``, safetensors' ``SafetensorError ... No space left on device``, torch's ``unexpected
+  pos`` from a zip file cut short) into one line naming the file and the last complete checkpoint.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import re
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from classic_rl.safe_io import UserError, atomic_directory
+from classic_rl.safe_io import STAGING_DIR, UserError, atomic_directory
+from rlhf.common.errors import DiskFull
 
 __all__ = [
     "CHECKPOINT_PREFIX",
+    "full_disk_reported",
+    "is_out_of_space",
     "checkpoint_step",
     "checkpoint_writer",
     "latest_checkpoint",
@@ -119,3 +126,56 @@ def prune_checkpoints(written: Iterable[Path], limit: int | None) -> list[Path]:
     for old in kept[:-limit]:
         shutil.rmtree(old, ignore_errors=True)
     return kept[-limit:]
+
+
+# ----------------------------------------------------------------------------------------------- a full disk
+_NO_SPACE_TEXT = ("No space left on device", "StorageFull", "Disk quota exceeded", "os error 28")
+_LOW_SPACE = 1 << 20  # bytes: below this a failed write is taken for a full disk (torch says "unexpected pos")
+
+
+def is_out_of_space(err: BaseException, folder: Path) -> bool:
+    """Whether ``err`` (or an exception it came from) is a write that found no space: an OSError with
+    ENOSPC/EDQUOT, an error whose text says so, or any failure while ``folder``'s disk is (nearly) full."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(text in str(seen) for text in _NO_SPACE_TEXT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    with contextlib.suppress(OSError):
+        return shutil.disk_usage(folder).free < _LOW_SPACE
+    return False
+
+
+def _written_file(err: BaseException, writing: Path) -> Path:
+    """The file ``err`` names, as it would have been called once in place (``writing`` if none)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        name = getattr(seen, "filename", None)
+        if name:
+            parts = list(Path(name).parts)
+            for hidden in (STAGING_DIR, ".rlhf-staging"):  # the staging folder stands for its final place
+                if hidden in parts:
+                    i = parts.index(hidden)
+                    parts = parts[:i] + parts[i + 1:]
+            return Path(*parts)
+        seen = seen.__cause__ or seen.__context__
+    return writing
+
+
+@contextlib.contextmanager
+def full_disk_reported(output_dir: str | Path, writing: str | Path) -> Iterator[None]:
+    """Run a write of ``writing`` (a file or folder in ``output_dir``); if it fails for want of space, raise
+    :class:`DiskFull`: one line naming the file and the last complete checkpoint. The writers' staging
+    folders are cleaned by their own context managers before this one sees the error."""
+    try:
+        yield
+    except Exception as err:
+        if isinstance(err, DiskFull) or not is_out_of_space(err, Path(output_dir)):
+            raise
+        last = latest_checkpoint(output_dir)
+        kept = (f"the last complete checkpoint is step {checkpoint_step(last)} ({last}); free some space and "
+                "continue with the same command and --resume_from_checkpoint true" if last is not None else
+                "no checkpoint was saved before; free some space and start the run again")
+        raise DiskFull(f"no space left on device writing {_written_file(err, Path(writing))}; {kept}") from err

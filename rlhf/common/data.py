@@ -22,22 +22,10 @@ from typing import Any
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
 from classic_rl.safe_io import UserError
+from rlhf.common.formats import FORMAT_COLUMNS, TASK_FORMATS, accepted_formats_text, task_of  # noqa: F401 (re-exported)
 from rlhf.common.utils import is_main_process, read_jsonl_lines
-from rlhf.methods.registry import RL_METHODS
 
-# Column sets of each format, and the formats each command accepts (first match wins).
-FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
-    "prompt_completion": ("prompt", "completion"),
-    "messages": ("messages",),
-    "preference": ("prompt", "chosen", "rejected"),
-    "ranking": ("prompt", "responses"),
-    "prompt": ("prompt",),
-}
-TASK_FORMATS: dict[str, tuple[str, ...]] = {
-    "sft": ("prompt_completion", "messages"),
-    "reward": ("preference", "ranking"),
-    "rl": ("prompt",),  # every RL method (ppo, grpo, rloo, reinforce_pp)
-}
+# The formats each command accepts (first match wins) are in rlhf.common.formats, shared with --help.
 _FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
@@ -55,6 +43,26 @@ def row_location(dataset: Dataset, row: int, name: str = "dataset") -> str:
     if source is not None and row < len(source[1]):
         return f"{source[0]}:{source[1][row]}"
     return f"{name}, row {row}"
+
+
+def keep_row_locations(child: Dataset, parent: Dataset, rows: list[int] | None = None) -> Dataset:
+    """Let :func:`row_location` name ``child``'s rows by ``parent``'s file lines: ``child`` holds ``parent``'s
+    rows ``rows`` in that order (all of them if None: a renamed column, say). Returns ``child``."""
+    source = _SOURCE_LINES.get(getattr(parent, "_fingerprint", ""))
+    if source is not None:
+        lines = source[1] if rows is None else [source[1][i] for i in rows]
+        _SOURCE_LINES[child._fingerprint] = (source[0], lines)
+    return child
+
+
+def _split_rows(part: Dataset) -> list[int] | None:
+    """The rows of the parent that a ``train_test_split`` part holds (datasets keeps them as an indices
+    mapping), or None if this datasets version keeps them otherwise."""
+    indices = getattr(part, "_indices", None)
+    try:
+        return indices.column("indices").to_pylist() if indices is not None else None
+    except (AttributeError, KeyError):
+        return None
 
 
 def _kind(value: Any) -> str:
@@ -202,26 +210,20 @@ def load_train_eval(
         return train, checked(data[args.dataset_test_split], f"dataset '{args.dataset_name}' split {args.dataset_test_split}")
     if args.eval_holdout_fraction > 0 and len(train) >= 2:
         parts = train.train_test_split(test_size=args.eval_holdout_fraction, seed=seed)
+        for part in parts.values():  # errors found later (tokenizing) still name the file line
+            rows = _split_rows(part)
+            if rows is not None:
+                keep_row_locations(part, train, rows)
         return parts["train"], parts["test"]
     return train, None
 
 
 # ----------------------------------------------------------------------------------------------- formats
-def _task(task: str) -> str:
-    """Every RL method takes the "rl" formats (a prompt)."""
-    return "rl" if task in RL_METHODS else task
-
-
-def accepted_formats_text(task: str) -> str:
-    """Human-readable list of the formats a command accepts, e.g. '{prompt, completion} or {messages}'."""
-    return " or ".join("{" + ", ".join(FORMAT_COLUMNS[f]) + "}" for f in TASK_FORMATS[_task(task)])
-
-
 def detect_format(columns: list[str] | tuple[str, ...], task: str) -> str:
     """Name of the first format accepted by `task` whose columns are all present; ValueError otherwise."""
-    if _task(task) not in TASK_FORMATS:
+    if task_of(task) not in TASK_FORMATS:
         raise ValueError(f"unknown task '{task}'; valid: {sorted(TASK_FORMATS)}")
-    for fmt in TASK_FORMATS[_task(task)]:
+    for fmt in TASK_FORMATS[task_of(task)]:
         if all(c in columns for c in FORMAT_COLUMNS[fmt]):
             return fmt
     raise DataError(

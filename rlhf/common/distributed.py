@@ -49,11 +49,13 @@ __all__ = [
     "describe_distribution",
     "make_accelerator",
     "prepare_trainer_arguments",
+    "quiet_deepspeed_collectives",
     "sharded",
     "evaluate_before_training",
     "check_trainer_sharding",
     "requested_sharding",
     "is_deepspeed_zero3",
+    "keep_deepspeed_unloaded",
     "fsdp_version",
     "full_model_for_saving",
     "masked_whiten_across_processes",
@@ -239,6 +241,33 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").lower() in ("1", "true", "yes")
 
 
+# DeepSpeed's communication backend calls torch's deprecated names of these two collectives; torch warns
+# at every call (hundreds of lines per run). Not the user's doing and nothing they can change.
+_DEEPSPEED_DEPRECATED_COLLECTIVES = r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated"
+
+
+def quiet_deepspeed_collectives() -> None:
+    """Filter exactly torch's deprecation warnings of the collectives DeepSpeed calls (see above)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=_DEEPSPEED_DEPRECATED_COLLECTIVES, category=FutureWarning)
+
+
+def keep_deepspeed_unloaded() -> None:
+    """Outside a DeepSpeed launch, keep accelerate from importing DeepSpeed just to ask whether a model is a
+    DeepSpeed engine (``extract_model_from_parallel``, run by every ``save_pretrained``): the import costs
+    most of a second and, without a GPU, logs DeepSpeed's "Setting accelerator to CPU" warning on every
+    command. No DeepSpeed engine can exist in such a process, so the answer is the same. No-op once
+    DeepSpeed is imported (a user's own code may use it)."""
+    import sys
+
+    if requested_sharding() == "deepspeed" or "deepspeed" in sys.modules:
+        return
+    import accelerate.utils.other
+
+    accelerate.utils.other.is_deepspeed_available = lambda: False
+
+
 def requested_sharding() -> str | None:
     """``"deepspeed"`` or ``"fsdp"`` when ``accelerate launch`` was given such a config (it exports
     ``ACCELERATE_USE_DEEPSPEED`` / ``ACCELERATE_USE_FSDP`` to the workers), else None."""
@@ -311,6 +340,8 @@ def make_accelerator(cpu: bool, precision: str) -> Any:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
+    if requested_sharding() == "deepspeed":
+        quiet_deepspeed_collectives()
     cpu, fsdp_by_hand = _cpu_backend(cpu)
     mixed_precision = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[precision]
     try:
@@ -330,6 +361,8 @@ def prepare_trainer_arguments(training_args: Any) -> None:
     without a GPU launched with a DeepSpeed config, keep DeepSpeed (``use_cpu=False``: a forced CPU
     silently drops it), on DeepSpeed's CPU accelerator over gloo. No-op otherwise (FSDP is switched on
     after the Trainer exists, :func:`check_trainer_sharding`; on GPUs accelerate handles both)."""
+    if requested_sharding() == "deepspeed":
+        quiet_deepspeed_collectives()
     if requested_sharding() != "deepspeed" or not _cpu_only():
         return
     if torch.cuda.is_available():

@@ -7,7 +7,7 @@ import os
 
 from classic_rl.safe_io import DEBUG_ENV, ConfigError, TrainingDiverged
 
-__all__ = ["ConfigError", "TrainingDiverged", "pop_debug_flag"]
+__all__ = ["ConfigError", "DiskFull", "TrainingDiverged", "pop_debug_flag"]
 
 
 def pop_debug_flag(argv: list[str]) -> bool:
@@ -30,3 +30,8 @@ def pop_debug_flag(argv: list[str]) -> bool:
     if found:
         os.environ[DEBUG_ENV] = "1"
     return found
+
+
+class DiskFull(RuntimeError):
+    """The disk filled up while a run wrote a file; the message names the file and the last complete
+    checkpoint (``rlhf.common.checkpoints.full_disk_reported``). One line, exit status 1."""

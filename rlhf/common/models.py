@@ -48,9 +48,25 @@ def broken_weight_file(folder: Path) -> tuple[Path, str] | None:
     return None
 
 
+class _NoTensorParallelNotes(logging.Filter):
+    """transformers checks a model's tensor-parallel plan on every load, with or without tensor
+    parallelism, and warns "The following layers were not sharded" for layers the plan leaves alone. The
+    rlhf commands never shard by tensor parallelism (they pass no tp_plan), so the note is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not message.startswith(("The following layers were not sharded",
+                                       "The following TP rules were not applied"))
+
+
+_TP_LOGGER = logging.getLogger("transformers.distributed.tensor_parallel")
+_TP_FILTER = _NoTensorParallelNotes()
+
+
 def _load(loader: Any, name: str, what: str, **kwargs: Any) -> Any:
     """`loader.from_pretrained(name)`, turning a missing local path, an unreachable hub or a truncated weight
     file into a clear error."""
+    _TP_LOGGER.addFilter(_TP_FILTER)  # idempotent: a logger holds a filter once
     try:
         return loader.from_pretrained(name, **kwargs)
     except Exception as err:
@@ -85,16 +101,40 @@ def torch_dtype(name: str | None) -> torch.dtype | str | None:
     return getattr(torch, name)
 
 
+# Files of which a saved tokenizer has at least one (transformers' fast and slow tokenizers, tiktoken).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer.tiktoken", "tiktoken.model")
+
+
+def _missing_tokenizer(folder: Path) -> str | None:
+    """Why a local model folder cannot give a tokenizer (it holds none of its files), or None."""
+    if not folder.is_dir() or any((folder / name).is_file() for name in TOKENIZER_FILES):
+        return None
+    found = ", ".join(sorted(p.name for p in folder.iterdir())[:8]) or "nothing"
+    return (f"tokenizer '{folder}': the folder has no tokenizer (none of tokenizer.json, tokenizer.model, "
+            f"vocab.json, vocab.txt; it holds {found}); save the tokenizer there too "
+            "(tokenizer.save_pretrained(FOLDER)), or copy its files from the model it was trained from")
+
+
 def load_tokenizer(
     name_or_path: str,
     revision: str | None = None,
     trust_remote_code: bool = False,
     padding_side: str | None = None,
 ) -> PreTrainedTokenizerBase:
-    """Load a tokenizer and make sure it has a pad token distinct from EOS (see `ensure_pad_token`)."""
-    tokenizer = _load(
-        AutoTokenizer, name_or_path, "tokenizer", revision=revision, trust_remote_code=trust_remote_code
-    )
+    """Load a tokenizer and make sure it has a pad token distinct from EOS (see `ensure_pad_token`).
+
+    A local folder without tokenizer files is one line naming the folder and what is missing (transformers
+    would suggest installing sentencepiece or tiktoken to convert a tokenizer that is not there)."""
+    try:
+        tokenizer = _load(
+            AutoTokenizer, name_or_path, "tokenizer", revision=revision, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        missing = _missing_tokenizer(Path(name_or_path).expanduser())
+        if missing is not None:
+            raise UserError(missing) from err
+        raise
     if tokenizer.eos_token is None:
         raise ValueError(f"tokenizer '{name_or_path}' has no eos_token; set one (e.g. tokenizer.eos_token = '</s>')")
     ensure_pad_token(tokenizer)
@@ -172,11 +212,13 @@ def load_reward_model(
     revision: str | None = None,
     dtype: str | None = None,
     trust_remote_code: bool = False,
+    announce_new_head: bool = True,
     **kwargs: Any,
 ) -> PreTrainedModel:
     """A one-scalar sequence classifier (reward model or critic) from a reward model or from a causal LM.
 
-    From a causal LM the score head is new and gets the reward-head init. A checkpoint written by
+    From a causal LM the score head is new and gets the reward-head init, said in one line unless
+    ``announce_new_head`` is False (PPO's critic from the SFT model: its head is zeroed, no reward model). A checkpoint written by
     `rlhf reward` stores the bias shift that centres the SFT policy's scores in `config.score_bias`
     (transformers' score heads have no bias); it is installed here as the bias of the score layer, so
     `model(...).logits` already includes it.
@@ -196,7 +238,8 @@ def load_reward_model(
         init_score_head(model)
         others = sorted(k for k in info.get("missing_keys", ()) if not k.startswith("score."))
         note = f"; other weights not in the checkpoint, initialised at random: {others}" if others else ""
-        print(f"new reward head initialised (score) on {name_or_path}{note}", file=sys.stderr, flush=True)
+        if announce_new_head or others:
+            print(f"new reward head initialised (score) on {name_or_path}{note}", file=sys.stderr, flush=True)
     if tokenizer is not None:
         align_model_with_tokenizer(model, tokenizer)
     offset = float(getattr(model.config, SCORE_BIAS_KEY, 0.0) or 0.0)

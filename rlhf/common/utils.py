@@ -184,7 +184,15 @@ FLAG_HELP = {
     "earlier runs never are). Default: keep all.",
     "report_to": "Where metrics go besides OUTPUT_DIR/metrics.jsonl: none, tensorboard (logs in OUTPUT_DIR/runs), "
     "wandb, trackio, or all.",
+    "use_cpu": "Train on the CPU even if a GPU is present (default: only when there is no GPU).",
+    "bf16": "bf16 mixed precision (default: on where the GPU supports it, off on the CPU).",
+    "fp16": "fp16 mixed precision (default: on a GPU without bf16, else off).",
+    "gradient_checkpointing": "Recompute activations in the backward pass: less memory, more time (default: on "
+    "with a GPU, off on the CPU).",
 }
+# Their defaults follow the machine (hardware_defaults); help, the same on every machine, says the rule instead.
+HARDWARE_FLAGS = ("use_cpu", "bf16", "fp16", "gradient_checkpointing")
+HELP_WIDTH = 100  # help is formatted at this width whatever the terminal, so it reads (and caches) the same
 REPORT_TO_CHOICES = ("none", "tensorboard", "wandb", "trackio", "all")
 
 # Valid range of numeric flags, checked on every parsed dataclass that has them: (low, high, text).
@@ -314,19 +322,29 @@ def _is_project_type(cls: type) -> bool:
     return cls.__module__.split(".")[0] == "rlhf" or cls is CommandOptions
 
 
-def short_help(parser: Any, dataclass_types: Sequence[type], prog: str, description: str | None) -> str:
-    """This project's flags, then the main TRL/transformers flags, then where the rest are documented."""
+def short_help(parser: Any, dataclass_types: Sequence[type], prog: str, description: str | None,
+               command: str | None = None) -> str:
+    """This project's flags, the data formats, the main TRL/transformers flags, where the rest are documented."""
+    import argparse
+    import textwrap
+
+    from rlhf.common.formats import formats_help
+
     own = {f.name for cls in dataclass_types if _is_project_type(cls) for f in dataclasses.fields(cls)}
     own |= {f.name for f in dataclasses.fields(CommandOptions)}
     by_dest = {a.dest: a for a in parser._actions if a.option_strings and a.dest != "help"}
+    indent = " " * 37
 
     def line(action: Any) -> str:
         flag = action.option_strings[0]
-        default = "" if action.default in (None, dataclasses.MISSING) else f" (default: {action.default})"
+        shown = action.default not in (None, dataclasses.MISSING, argparse.SUPPRESS)
         text = " ".join(str(action.help or "").split()).replace("%%", "%")
-        if len(text) > 160:
-            text = text[:text.rfind(" ", 0, 157)] + " ..."
-        return f"  {flag:<34} {text}{default}"
+        text = (text + (f" (default: {action.default})" if shown else "")).strip()
+        wrapped = textwrap.wrap(text, HELP_WIDTH - len(indent)) or [""]
+        if len(flag) > 34:  # the text starts on the next line, as argparse does
+            return "\n".join([f"  {flag}", *(indent + rest for rest in wrapped)])
+        first = f"  {flag:<34} {wrapped[0]}".rstrip()
+        return "\n".join([first, *(indent + rest for rest in wrapped[1:])])
 
     first = (description or "").strip().splitlines()
     lines = [f"usage: {prog} [--config FILE.yaml] [flags]", ""]
@@ -337,11 +355,47 @@ def short_help(parser: Any, dataclass_types: Sequence[type], prog: str, descript
     lines.append(f"  {'--debug':<34} full tracebacks for errors (same as {DEBUG_ENV}=1)")
     lines.append(f"  {'--config FILE.yaml':<34} flags from YAML; a pipeline YAML's section for this command is used")
     lines.append(f"  {'--help-all':<34} every flag this command accepts")
-    lines += ["", "main training flags (TRL / transformers):"]
-    lines += [line(by_dest[d]) for d in MAIN_FLAGS if d in by_dest and d not in own]
-    lines += ["", f"Every other TRL / transformers flag is accepted too: `{prog} --help-all` lists them; docs:"]
-    lines += [f"  {link}" for link in DOC_LINKS]
-    return "\n".join(lines)
+    data = formats_help((command or "").replace("-", "_"))
+    if data:
+        lines += ["", *data]
+    main_flags = [line(by_dest[d]) for d in MAIN_FLAGS if d in by_dest and d not in own]
+    if main_flags:
+        lines += ["", "main training flags (TRL / transformers):", *main_flags]
+    lines += ["", f"Every other flag it accepts: `{prog} --help-all`."]
+    if any(not _is_project_type(cls) for cls in dataclass_types):
+        lines += ["TRL / transformers docs:", *(f"  {link}" for link in DOC_LINKS)]
+    return "\n".join(lines) + "\n"
+
+
+class _HelpFormatter:
+    """argparse's help with the defaults shown (as transformers' parser) and the description (a module
+    docstring) kept as written, at HELP_WIDTH columns."""
+
+    def __new__(cls, prog: str):
+        import argparse
+
+        class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+            pass
+
+        return Formatter(prog, width=HELP_WIDTH, max_help_position=38)
+
+
+def _print_help(parser: Any, dataclass_types: Sequence[type], prog: str, description: str | None,
+                command: str | None, every_flag: bool) -> None:
+    """Print `--help` (or `--help-all`), the same on every machine: hardware-chosen defaults say the rule."""
+    import argparse
+    import sys
+
+    for action in parser._actions:
+        if action.dest in HARDWARE_FLAGS:
+            action.default = argparse.SUPPRESS
+    if every_flag:
+        parser.formatter_class = _HelpFormatter
+        text = parser.format_help()
+    else:
+        text = short_help(parser, dataclass_types, prog, description, command)
+    sys.stdout.write(text.rstrip("\n") + "\n")
+    sys.stdout.flush()
 
 
 def parse_args(
@@ -374,11 +428,8 @@ def parse_args(
     for action in parser._actions:
         if action.dest in FLAG_HELP:
             action.help = FLAG_HELP[action.dest]
-    if "--help-all" in argv:
-        parser.print_help()
-        raise SystemExit(0)
-    if "-h" in argv or "--help" in argv:
-        print(short_help(parser, dataclass_types, prog, description))
+    if "--help-all" in argv or "-h" in argv or "--help" in argv:
+        _print_help(parser, dataclass_types, prog, description, command, every_flag="--help-all" in argv)
         raise SystemExit(0)
 
     config_path = _pop_flag(argv, "--config")
@@ -461,7 +512,9 @@ class JsonlMetricsCallback(TrainerCallback):
             for line in self.path.read_text().splitlines():
                 with contextlib.suppress(json.JSONDecodeError, TypeError, ValueError, AttributeError):
                     row = json.loads(line)  # a line cut short by the kill is dropped
-                    if int(row.get("step", 0)) <= resume_step:
+                    # a session's closing row (train_runtime, ...) is not a row of the uninterrupted run:
+                    # a run stopped by Ctrl-C writes one before its checkpoint's step ends the file
+                    if int(row.get("step", 0)) <= resume_step and "train_runtime" not in row:
                         kept.append(line)
         atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 

@@ -82,8 +82,10 @@ class PPOTrainer(RLTrainer):
             )
         from rlhf.common.models import load_reward_model
 
-        critic_model = load_reward_model(source, tokenizer=self.tokenizer, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
         from_reward_model = cfg.value_model_path is not None or cfg.reward_model_path is not None
+        # A critic from the SFT model gets a zeroed value head: no "reward head" to announce.
+        critic_model = load_reward_model(source, tokenizer=self.tokenizer, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
+                                         announce_new_head=from_reward_model)
         if cfg.use_peft:
             critic_model = with_lora(cfg, critic_model, "SEQ_CLS")
         return PolicyAndValue(policy, ValueModel.from_sequence_classifier(critic_model, zero_head=not from_reward_model))

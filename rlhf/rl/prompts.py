@@ -9,11 +9,23 @@ from typing import Any
 
 import torch
 
-from rlhf.common.data import DataArguments, load_train_eval, render_prompt, validate_dataset
+from rlhf.common.data import (
+    DataArguments,
+    DataError,
+    keep_row_locations,
+    load_train_eval,
+    render_prompt,
+    row_location,
+    validate_dataset,
+)
 from rlhf.common.errors import ConfigError
 from rlhf.rl.config import RLConfig
 
-__all__ = ["PromptStream"]
+__all__ = ["HELD_OUT_SEED_OFFSET", "PromptStream"]
+
+# The held-out prompts are sampled with seed + HELD_OUT_SEED_OFFSET (+ rank): the RL step's before/after
+# evaluation and the pipeline's comparison of the SFT and RL policies draw the same samples from it.
+HELD_OUT_SEED_OFFSET = 10_000
 
 
 class PromptStream:
@@ -40,9 +52,9 @@ class PromptStream:
             if field not in train.column_names:
                 raise ValueError(f"--dataset_text_field '{field}' is not a column of '{cfg.dataset_name}' "
                                  f"(columns: {train.column_names})")
-            train = train.rename_column(field, "prompt")
+            train = keep_row_locations(train.rename_column(field, "prompt"), train)
             if held_out is not None and field in held_out.column_names:
-                held_out = held_out.rename_column(field, "prompt")
+                held_out = keep_row_locations(held_out.rename_column(field, "prompt"), held_out)
         validate_dataset(train, "rl", f"dataset '{cfg.dataset_name}'")
         if held_out is None or len(held_out) == 0:
             raise ValueError(
@@ -53,8 +65,8 @@ class PromptStream:
         self.train_prompts = [render_prompt(p, self.tokenizer) for p in train["prompt"]]
         self.eval_prompts = [render_prompt(p, self.tokenizer) for p in held_out["prompt"][: cfg.num_eval_prompts]]
         self._context_limit = self._prompt_token_limit()
-        self.train_ids = self._tokenize(self.train_prompts, "training")
-        self.eval_ids = self._tokenize(self.eval_prompts, "held-out")
+        self.train_ids = self._tokenize(self.train_prompts, "training", train, f"dataset '{cfg.dataset_name}'")
+        self.eval_ids = self._tokenize(self.eval_prompts, "held-out", held_out, "held-out prompts")
 
     def _prompt_token_limit(self) -> int | None:
         """Prompt tokens that fit before ``max_new_tokens`` in the model's context (None: unknown)."""
@@ -75,7 +87,8 @@ class PromptStream:
             )
         return limit
 
-    def _tokenize(self, prompts: list[str], which: str) -> list[list[int]]:
+    def _tokenize(self, prompts: list[str], which: str, dataset: Any, name: str) -> list[list[int]]:
+        """Token ids of ``prompts`` (rows of ``dataset``, so an error can name the file and line)."""
         ids = self.tokenizer(prompts, add_special_tokens=True)["input_ids"]
         if self.config.max_prompt_length is not None:
             ids = [x[-self.config.max_prompt_length :] for x in ids]
@@ -89,9 +102,10 @@ class PromptStream:
                     "last tokens (set --max_prompt_length to choose)", stacklevel=2,
                 )
                 ids = [x[-limit:] for x in ids]
-        for prompt, x in zip(prompts, ids):
+        for row, (prompt, x) in enumerate(zip(prompts, ids)):
             if not x:
-                raise ValueError(f"prompt {prompt!r} tokenizes to no tokens; remove empty prompts from the dataset")
+                raise DataError(f"{row_location(dataset, row, name)}: the prompt {prompt!r} tokenizes to no tokens; "
+                                "give it some text or remove the row")
         return ids
 
     def next_batch(self) -> tuple[list[str], list[list[int]]]:

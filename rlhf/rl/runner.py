@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rlhf.common.checkpoints import prepare_output_dir, resolve_resume_path
+from rlhf.common.checkpoints import full_disk_reported, prepare_output_dir, resolve_resume_path
 from rlhf.common.distributed import sharded
 from rlhf.common.utils import (
     SUMMARY_FILE,
@@ -48,8 +48,9 @@ def run_trainer(trainer_class: type, config: RLConfig) -> dict[str, Any]:
         raise
     if trainer.accelerator.is_main_process:
         print(
-            f"{config.command}: reward {summary['reward_mean_before']:+.3f} -> {summary['reward_mean_after']:+.3f}, "
-            f"KL {summary['kl_mean']:.3f}, {summary['train_runtime']:.1f}s, world size {summary['world_size']} "
+            f"{config.command}: held-out reward {summary['reward_mean_before']:+.3f} -> {summary['reward_mean_after']:+.3f} "
+            f"({summary['num_eval_prompts']} prompts), KL {summary['kl_mean']:.3f}, {summary['train_runtime']:.1f}s, "
+            f"world size {summary['world_size']} "
             f"-> {config.output_dir}"
         )
     return summary
@@ -59,7 +60,7 @@ def save_final(trainer, out: Path, summary: dict[str, Any]) -> None:
     """The model, tokenizer, config.yaml and summary.json into OUT, through the same staging folder as
     sft and reward (``rlhf.common.utils.staged_output``): OUT never holds a half-written model file."""
     main = trainer.accelerator.is_main_process
-    with staged_output(out) as staging:
+    with full_disk_reported(out, out), staged_output(out) as staging:
         save_policy(trainer, staging)  # every rank joins (the gather under ZeRO-3 / FSDP); rank 0 writes
         if main:
             write_config(staging, {trainer.command: trainer.config})

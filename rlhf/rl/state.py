@@ -18,8 +18,9 @@ from typing import Any
 import torch
 
 from classic_rl.safe_io import UserError, atomic_write_text
-from rlhf.common.checkpoints import checkpoint_writer, prune_checkpoints
+from rlhf.common.checkpoints import checkpoint_writer, full_disk_reported, prune_checkpoints
 from rlhf.common.distributed import describe_distribution
+from rlhf.common.resume_settings import check_same_settings, comparable
 from rlhf.common.utils import METRICS_FILE, write_json
 from rlhf.rl.metrics import MetricsSink, metrics_text
 from rlhf.rl.prompts import PromptStream
@@ -44,8 +45,9 @@ class TrainerState:
     """Saves and restores weights, optimizer, schedule, RNGs, data position, metrics and method state."""
 
     def __init__(self, accelerator, command: str, model, optimizer, scheduler, generators: dict[str, torch.Generator],
-                 prompts: PromptStream, metrics: MetricsSink, save_total_limit: int | None):
+                 prompts: PromptStream, metrics: MetricsSink, save_total_limit: int | None, config: Any = None):
         self.accelerator, self.command = accelerator, command
+        self.config = config  # the resolved settings: saved in every checkpoint, compared on resume
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.generators, self.prompts, self.metrics = generators, prompts, metrics
         self.save_total_limit = save_total_limit
@@ -80,7 +82,9 @@ class TrainerState:
         rng_states = gather_object([self._rng_state()]) if world > 1 else [self._rng_state()]
         files = state_files(acc, self.model, self.optimizer)  # collectives under ZeRO-3 / FSDP2
         barrier = acc.wait_for_everyone if world > 1 else None
-        with checkpoint_writer(output_dir, progress.update, main=main, barrier=barrier) as tmp:
+        final = output_dir / f"checkpoint-{progress.update}"
+        with full_disk_reported(output_dir, final), \
+                checkpoint_writer(output_dir, progress.update, main=main, barrier=barrier) as tmp:
             write_state_files(tmp, files)
             if main:
                 torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
@@ -91,6 +95,7 @@ class TrainerState:
                     "episode": progress.episode, "world_size": world, **self.prompts.state_dict(),
                     "before": progress.before, "elapsed": progress.elapsed, "extra": extra,
                     "distribution": describe_distribution(acc),
+                    **({"config": comparable(self.config)} if self.config is not None else {}),
                 })
                 atomic_write_text(tmp / METRICS_FILE, metrics_text(self.metrics.history))
         path = None
@@ -131,6 +136,8 @@ class TrainerState:
         if sharding != now:  # each backend stores the optimizer state in its own layout
             raise UserError(f"--resume_from_checkpoint {path}: saved under {sharding}, now {now}; "
                             "resume with the accelerate config that wrote the checkpoint")
+        if self.config is not None:  # before the derived count below: it names the flags themselves
+            check_same_settings(path, state.get("config"), comparable(self.config), f"{path / TRAINER_STATE} has them")
         if state["num_updates"] != num_updates:
             raise UserError(f"--resume_from_checkpoint {path}: the run had {state['num_updates']} updates, these flags give "
                             f"{num_updates}; resume with the flags of the saved run")

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from rlhf.common.console import write_above_bars
 from rlhf.common.distributed import (
     all_processes_finished,
     describe_distribution,
@@ -36,13 +37,14 @@ from rlhf.common.distributed import (
 )
 from rlhf.common.errors import ConfigError
 from rlhf.common.models import load_tokenizer
+from rlhf.common.stopping import RunStopped, stop_pending, stop_signals
 from rlhf.common.utils import seed_everything
 from rlhf.rl.config import RLConfig
 from rlhf.rl.experience import ExperienceMaker, Rollout, RolloutSettings
 from rlhf.rl.forward import logits_for_responses
 from rlhf.rl.metrics import MetricsSink, check_finite, mean_over_ranks
 from rlhf.rl.optimizer_loop import LossFn, OptimizerLoop
-from rlhf.rl.prompts import PromptStream
+from rlhf.rl.prompts import HELD_OUT_SEED_OFFSET, PromptStream
 from rlhf.rl.runner import run_trainer, save_policy
 from rlhf.rl.sampler import HFSampler, Sampler, SamplingSettings
 from rlhf.rl.setup import build_components, choose_precision, refuse_unsupported
@@ -104,7 +106,7 @@ class RLTrainer:
         self.state = TrainerState(acc, self.command, self.model, self.optimizer, self.scheduler,
                                   {"sample": self.sample_generator, "shuffle": self.shuffle_generator,
                                    "data": self.prompts.generator},
-                                  self.prompts, self.metrics, config.save_total_limit)
+                                  self.prompts, self.metrics, config.save_total_limit, config=config)
 
     # ------------------------------------------------------------------ what a method provides
     def update_policy(self, batch: Rollout) -> dict[str, Any]:
@@ -224,7 +226,7 @@ class RLTrainer:
         """Mean reward-source score, KL to the reference and EOS rate on the held-out prompts, sampled
         as in training (same sampler, same temperature) with a fixed seed, so before/after see the same
         randomness."""
-        generator = torch.Generator(device=self.device).manual_seed(self.config.seed + 10_000 + self.rank)
+        generator = torch.Generator(device=self.device).manual_seed(self.config.seed + HELD_OUT_SEED_OFFSET + self.rank)
         prompts, ids, weight_list = self.prompts.held_out_for_rank()
         weights = torch.tensor(weight_list, dtype=torch.float64, device=self.device)
         sums = torch.zeros(5, dtype=torch.float64, device=self.device)
@@ -259,6 +261,9 @@ class RLTrainer:
                    disable=not main or cfg.disable_tqdm, dynamic_ncols=True)
         start = time.perf_counter() - self.progress_state.elapsed
         last: dict[str, float] = dict(self.metrics.history[-1]) if self.metrics.history else {}
+        # Ctrl-C / SIGTERM: a flag checked after each update; a second one stops at once (rlhf.common.stopping)
+        signals = stop_signals()
+        signals.__enter__()
         try:
             for update in range(self.update + 1, self.num_updates + 1):
                 metrics, batch = self.step(*self.next_batch())
@@ -269,15 +274,19 @@ class RLTrainer:
                 if update % cfg.logging_steps == 0 or update == self.num_updates:
                     self.metrics.log(update, metrics)
                 if main and sample_every and (update % sample_every == 0 or update == 1):
-                    self._print_samples(update, batch, tqdm.write)
+                    self._print_samples(update, batch, write_above_bars)
                 bar.set_postfix(self.progress(metrics))
                 bar.update(1)
-                if output_dir is not None and cfg.save_steps and update % cfg.save_steps == 0 and update < self.num_updates:
+                saves = output_dir is not None and cfg.save_steps and update % cfg.save_steps == 0
+                if saves and update < self.num_updates:
                     self.progress_state.elapsed = time.perf_counter() - start
                     self.save_checkpoint(output_dir)
+                if update < self.num_updates and (signal_name := stop_pending()) is not None:
+                    self._stop(signal_name, output_dir, already_saved=saves, elapsed=time.perf_counter() - start)
         finally:
             bar.close()
             self.metrics.close()
+            signals.__exit__(None, None, None)
         train_runtime = time.perf_counter() - start
         return self.summary(self.progress_state.before or {}, self.evaluate_reward(), train_runtime, last, resume_from)
 
@@ -297,13 +306,28 @@ class RLTrainer:
             "precision": self.precision, "use_peft": cfg.use_peft, "seed": cfg.seed,
             "generation_backend": self.sampler.name,
             "resumed_from": str(resume_from) if resume_from is not None else None,
+            # how the held-out prompts were sampled, so the pipeline's comparison draws the same samples
+            "held_out_sampling": {"seed": cfg.seed + HELD_OUT_SEED_OFFSET, "slice": cfg.local_batch_size,
+                                  "chunk": cfg.local_rollout_forward_batch_size, "temperature": cfg.temperature,
+                                  "max_new_tokens": cfg.max_new_tokens},
             **self.summary_extras(last),
         }
 
+    def _stop(self, signal_name: str, output_dir: Path | None, already_saved: bool, elapsed: float) -> None:
+        """Save the state after this update (unless just saved) and raise :class:`RunStopped`."""
+        where = f"after update {self.update}/{self.num_updates}"
+        if output_dir is None:
+            raise RunStopped(signal_name, where + " (no output folder: nothing saved)", "")
+        if not already_saved:
+            self.progress_state.elapsed = elapsed
+            self.save_checkpoint(output_dir)
+        raise RunStopped(signal_name, f"{where}; checkpoint saved in {output_dir / f'checkpoint-{self.update}'}")
+
     def _print_samples(self, update: int, batch: Rollout, write, count: int = 3) -> None:
-        write(f"[{self.command}] samples at update {update}/{self.num_updates}:")
+        lines = [f"[{self.command}] samples at update {update}/{self.num_updates}:"]
         for prompt, completion, score in list(zip(batch.prompts, batch.completions, batch.raw_scores.tolist()))[:count]:
-            write(f"  {prompt!r} -> {completion!r}  (score {score:+.3f})")
+            lines.append(f"  {prompt!r} -> {completion!r}  (score {score:+.3f})")
+        write("\n".join(lines))  # one write: the progress bar is cleared and redrawn once around them
 
     # ------------------------------------------------------------------ state, checkpoints, saving
     @property

@@ -34,8 +34,13 @@ def sample_completions(
     temperature: float = 1.0,
     batch_size: int = 64,
     seed: int = 0,
+    slice_size: int | None = None,
 ) -> Samples:
-    """Sample one completion per prompt (temperature 0 means greedy); deterministic given `seed`."""
+    """Sample one completion per prompt (temperature 0 means greedy); deterministic given `seed`.
+
+    ``slice_size``: the prompts go to the sampler in slices of this many (each cut in chunks of
+    ``batch_size``), one generator for all, as the RL trainer's held-out evaluation does (its rollout
+    batches): with its ``held_out_sampling`` settings the samples are the trainer's own."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -43,12 +48,18 @@ def sample_completions(
     sampler = HFSampler(model, settings, device)
     try:
         ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
-        samples = sampler.sample(ids, torch.Generator(device=device).manual_seed(seed))
+        generator = torch.Generator(device=device).manual_seed(seed)
+        step = slice_size or max(len(ids), 1)
+        slices = [sampler.sample(ids[i:i + step], generator) for i in range(0, len(ids), step)]
     finally:
         model.train(was_training)
-    cut = truncate_after_stop(samples.responses, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    completions = tokenizer.batch_decode(cut.responses.masked_fill(~cut.mask, tokenizer.pad_token_id), skip_special_tokens=True)
-    return Samples(list(prompts), completions, cut.has_stop.tolist())
+    completions, ended = [], []
+    for samples in slices:
+        cut = truncate_after_stop(samples.responses, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        completions += tokenizer.batch_decode(cut.responses.masked_fill(~cut.mask, tokenizer.pad_token_id),
+                                              skip_special_tokens=True)
+        ended += cut.has_stop.tolist()
+    return Samples(list(prompts), completions, ended)
 
 
 @torch.no_grad()

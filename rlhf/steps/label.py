@@ -18,6 +18,7 @@ A prompt handed out by `next` is leased to that caller until it is ranked, skipp
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import random
@@ -179,7 +180,14 @@ Responder = Callable[[Item], list[str]]
 
 
 class LabelQueue:
-    """Which prompt to serve next, leases, ranking and skipping; thread-safe, independent of the web page."""
+    """Which prompt to serve next, leases, ranking and skipping; thread-safe, independent of the web page.
+
+    Every request costs the same however many prompts there are (it runs under one lock that all the
+    tabs share): the open prompts not leased wait in a heap by dataset row (the next one served is the
+    first of them, as in the file), leases sit in a dict with a heap of their expiry times, and the
+    counts of ranked, skipped and leased prompts are kept as they change. Heap entries are checked when
+    they come up and dropped if stale (a prompt since ranked, leased or renewed).
+    """
 
     def __init__(
         self,
@@ -198,14 +206,23 @@ class LabelQueue:
         self._respond_lock = threading.Lock()  # one sampling at a time: the model is shared
         self.items: list[Item] = []
         seen: set[str] = set()
+        self._ranked_rows: set[int] = set()
         for row, prompt in enumerate(prompts):
             key = prompt_key(prompt)
             if key in seen:  # a prompt is ranked once; repeats would count twice in progress
                 continue
             seen.add(key)
             self.items.append(Item(row, prompt, list(given_responses[row]) if given_responses is not None else None))
+            if key in ranking_file.ranked_keys:
+                self._ranked_rows.add(row)
         self.duplicates = len(prompts) - len(self.items)
         self.skipped: set[int] = set()
+        self._by_row = {item.row: item for item in self.items}
+        self._free = [item.row for item in self.items if item.row not in self._ranked_rows]  # sorted: a heap
+        self._leases: dict[int, Item] = {}  # row -> its item, while the lease runs
+        self._expiry: list[tuple[float, int, str]] = []  # heap of (expires, row, token)
+        self._owned: dict[str, set[int]] = {}  # client -> rows it holds
+        self._writing: set[int] = set()  # rows whose ranking is being appended (outside the lock)
         self._wake = threading.Event()
         self._prefetcher: threading.Thread | None = None
         self._closed = False
@@ -233,9 +250,8 @@ class LabelQueue:
             self._wake.clear()
             while not self._closed:
                 with self._lock:
-                    now = self.clock()
-                    free = [it for it in self.items if self._is_open(it) and not (it.token and it.expires > now)]
-                    todo = next((it for it in free[:ahead] if it.responses is None), None)
+                    self._expire(self.clock())
+                    todo = next((it for it in self._peek_free(ahead) if it.responses is None), None)
                 if todo is None:
                     break
                 try:
@@ -248,48 +264,97 @@ class LabelQueue:
 
     # -- state, under self._lock
     def _is_ranked(self, item: Item) -> bool:
-        return prompt_key(item.prompt) in self.file.ranked_keys
+        return item.row in self._ranked_rows
 
     def _is_open(self, item: Item) -> bool:
-        return not self._is_ranked(item) and item.row not in self.skipped
+        return item.row not in self._ranked_rows and item.row not in self.skipped and item.row not in self._writing
+
+    def _is_free(self, row: int) -> bool:
+        return row in self._by_row and self._is_open(self._by_row[row]) and row not in self._leases
+
+    def _drop_lease(self, item: Item) -> None:
+        """End ``item``'s lease (its token stays: until another tab leases it, its id still works)."""
+        self._leases.pop(item.row, None)
+        if item.owner is not None:
+            self._owned.get(item.owner, set()).discard(item.row)
+        item.owner = None
+        if self._is_open(item):
+            heapq.heappush(self._free, item.row)
+
+    def _expire(self, now: float) -> None:
+        """Leases whose time is up go back to the free prompts."""
+        while self._expiry and self._expiry[0][0] <= now:
+            expires, row, token = heapq.heappop(self._expiry)
+            item = self._by_row[row]
+            if row in self._leases and item.token == token and item.expires == expires:  # not renewed since
+                self._drop_lease(item)
+
+    def _take_free(self) -> Item | None:
+        while self._free:
+            row = heapq.heappop(self._free)
+            if self._is_free(row):
+                return self._by_row[row]
+        return None
+
+    def _peek_free(self, count: int) -> list[Item]:
+        """The first ``count`` free prompts, left free."""
+        rows: list[int] = []
+        while self._free and len(rows) < count:
+            row = heapq.heappop(self._free)
+            if self._is_free(row) and row not in rows:
+                rows.append(row)
+        for row in rows:
+            heapq.heappush(self._free, row)
+        return [self._by_row[row] for row in rows]
+
+    def _hold(self, item: Item, now: float) -> None:
+        """(Re)start ``item``'s lease for the lease timeout."""
+        item.expires = now + self.lease_timeout
+        self._leases[item.row] = item
+        if item.owner is not None:
+            self._owned.setdefault(item.owner, set()).add(item.row)
+        heapq.heappush(self._expiry, (item.expires, item.row, item.token))
+
+    def _counts(self) -> dict[str, int]:
+        self._expire(self.clock())
+        return {"ranked": len(self._ranked_rows), "total": len(self.items), "skipped": len(self.skipped),
+                "leased": len(self._leases)}
 
     def progress(self) -> dict[str, int]:
         with self._lock:
-            now = self.clock()
-            ranked = sum(self._is_ranked(item) for item in self.items)
-            leased = sum(1 for item in self.items if self._is_open(item) and item.token and item.expires > now)
-            return {"ranked": ranked, "total": len(self.items), "skipped": len(self.skipped), "leased": leased}
+            return self._counts()
 
     def _find(self, item_id: Any) -> Item:
+        unknown = LabelError(f"unknown id {shown(item_id)}: pass the id that /api/next returned")
         if not isinstance(item_id, str) or "-" not in item_id:
-            raise LabelError(f"unknown id {item_id!r}: pass the id that /api/next returned")
+            raise unknown
         row_text, token = item_id.split("-", 1)
-        item = next((it for it in self.items if str(it.row) == row_text), None)
+        item = self._by_row.get(int(row_text)) if row_text.isdigit() and len(row_text) < 19 else None
         if item is None or not token:
-            raise LabelError(f"unknown id {item_id!r}: pass the id that /api/next returned")
-        if self._is_ranked(item):
-            raise LabelError(f"id {item_id!r}: this prompt is already ranked", status=409)
+            raise unknown
+        if self._is_ranked(item) or item.row in self._writing:
+            raise LabelError(f"id {shown(item_id)}: this prompt is already ranked", status=409)
         if item.row in self.skipped:
-            raise LabelError(f"id {item_id!r}: this prompt was skipped", status=409)
+            raise LabelError(f"id {shown(item_id)}: this prompt was skipped", status=409)
         if item.token != token:
             raise LabelError(
-                f"id {item_id!r}: the lease on this prompt ran out and it went to another tab; fetch /api/next",
+                f"id {shown(item_id)}: the lease on this prompt ran out and it went to another tab; fetch /api/next",
                 status=409,
             )
         return item
 
     def _lease(self, client: str | None) -> Item | None:
         now = self.clock()
-        if client is not None:  # the same tab asking again (a reload) gets the prompt it already holds
-            for item in self.items:
-                if item.owner == client and item.token and item.expires > now and self._is_open(item):
-                    item.expires = now + self.lease_timeout
-                    return item
-        for item in self.items:
-            if self._is_open(item) and not (item.token and item.expires > now):
-                item.token, item.owner, item.expires = secrets.token_hex(6), client, now + self.lease_timeout
-                return item
-        return None
+        self._expire(now)
+        if client is not None and self._owned.get(client):  # the same tab asking again (a reload) keeps its prompt
+            item = self._by_row[min(self._owned[client])]
+            self._hold(item, now)
+            return item
+        item = self._take_free()
+        if item is not None:
+            item.token, item.owner = secrets.token_hex(6), client
+            self._hold(item, now)
+        return item
 
     # -- public operations
     def next(self, client: str | None = None) -> dict[str, Any]:
@@ -297,9 +362,9 @@ class LabelQueue:
         with self._lock:
             item = self._lease(client)
             if item is None:
-                waiting = sum(1 for it in self.items if self._is_open(it))
+                waiting = len(self.items) - len(self._ranked_rows) - len(self.skipped)
+                progress = self._counts()
         if item is None:
-            progress = self.progress()
             if waiting:
                 return {"done": False, "waiting": waiting, "progress": progress,
                         "message": f"the {waiting} prompt(s) left are open in other tabs; try again later"}
@@ -313,7 +378,8 @@ class LabelQueue:
             except Exception:
                 with self._lock:
                     if item.token == token:
-                        item.token, item.owner = None, None
+                        self._drop_lease(item)
+                        item.token = None
                 raise
         self._wake.set()
         return {"id": f"{item.row}-{token}", "prompt": item.prompt, "responses": list(item.responses),
@@ -324,7 +390,7 @@ class LabelQueue:
         with self._lock:
             item = self._find(item_id)
             if not item.responses:  # ids are handed out only with responses; this one was made up
-                raise LabelError(f"id {item_id!r}: its responses are not sampled yet; fetch /api/next")
+                raise LabelError(f"id {shown(item_id)}: its responses are not sampled yet; fetch /api/next")
             n = len(item.responses)
             valid = (
                 isinstance(order, list)
@@ -333,11 +399,25 @@ class LabelQueue:
             )
             if not valid:
                 raise LabelError(
-                    f"order {order!r} is not a ranking of the {n} responses: give each index 0..{n - 1} "
+                    f"order {shown(order)} is not a ranking of the {n} responses: give each index 0..{n - 1} "
                     "exactly once, best first"
                 )
+            owner, token = item.owner, item.token
+            self._writing.add(item.row)  # no other request takes it while the line is written
+            self._drop_lease(item)
+        try:  # the append and its fsync happen outside the lock: the other tabs are not held up
             self.file.append(item.prompt, [item.responses[i] for i in order])
-            item.token, item.owner = None, None
+        except BaseException:
+            with self._lock:
+                self._writing.discard(item.row)
+                if item.token == token:  # still this tab's: its lease goes on
+                    item.owner = owner
+                    self._hold(item, self.clock())
+            raise
+        with self._lock:
+            self._writing.discard(item.row)
+            self._ranked_rows.add(item.row)
+            item.token = None
         self._wake.set()
         return {"ok": True, "progress": self.progress()}
 
@@ -346,7 +426,8 @@ class LabelQueue:
         with self._lock:
             item = self._find(item_id)
             self.skipped.add(item.row)
-            item.token, item.owner = None, None
+            self._drop_lease(item)
+            item.token = None
         self._wake.set()
         return {"ok": True, "progress": self.progress()}
 
@@ -357,14 +438,21 @@ class LabelQueue:
                 item = self._find(item_id)
             except LabelError:
                 return
-            item.expires = self.clock() + self.lease_timeout
+            self._hold(item, self.clock())
 
     def release(self, client: str) -> None:
         """Free the leases of a closed tab."""
         with self._lock:
-            for item in self.items:
-                if item.owner == client:
-                    item.token, item.owner = None, None
+            for row in list(self._owned.pop(client, ())):
+                item = self._by_row[row]
+                self._drop_lease(item)
+                item.token = None
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error names what came in, never all of it."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 # ----------------------------------------------------------------------------------------------- data and model
@@ -447,12 +535,78 @@ def import_gradio() -> Any:
     return gradio
 
 
+# The largest request body read: an API call is an id and at most 26 indices (a few hundred bytes); the
+# page's own calls (gradio) carry the prompt and its responses back and forth.
+MAX_API_BODY = 64 * 1024
+MAX_PAGE_BODY = 4 * 1024 * 1024
+
+
+class BodyLimit:
+    """ASGI middleware: a request whose body is over the limit is answered 413 before it is read -- from
+    its Content-Length, or, without one (chunked), as soon as the bytes received pass the limit -- so a
+    huge body is never parsed (a 200 MB /api/rank once took 1.65 GB to refuse)."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    @staticmethod
+    def limit(path: str) -> int:
+        return MAX_API_BODY if path.startswith("/api/") else MAX_PAGE_BODY
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = self.limit(scope.get("path", ""))
+        declared = dict(scope.get("headers") or ()).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            return await self._refuse(send, limit, declared.decode("latin-1")[:20])
+        received, started, refused = 0, False, False
+
+        async def counted() -> dict:
+            nonlocal received, refused
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    if not started and not refused:  # answer now: FastAPI would make the abort a 400
+                        refused = True
+                        await self._refuse(send, limit, f"over {limit}")
+                    raise _TooLarge
+            return message
+
+        async def sending(message: dict) -> None:
+            nonlocal started
+            if refused:
+                return  # the app's own answer to the body it could not finish reading
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, sending)
+        except _TooLarge:
+            pass  # answered 413 in counted()
+
+    @staticmethod
+    async def _refuse(send: Callable, limit: int, size: str) -> None:
+        body = json.dumps({"error": f"request body of {size} bytes is over the {limit}-byte limit"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
 def create_api(queue: LabelQueue) -> Any:
-    """The FastAPI app with the JSON routes (the page is mounted on it by `create_app`)."""
+    """The FastAPI app with the JSON routes (the page is mounted on it by `create_app`); request bodies are
+    capped (:class:`BodyLimit`)."""
     from fastapi import Body, FastAPI
     from fastapi.responses import JSONResponse
 
     app = FastAPI(title="rlhf label", docs_url=None, redoc_url=None)
+    app.add_middleware(BodyLimit)
 
     def answer(call: Callable[[], dict[str, Any]]) -> Any:
         try:
@@ -462,7 +616,7 @@ def create_api(queue: LabelQueue) -> Any:
 
     def field_of(body: Any, name: str) -> Any:
         if not isinstance(body, dict) or name not in body:
-            raise LabelError(f"the JSON body needs '{name}'")
+            raise LabelError(f"the JSON body needs '{name}', got {shown(body)}")
         return body[name]
 
     @app.get("/api/next")

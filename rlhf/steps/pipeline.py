@@ -157,8 +157,13 @@ def run_step(cfg: PipelineConfig, step: str, resume: bool = False, overwrite: bo
     module = importlib.import_module(STEP_MODULES[step])
     print(f"\n=== rlhf pipeline: {step} -> {flags['output_dir']}", flush=True)
     set_command(step.replace("_", "-"))
+    from rlhf.common.stopping import RunStopped
+
     try:
         result = module.main(["--config", str(path)])
+    except RunStopped as stop:  # the step saved a checkpoint: the pipeline's --resume continues from it
+        raise RunStopped(stop.signal_name, f"in the {step} step {stop.where}",
+                         "continue with the same command and --resume") from None
     finally:
         set_command("pipeline")
     barrier()  # the next step reads what rank 0 just saved
@@ -166,10 +171,20 @@ def run_step(cfg: PipelineConfig, step: str, resume: bool = False, overwrite: bo
 
 
 # ----------------------------------------------------------------------------------------------- evaluation
-def evaluate_policies(cfg: PipelineConfig) -> dict[str, dict[str, float]]:
-    """Gold and learned-reward means of the SFT and PPO policies' samples on held-out prompts."""
+NUM_SAMPLES_KEPT = 8  # held-out prompts whose answers (each policy's) the pipeline's summary keeps
+
+
+def evaluate_policies(cfg: PipelineConfig, rl_summary: dict[str, Any] | None = None,
+                      samples_out: list[dict[str, Any]] | None = None) -> dict[str, dict[str, float]]:
+    """Gold and learned-reward means and the EOS fraction of the SFT and RL policies' samples on held-out
+    prompts; the first NUM_SAMPLES_KEPT prompts with each policy's answer go to ``samples_out``.
+
+    Sampled as the RL step sampled its held-out prompts for ``reward_mean_before/after`` and
+    ``eos_fraction_before/after`` (its summary's ``held_out_sampling``: seed, slices, temperature, length),
+    so on the same prompts with the same reward the numbers are the RL step's own, not a second estimate."""
     from rlhf.common.data import load_dataset_dict, render_prompt
     from rlhf.common.models import load_causal_lm, load_reward_model, load_tokenizer
+    from rlhf.rl.prompts import HELD_OUT_SEED_OFFSET
     from rlhf.rl.rewards import load_reward_function
     from rlhf.steps.evaluate import mean, reward_model_scores, sample_completions
 
@@ -181,22 +196,32 @@ def evaluate_policies(cfg: PipelineConfig) -> dict[str, dict[str, float]]:
     prompts = [render_prompt(p, tokenizer) for p in rows["prompt"][: ev.num_prompts]]
     rl_name = next((s for s in RL_STEPS if s in cfg.steps), "ppo")
     rl = getattr(cfg, rl_name)
-    max_new_tokens = ev.max_new_tokens or rl.get(METHODS[rl_name].length_flag, 32)
-    temperature = ev.temperature if ev.temperature is not None else rl.get("temperature", 1.0)
+    sampling = (rl_summary or {}).get("held_out_sampling") or {}
+    max_new_tokens = ev.max_new_tokens or sampling.get("max_new_tokens") or rl.get(METHODS[rl_name].length_flag, 32)
+    temperature = ev.temperature if ev.temperature is not None else sampling.get("temperature", rl.get("temperature", 1.0))
+    seed = sampling.get("seed", cfg.seed + HELD_OUT_SEED_OFFSET)
     gold = load_reward_function(ev.reward_fn) if ev.reward_fn else None
     reward_model = load_reward_model(str(out / "reward"), tokenizer) if (out / "reward").exists() else None
     results: dict[str, dict[str, float]] = {}
+    kept = [{"prompt": p, "answers": []} for p in prompts[:NUM_SAMPLES_KEPT]]
     for name in ("sft", *RL_STEPS):
         if not (out / name).exists():
             continue
         policy = load_causal_lm(str(out / name), tokenizer)
-        samples = sample_completions(policy, tokenizer, prompts, max_new_tokens, temperature, seed=cfg.seed)
+        samples = sample_completions(policy, tokenizer, prompts, max_new_tokens, temperature,
+                                     batch_size=sampling.get("chunk", 64), seed=seed, slice_size=sampling.get("slice"))
         row = {"eos_fraction": mean([float(e) for e in samples.ended])}
-        if gold is not None:
-            row["gold"] = mean([float(s) for s in gold(samples.prompts, samples.completions)])
+        gold_scores = [float(s) for s in gold(samples.prompts, samples.completions)] if gold is not None else None
+        if gold_scores is not None:
+            row["gold"] = mean(gold_scores)
         if reward_model is not None:
             row["reward"] = mean(reward_model_scores(reward_model, tokenizer, samples.prompts, samples.completions))
         results[name] = row
+        for i, sample in enumerate(kept):
+            sample["answers"].append({"policy": name, "text": samples.completions[i],
+                                      **({"gold": gold_scores[i]} if gold_scores is not None else {})})
+    if samples_out is not None:
+        samples_out[:] = kept
     return results
 
 
@@ -224,6 +249,24 @@ def results_table(summaries: dict[str, dict[str, Any]], evaluation: dict[str, di
     lines = [f"| {'metric':<{width}} | value |", f"|{'-' * (width + 2)}|-------|"]
     lines += [f"| {name:<{width}} | {value} |" for name, value in rows]
     return "\n".join(lines)
+
+
+def evaluation_note(cfg: PipelineConfig, rl_summary: dict[str, Any], rl_step: str) -> str:
+    """What the comparison rows measured, and whether they are the RL step's own held-out numbers."""
+    from rlhf.rl.prompts import HELD_OUT_SEED_OFFSET
+
+    ev = cfg.evaluation
+    rl = getattr(cfg, rl_step)
+    same_prompts = (rl.get("eval_dataset_name") == ev.prompts
+                    and rl_summary.get("num_eval_prompts") == ev.num_prompts)
+    note = (f"SFT and {rl_step.upper()} policies sampled on the first {ev.num_prompts} prompts of {ev.prompts} "
+            f"(seed {cfg.seed} + {HELD_OUT_SEED_OFFSET}, as the {rl_step} step samples its held-out prompts).")
+    if same_prompts:
+        return note + (f" These are the {rl_step} step's held-out prompts: its reward_mean_before/after and "
+                       "eos_fraction_before/after (summary.json) come from the same samples.")
+    return note + (f" The {rl_step} step measured reward_mean_before/after on its own held-out set "
+                   f"({rl_summary.get('num_eval_prompts', '?')} prompts of {rl.get('eval_dataset_name') or rl.get('dataset_name')}), "
+                   "so its numbers differ from these.")
 
 
 LABELS = {"objective/scores": "score (reward source)", "objective/rlhf_reward": "score - beta KL",
@@ -300,12 +343,13 @@ def run_pipeline(cfg: PipelineConfig, resume: bool = False, overwrite: bool = Fa
     if not is_main_process():
         return summary
     out = Path(cfg.output_dir)
-    evaluation = evaluate_policies(cfg) if cfg.produces("sft") else {}
-    table = results_table(summaries, evaluation)
     rl_step = next((s for s in RL_STEPS if s in cfg.steps), "ppo")
+    samples: list[dict[str, Any]] = []
+    evaluation = evaluate_policies(cfg, summaries.get(rl_step), samples) if cfg.produces("sft") else {}
+    table = results_table(summaries, evaluation) + "\n\n" + evaluation_note(cfg, summaries.get(rl_step, {}), rl_step)
     plot = out / f"{rl_step}_curves.png"
     has_plot = plot_rl_curves(out / rl_step / "metrics.jsonl", plot, rl_step)
-    summary.update(evaluation=evaluation, plot=str(plot) if has_plot else None)
+    summary.update(evaluation=evaluation, samples=samples, plot=str(plot) if has_plot else None)
     atomic_write_text(out / "results.md", table + "\n")
     write_json(out / "summary.json", summary)
     print("\n" + table)
@@ -318,7 +362,14 @@ def run_pipeline(cfg: PipelineConfig, resume: bool = False, overwrite: bool = Fa
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="rlhf pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from rlhf.common.utils import HELP_WIDTH
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--help-all" in argv:  # every command takes it; the pipeline's flags all fit in --help
+        argv = ["--help"]
+    parser = argparse.ArgumentParser(
+        prog="rlhf pipeline", description=__doc__,
+        formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, width=HELP_WIDTH))
     parser.add_argument("--config", required=True, help="pipeline YAML (e.g. configs/rlhf/tiny.yaml)")
     parser.add_argument("--output_dir", help="override the config's output_dir")
     parser.add_argument("--seed", type=int, help="override the config's seed")

@@ -321,7 +321,8 @@ def run_reward(
     )
     fmt = detect_format(train.column_names, "reward")
 
-    with run_directory(training_args) as out:
+    sections = {"data": data_args, "model": model_args, "training": training_args, "reward": reward_args}
+    with run_directory(training_args, sections) as out:
         trainer = RankingRewardTrainer(
             model=model,
             args=training_args,
@@ -333,6 +334,7 @@ def run_reward(
             callbacks=[out.metrics_callback],
             margin=reward_args.margin,
         )
+        trainer.run_settings = out.settings
         check_trainer_sharding(trainer)
         before = evaluate_before_training(trainer) if held_out is not None else {}
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -371,7 +373,6 @@ def run_reward(
                 score_bias=bias,
             )
 
-        sections = {"data": data_args, "model": model_args, "training": training_args, "reward": reward_args}
         accuracy = summary["eval_accuracy"]
         headline = (
             f"held-out pairwise accuracy {accuracy:.3f} (before training {summary['eval_accuracy_before']:.3f})"

@@ -13,6 +13,7 @@ complete, so a kill leaves the previous files (or none), never a mix.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -21,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 from trl import ModelConfig, get_peft_config
 
 from classic_rl.safe_io import STAGING_DIR, TrainingDiverged, atomic_directory
 from rlhf.common.checkpoints import (
     checkpoint_step,
+    full_disk_reported,
     latest_checkpoint,
     prepare_output_dir,
     prune_checkpoints,
@@ -34,11 +36,14 @@ from rlhf.common.checkpoints import (
 )
 from rlhf.common.distributed import describe_distribution, full_model_for_saving, models_loaded_whole
 from rlhf.common.models import load_causal_lm, load_tokenizer
+from rlhf.common.resume_settings import check_same_settings, comparable
+from rlhf.common.stopping import RunStopped, stop_pending, stop_signals
 from rlhf.common.utils import (
     JsonlMetricsCallback,
     barrier,
     command_options,
     is_main_process,
+    process_rank,
     staged_output,
     write_config,
     write_json,
@@ -100,6 +105,31 @@ class SafeTrainerMixin:
     """
 
     _staging_root: Path | None = None
+    run_settings: dict[str, Any] | None = None  # RunDirectory.settings: saved in each checkpoint
+
+    _whole_run_log = False  # the running loss / token counts came back from the checkpoint (LogState)
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """transformers' train, where Ctrl-C / SIGTERM saves a checkpoint after the optimizer step under
+        way and raises :class:`RunStopped` (a second one stops at once; rlhf.common.stopping), and a
+        resumed run logs what the uninterrupted run logs (:class:`LogState`)."""
+        stop = StopOnSignal()
+        callbacks = [stop]
+        if resume_from_checkpoint:
+            callbacks.append(LogState(self, Path(resume_from_checkpoint)))
+        for callback in callbacks:
+            self.add_callback(callback)
+        try:
+            with stop_signals():
+                result = super().train(resume_from_checkpoint, *args, **kwargs)
+        finally:
+            for callback in callbacks:
+                self.remove_callback(callback)
+        if stop.signal_name is not None:
+            where = f"at step {self.state.global_step}/{self.state.max_steps}"
+            raise RunStopped(stop.signal_name, f"{where}; checkpoint saved in "
+                             f"{Path(self.args.output_dir) / f'checkpoint-{self.state.global_step}'}")
+        return result
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -116,6 +146,12 @@ class SafeTrainerMixin:
                 raise TrainingDiverged(_divergence_message(self.args.output_dir, step, "the gradient norm", value))
         return super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, **kwargs)
 
+    def log(self, logs, *args, **kwargs):
+        if "train_loss" in logs and self._whole_run_log:
+            # transformers divides by this session's steps; the restored sum covers the whole run
+            logs["train_loss"] = self._total_loss_scalar / max(self.state.global_step, 1)
+        return super().log(logs, *args, **kwargs)
+
     def create_model_card(self, *args, **kwargs) -> None:
         return None
 
@@ -128,11 +164,14 @@ class SafeTrainerMixin:
         out = Path(self.args.output_dir)
         final = out / f"checkpoint-{self.state.global_step}"
         # transformers writes <output dir>/checkpoint-<step>: pointed at the staging root, that is the
-        # folder atomic_directory renames into place once every rank has written its part.
-        with atomic_directory(final, main=is_main_process(), barrier=barrier) as staging:
+        # folder atomic_directory renames into place once every rank has written its part (or removes).
+        with full_disk_reported(out, final), atomic_directory(final, main=is_main_process(), barrier=barrier) as staging:
             self._staging_root = staging.parent
             try:
                 super()._save_checkpoint(model, trial)
+                LogState.save(self, staging)
+                if self.run_settings is not None and is_main_process():
+                    write_json(staging / SETTINGS_FILE, self.run_settings)
             finally:
                 self._staging_root = None
         if is_main_process():
@@ -145,6 +184,65 @@ class SafeTrainerMixin:
         barrier()
 
 
+class LogState(TrainerCallback):
+    """What a resumed Trainer run needs to log the uninterrupted run's rows, which transformers and TRL
+    keep only in memory: the loss summed since the last log and over the run, the step last logged,
+    TRL's token count (``num_tokens``) and its metric windows (accuracy, entropy, ...). Each rank writes
+    its own ``rlhf_log_state_<rank>.json`` into every checkpoint; resuming restores it when training
+    begins (after transformers has reset them). A checkpoint of an earlier version has none: the run
+    then logs as transformers does (``num_tokens`` and the loss windows count this session only)."""
+
+    def __init__(self, trainer: Trainer, checkpoint: Path):
+        self.trainer, self.checkpoint = trainer, checkpoint
+
+    @staticmethod
+    def file(folder: Path) -> Path:
+        return folder / f"rlhf_log_state_{process_rank()}.json"
+
+    @staticmethod
+    def save(trainer: Trainer, folder: Path) -> None:
+        tr_loss = getattr(trainer, "_tr_loss", None)
+        if tr_loss is None or not hasattr(trainer, "_total_loss_scalar"):  # another transformers version
+            return
+        metrics = getattr(trainer, "_metrics", {}).get("train", {})
+        write_json(LogState.file(folder), {
+            "tr_loss": float(tr_loss.item()), "total_loss": trainer._total_loss_scalar,
+            "last_logged": trainer._globalstep_last_logged,
+            "total_train_tokens": getattr(trainer, "_total_train_tokens", None),
+            "metrics": {key: list(values) for key, values in metrics.items()},
+        })
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        path = self.file(self.checkpoint)
+        trainer = self.trainer
+        if not path.is_file() or getattr(trainer, "_tr_loss", None) is None:
+            return
+        saved = json.loads(path.read_text())
+        trainer._tr_loss += saved["tr_loss"]
+        trainer._total_loss_scalar = saved["total_loss"]
+        trainer._globalstep_last_logged = saved["last_logged"]
+        if saved["total_train_tokens"] is not None and hasattr(trainer, "_total_train_tokens"):
+            trainer._total_train_tokens = saved["total_train_tokens"]
+        if hasattr(trainer, "_metrics"):
+            trainer._metrics["train"].clear()
+            trainer._metrics["train"].update(saved["metrics"])
+        trainer._whole_run_log = True
+
+
+class StopOnSignal(TrainerCallback):
+    """After each optimizer step: a pending stop request (the same on every rank) saves a checkpoint and
+    ends training there (``Trainer`` saves on ``should_save`` before it stops)."""
+
+    signal_name: str | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step < state.max_steps and (signal_name := stop_pending()) is not None:
+            self.signal_name = signal_name
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
 # ----------------------------------------------------------------------------------------------- run folder
 @dataclass
 class RunDirectory:
@@ -154,6 +252,7 @@ class RunDirectory:
     resume_from: Path | None
     metrics_callback: JsonlMetricsCallback
     started: float = field(default_factory=time.time)
+    settings: dict[str, Any] | None = None  # the resolved settings, kept in every checkpoint (SETTINGS_FILE)
 
     @property
     def final(self) -> Path:
@@ -173,12 +272,27 @@ def check_output_dir(training_args: TrainingArguments) -> None:
         prepare_output_dir(training_args.output_dir, overwrite=command_options().overwrite_output_dir, resume=resume)
 
 
+SETTINGS_FILE = "rlhf_settings.json"
+
+
+def check_resume_settings(resume_from: Path, settings: dict[str, Any]) -> None:
+    """Refuse to resume ``resume_from`` with other settings than it was saved with (see
+    ``rlhf.common.resume_settings``); a checkpoint of an earlier version (no SETTINGS_FILE) gets a note."""
+    path = resume_from / SETTINGS_FILE
+    saved = json.loads(path.read_text()) if path.is_file() else None
+    check_same_settings(resume_from, saved, settings, f"{path} has them")
+
+
 @contextlib.contextmanager
-def run_directory(training_args: TrainingArguments) -> Iterator[RunDirectory]:
+def run_directory(training_args: TrainingArguments, sections: dict[str, Any] | None = None) -> Iterator[RunDirectory]:
     """Check and create OUTPUT_DIR (refusing a non-empty one, see `prepare_output_dir`), resolve the resume
-    checkpoint, and start metrics.jsonl (kept up to the checkpoint's step when resuming)."""
+    checkpoint (refused if ``sections``, the run's settings, differ from those it was saved with), and
+    start metrics.jsonl (kept up to the checkpoint's step when resuming)."""
     _ = training_args.device  # joins the process group under a launcher, so the barriers below are real
     resume_from = resolve_resume(training_args)
+    settings = comparable(sections) if sections is not None else None
+    if resume_from is not None and settings is not None:
+        check_resume_settings(resume_from, settings)
     path = prepare_output_dir(
         training_args.output_dir, overwrite=command_options().overwrite_output_dir, resume=resume_from is not None
     )
@@ -187,7 +301,7 @@ def run_directory(training_args: TrainingArguments) -> Iterator[RunDirectory]:
     training_args.resume_from_checkpoint = str(resume_from) if resume_from else None
     metrics = JsonlMetricsCallback(path)
     metrics.start(resume_step=checkpoint_step(resume_from) if resume_from else None)
-    yield RunDirectory(path, resume_from, metrics)
+    yield RunDirectory(path, resume_from, metrics, settings=settings)
 
 
 def run_train_loss(trainer: Trainer, result: Any, out: RunDirectory) -> float | None:
@@ -197,8 +311,8 @@ def run_train_loss(trainer: Trainer, result: Any, out: RunDirectory) -> float | 
     before the checkpoint from the restored log history (logged windows up to the checkpoint's step).
     """
     session = result.metrics.get("train_loss")
-    if out.resume_from is None or session is None:
-        return session
+    if out.resume_from is None or session is None or getattr(trainer, "_whole_run_log", False):
+        return session  # (restored from the checkpoint: already the whole run's, see LogState)
     resume_step = checkpoint_step(out.resume_from) or 0
     total, last = 0.0, 0
     for row in trainer.state.log_history:
@@ -226,7 +340,7 @@ def finish_run(
     if out.resume_from is not None:
         summary["resumed_from"] = str(out.resume_from)
     full = full_model_for_saving(trainer)  # every rank: gathers the shards under ZeRO-3 / FSDP
-    with staged_output(out.path) as staging:
+    with full_disk_reported(out.path, out.path), staged_output(out.path) as staging:
         if trainer.is_world_process_zero():
             model = trainer.model if full is None else full
             if hasattr(model, "merge_and_unload"):  # a peft model

@@ -69,7 +69,8 @@ def run_sft(data_args: DataArguments, training_args: SFTConfig, model_args: Mode
     if training_args.assistant_only_loss is None:  # loss on the assistant's turns whenever the template allows
         training_args.assistant_only_loss = fmt == "messages" and _has_generation_markers(tokenizer)
 
-    with run_directory(training_args) as out:
+    sections = {"data": data_args, "model": model_args, "training": training_args}
+    with run_directory(training_args, sections) as out:
         trainer = SafeSFTTrainer(
             model=model,
             args=training_args,
@@ -79,6 +80,7 @@ def run_sft(data_args: DataArguments, training_args: SFTConfig, model_args: Mode
             peft_config=peft_config_for(model_args),
             callbacks=[out.metrics_callback],
         )
+        trainer.run_settings = out.settings
         check_trainer_sharding(trainer)
         before = evaluate_before_training(trainer) if held_out is not None else {}
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -103,8 +105,7 @@ def run_sft(data_args: DataArguments, training_args: SFTConfig, model_args: Mode
         loss = summary["eval_loss"]
         headline = (f"eval loss {loss:.4f} (before training {summary['eval_loss_before']:.4f})" if loss is not None
                     else f"train loss {summary['train_loss']:.4f}")
-        finish_run(trainer, out, summary, {"data": data_args, "model": model_args, "training": training_args},
-                   headline=headline)
+        finish_run(trainer, out, summary, sections, headline=headline)
     return summary
 
 
