@@ -307,7 +307,7 @@ def test_debug_shows_the_traceback(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run([sys.executable, "-m", "rlhf", "sft", "--config", str(config), "--debug"],
                             capture_output=True, text=True, timeout=120, env=env)
-    assert result.returncode != 0 and "Traceback" in result.stderr and "UserError" in result.stderr
+    assert result.returncode != 0 and "Traceback" in result.stderr and "ConfigError" in result.stderr  # a UserError
 
 
 # ----------------------------------------------------------------------------------------------- help and output

@@ -19,14 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
 
 from classic_rl.safe_io import (
     DEBUG_ENV,
     UserError,
     atomic_write_json,
     atomic_write_text,
-    dumps_strict,
     read_yaml,
 )
 from rlhf.common.errors import pop_debug_flag
@@ -489,42 +487,6 @@ def write_config(output_dir: str | Path, sections: dict[str, Any]) -> None:
     import yaml
 
     atomic_write_text(Path(output_dir) / CONFIG_FILE, yaml.safe_dump(to_plain(sections), sort_keys=False))
-
-
-class JsonlMetricsCallback(TrainerCallback):
-    """Append one JSON line per `Trainer` log event (train and eval) to OUT/metrics.jsonl, on rank 0 only.
-
-    :meth:`start` begins the file for a run: a fresh run replaces an earlier metrics.jsonl (this command's
-    own file), a resumed run keeps the lines up to the checkpoint's step, so the file ends up as the
-    uninterrupted run's.
-    """
-
-    def __init__(self, output_dir: str | Path):
-        self.path = Path(output_dir) / METRICS_FILE
-        self.skip_until_step = -1  # events up to this step are already in the file (a resumed run)
-
-    def start(self, resume_step: int | None = None) -> None:
-        self.skip_until_step = -1 if resume_step is None else resume_step
-        if not is_main_process() or not self.path.exists():
-            return
-        kept = []
-        if resume_step is not None:
-            for line in self.path.read_text().splitlines():
-                with contextlib.suppress(json.JSONDecodeError, TypeError, ValueError, AttributeError):
-                    row = json.loads(line)  # a line cut short by the kill is dropped
-                    # a session's closing row (train_runtime, ...) is not a row of the uninterrupted run:
-                    # a run stopped by Ctrl-C writes one before its checkpoint's step ends the file
-                    if int(row.get("step", 0)) <= resume_step and "train_runtime" not in row:
-                        kept.append(line)
-        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs or state.global_step <= self.skip_until_step:
-            return
-        row = {"step": state.global_step, "epoch": state.epoch, **logs}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            f.write(dumps_strict(to_plain(row)) + "\n")
 
 
 STAGING_NAME = ".rlhf-staging"

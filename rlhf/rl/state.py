@@ -20,9 +20,9 @@ import torch
 from classic_rl.safe_io import UserError, atomic_write_text
 from rlhf.common.checkpoints import checkpoint_writer, full_disk_reported, prune_checkpoints
 from rlhf.common.distributed import describe_distribution
+from rlhf.common.metrics import MetricsSink, metrics_text
 from rlhf.common.resume_settings import check_same_settings, comparable
 from rlhf.common.utils import METRICS_FILE, write_json
-from rlhf.rl.metrics import MetricsSink, metrics_text
 from rlhf.rl.prompts import PromptStream
 from rlhf.rl.training_state import load_state_files, state_files, write_state_files
 

@@ -36,13 +36,14 @@ from rlhf.common.distributed import (
     unwrap_for_generation,
 )
 from rlhf.common.errors import ConfigError
+from rlhf.common.metrics import MetricsSink
 from rlhf.common.models import load_tokenizer
 from rlhf.common.stopping import RunStopped, stop_pending, stop_signals
 from rlhf.common.utils import seed_everything
 from rlhf.rl.config import RLConfig
 from rlhf.rl.experience import ExperienceMaker, Rollout, RolloutSettings
 from rlhf.rl.forward import logits_for_responses
-from rlhf.rl.metrics import MetricsSink, check_finite, mean_over_ranks
+from rlhf.rl.metrics import check_finite, mean_over_ranks
 from rlhf.rl.optimizer_loop import LossFn, OptimizerLoop
 from rlhf.rl.prompts import HELD_OUT_SEED_OFFSET, PromptStream
 from rlhf.rl.runner import run_trainer, save_policy

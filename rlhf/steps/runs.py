@@ -35,11 +35,11 @@ from rlhf.common.checkpoints import (
     resolve_resume_path,
 )
 from rlhf.common.distributed import describe_distribution, full_model_for_saving, models_loaded_whole
+from rlhf.common.metrics import JsonlMetricsCallback
 from rlhf.common.models import load_causal_lm, load_tokenizer
 from rlhf.common.resume_settings import check_same_settings, comparable
 from rlhf.common.stopping import RunStopped, stop_pending, stop_signals
 from rlhf.common.utils import (
-    JsonlMetricsCallback,
     barrier,
     command_options,
     is_main_process,
