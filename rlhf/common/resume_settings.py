@@ -43,14 +43,31 @@ def _flat(settings: dict[str, Any]) -> dict[str, Any]:
             for sec, section in settings.items() for name, value in section.items()}
 
 
-def _same(saved: Any, now: Any) -> bool:
+def _same(saved: Any, now: Any, roots: tuple[Path, Path] | None = None) -> bool:
+    """Equal values; for paths, the same file given another way (relative, ~), or the same place relative
+    to the folder that holds the run (``roots``: saved, now) -- a pipeline folder moved or copied whole."""
     if saved == now:
         return True
-    if isinstance(saved, str) and isinstance(now, str):  # a path given another way (relative, ~)
-        a, b = Path(saved.split(":")[0]).expanduser(), Path(now.split(":")[0]).expanduser()
-        tail_a, tail_b = saved.partition(":")[2], now.partition(":")[2]
-        return tail_a == tail_b and a.exists() and b.exists() and a.resolve() == b.resolve()
+    if not (isinstance(saved, str) and isinstance(now, str)):
+        return False
+    a, b = Path(saved.split(":")[0]).expanduser(), Path(now.split(":")[0]).expanduser()
+    if saved.partition(":")[2] != now.partition(":")[2]:
+        return False
+    if a.exists() and b.exists() and a.resolve() == b.resolve():
+        return True
+    if roots is not None and a.is_absolute() and b.is_absolute():
+        try:
+            return a.relative_to(roots[0]) == b.relative_to(roots[1])
+        except ValueError:
+            return False
     return False
+
+
+def _run_roots(saved: dict[str, Any], now: dict[str, Any]) -> tuple[Path, Path] | None:
+    out_saved, out_now = saved.get("output_dir"), now.get("output_dir")
+    if isinstance(out_saved, str) and isinstance(out_now, str):
+        return Path(out_saved).expanduser().absolute().parent, Path(out_now).expanduser().absolute().parent
+    return None
 
 
 def _short(value: Any) -> str:
@@ -68,9 +85,10 @@ def check_same_settings(checkpoint: Path, saved: dict[str, Any] | None, now: dic
                   "resuming with the flags given now, unchecked", file=sys.stderr, flush=True)
         return
     saved_flat, now_flat = _flat(saved), _flat(now)
+    roots = _run_roots(saved_flat, now_flat)
     differ = [name for name in sorted(set(saved_flat) | set(now_flat))
               if name.rpartition(".")[2] not in RESUME_MAY_CHANGE
-              and not _same(saved_flat.get(name), now_flat.get(name))]
+              and not _same(saved_flat.get(name), now_flat.get(name), roots)]
     if differ:
         changes = ", ".join(f"{name} {_short(saved_flat.get(name))} -> {_short(now_flat.get(name))}" for name in differ)
         raise UserError(
