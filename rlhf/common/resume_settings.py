@@ -44,30 +44,30 @@ def _flat(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def _same(saved: Any, now: Any, roots: tuple[Path, Path] | None = None) -> bool:
+    """Equal values; for paths, the same file given another way (relative, ~), or the same place relative
+    to the folder that holds the run (``roots``: saved, now) -- a pipeline folder moved or copied whole."""
     if saved == now:
         return True
-    if isinstance(saved, str) and isinstance(now, str):  # a path given another way (relative, ~)
-        a, b = Path(saved.split(":")[0]).expanduser(), Path(now.split(":")[0]).expanduser()
-        tail_a, tail_b = saved.partition(":")[2], now.partition(":")[2]
-        if tail_a != tail_b:
+    if not (isinstance(saved, str) and isinstance(now, str)):
+        return False
+    a, b = Path(saved.split(":")[0]).expanduser(), Path(now.split(":")[0]).expanduser()
+    if saved.partition(":")[2] != now.partition(":")[2]:
+        return False
+    if a.exists() and b.exists() and a.resolve() == b.resolve():
+        return True
+    if roots is not None and a.is_absolute() and b.is_absolute():
+        try:
+            return a.relative_to(roots[0]) == b.relative_to(roots[1])
+        except ValueError:
             return False
-        if a.exists() and b.exists() and a.resolve() == b.resolve():
-            return True
-        # a run folder moved or copied whole (a pipeline's steps point into it): the same place in it
-        if roots is not None and a.is_absolute() == b.is_absolute():
-            try:
-                return a.resolve().relative_to(roots[0]) == b.resolve().relative_to(roots[1])
-            except ValueError:
-                return False
     return False
 
 
 def _run_roots(saved: dict[str, Any], now: dict[str, Any]) -> tuple[Path, Path] | None:
-    """The folders holding the saved and the current output_dir (a pipeline's root), to compare paths in them."""
-    a, b = saved.get("output_dir"), now.get("output_dir")
-    if not (isinstance(a, str) and isinstance(b, str)):
-        return None
-    return Path(a).expanduser().resolve().parent, Path(b).expanduser().resolve().parent
+    out_saved, out_now = saved.get("output_dir"), now.get("output_dir")
+    if isinstance(out_saved, str) and isinstance(out_now, str):
+        return Path(out_saved).expanduser().absolute().parent, Path(out_now).expanduser().absolute().parent
+    return None
 
 
 def _short(value: Any) -> str:

@@ -157,6 +157,7 @@ def run_step(cfg: PipelineConfig, step: str, resume: bool = False, overwrite: bo
     module = importlib.import_module(STEP_MODULES[step])
     print(f"\n=== rlhf pipeline: {step} -> {flags['output_dir']}", flush=True)
     set_command(step.replace("_", "-"))
+    from rlhf.common.errors import DiskFull
     from rlhf.common.stopping import RunStopped
 
     try:
@@ -164,6 +165,8 @@ def run_step(cfg: PipelineConfig, step: str, resume: bool = False, overwrite: bo
     except RunStopped as stop:  # the step saved a checkpoint: the pipeline's --resume continues from it
         raise RunStopped(stop.signal_name, f"in the {step} step {stop.where}",
                          "continue with the same command and --resume") from None
+    except DiskFull as err:  # the same: the pipeline resumes the step from its last checkpoint
+        raise DiskFull(f"in the {step} step: " + str(err).replace("--resume_from_checkpoint true", "--resume")) from err
     finally:
         set_command("pipeline")
     barrier()  # the next step reads what rank 0 just saved
