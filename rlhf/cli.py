@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 
 from classic_rl.safe_io import UserError, debug_enabled
-from rlhf.common.errors import TrainingDiverged, pop_debug_flag
+from rlhf.common.errors import EngineError, TrainingDiverged, pop_debug_flag
 from rlhf.methods.registry import METHODS
 
 # command -> (module, one-line help). Each module has `main(argv: list[str] | None)`. The RL methods come
@@ -71,11 +71,17 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"rlhf {command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
-    except TrainingDiverged as err:
+    except (TrainingDiverged, EngineError) as err:
         if debug_enabled():
             raise
         print(f"rlhf {command}: error: {_one_line(err)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: the engine is closed on the way out; checkpoints stay as written
+        if debug_enabled():
+            raise
+        print(f"rlhf {command}: interrupted; the checkpoints written so far are intact "
+              "(continue with --resume_from_checkpoint true)", file=sys.stderr)
+        return 130
     finally:
         set_command(None)
     return 0

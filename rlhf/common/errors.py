@@ -7,11 +7,16 @@ import os
 
 from classic_rl.safe_io import DEBUG_ENV, TrainingDiverged, UserError
 
-__all__ = ["ConfigError", "TrainingDiverged", "pop_debug_flag"]
+__all__ = ["ConfigError", "EngineError", "TrainingDiverged", "pop_debug_flag"]
 
 
 class ConfigError(UserError, ValueError):
     """A bad config file or flag value (a `UserError`, exit status 2; a ValueError for library callers)."""
+
+
+class EngineError(RuntimeError):
+    """A generation engine (vLLM) failed: crashed, unreachable or refused a request. The run stops with this
+    one line (exit status 1); the checkpoints written before stay as they are."""
 
 
 def pop_debug_flag(argv: list[str]) -> bool:
