@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     **{m.name: (m.module, m.help) for m in METHODS.values()},
     "pipeline": ("rlhf.steps.pipeline", "tiny-model, sft, reward and an RL method in a row from one YAML config"),
     "label": ("rlhf.steps.label", "rank sampled responses by hand in a local web page (rankings for `rlhf reward`)"),
+    "vllm-serve": ("rlhf.steps.vllm_serve", "a vLLM engine for --use_vllm --vllm_mode server (as `trl vllm-serve`)"),
 }
 
 USAGE = (
@@ -76,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"rlhf {command}: error: {_one_line(err)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # Ctrl-C: the engine is closed on the way out; checkpoints stay as written
-        if debug_enabled():
+    except KeyboardInterrupt:  # Ctrl-C in an RL run: its engine is closed on the way out, checkpoints stay
+        if debug_enabled() or command not in METHODS:
             raise
         print(f"rlhf {command}: interrupted; the checkpoints written so far are intact "
               "(continue with --resume_from_checkpoint true)", file=sys.stderr)
