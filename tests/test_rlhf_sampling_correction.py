@@ -52,3 +52,35 @@ def test_use_vllm_without_vllm_is_one_line_naming_the_extra(capsys, tmp_path):
                      "--reward_fn", "a:b", "--use_vllm"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and "rl-course-toolkit[vllm]" in err and err.startswith("rlhf grpo: error:")
+
+
+def test_sleep_mode_call_order_with_a_fake_engine():
+    """GPU-only sleep mode, checked without a GPU: the KV cache is woken to sample, everything sleeps after
+    (level 2), and the weights are woken and pushed after the update before the next sample."""
+    from rlhf.rl.sampler import SamplingSettings
+    from rlhf.rl.vllm_engine import EngineOptions, Generation, LocalEngine
+    from rlhf.rl.vllm_sampler import VLLMSampler
+
+    calls = []
+
+    class FakeLLM:
+        def sleep(self, level):
+            calls.append(f"sleep{level}")
+
+        def wake_up(self, tags):
+            calls.append("wake " + "+".join(tags))
+
+    engine = LocalEngine.__new__(LocalEngine)
+    engine.options, engine.llm, engine.awake = EngineOptions(model="m", enable_sleep_mode=True), FakeLLM(), {"weights", "kv_cache"}
+    engine.generate = lambda *a: calls.append("generate") or [Generation([5, 0], [-1.0, -2.0])]
+    engine.load_weights = lambda w: calls.append(f"load {sorted(w)}")
+    plain = SimpleNamespace(policy=torch.nn.Linear(2, 1, bias=False))
+    accelerator = SimpleNamespace(state=SimpleNamespace(), num_processes=1, unwrap_model=lambda m: m)
+    sampler = VLLMSampler(engine, SamplingSettings(4, 1.0, 1, 0), "cpu", plain, accelerator)
+    samples = sampler.sample([[3, 4]], torch.Generator().manual_seed(0))
+    assert samples.responses.tolist() == [[5, 0]] and samples.logprobs.tolist() == [[-1.0, -2.0]]
+    sampler.sync_weights()  # after an update
+    sampler.sample([[3, 4]], torch.Generator().manual_seed(0))
+    sampler.sample([[3, 4]], torch.Generator().manual_seed(0))  # evaluation: no update in between
+    assert calls == ["generate", "sleep2", "wake weights", "load ['weight']", "wake kv_cache", "generate", "sleep2",
+                     "wake weights", "load ['weight']", "wake kv_cache", "generate", "sleep2"]

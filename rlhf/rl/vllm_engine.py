@@ -103,7 +103,7 @@ class LocalEngine:
             self.llm = vllm.LLM(**kwargs)
         except Exception as err:
             raise EngineError(f"the vLLM engine for {options.model} did not start: {_one_line(err)}") from err
-        self.asleep = False
+        self.awake = {"weights", "kv_cache"}  # sleep mode: what is mapped now
 
     def generate(self, prompt_ids: Sequence[Sequence[int]], seeds: Sequence[int], temperature: float, max_tokens: int,
                  stop_token_ids: Sequence[int]) -> list[Generation]:
@@ -136,14 +136,18 @@ class LocalEngine:
 
     def sleep(self) -> None:
         """Free the KV cache and the weights (sleep level 2: the weights are pushed again before sampling)."""
-        if self.options.enable_sleep_mode and not self.asleep:
+        if self.options.enable_sleep_mode and self.awake:
             self.llm.sleep(level=2)
-            self.asleep = True
+            self.awake = set()
 
     def wake_up(self, tags: list[str] | None = None) -> None:
-        if self.asleep:
-            self.llm.wake_up(tags=tags)
-            self.asleep = tags is not None and "kv_cache" not in tags
+        """Map the memory of ``tags`` again ("weights", "kv_cache"; None: both), each only once."""
+        if not self.options.enable_sleep_mode:
+            return
+        missing = [t for t in (tags or ["weights", "kv_cache"]) if t not in self.awake]
+        if missing:
+            self.llm.wake_up(tags=missing)
+            self.awake.update(missing)
 
     def close(self) -> None:
         llm, self.llm = getattr(self, "llm", None), None

@@ -46,9 +46,9 @@ class VLLMSampler:
     def sample(self, prompt_ids: list[list[int]], generator: torch.Generator) -> Samples:
         s = self.settings
         seeds = torch.randint(0, SEED_RANGE, (len(prompt_ids),), generator=generator, device=generator.device).tolist()
-        if self.engine_weights_stale:
+        if self.engine_weights_stale:  # sleep mode discarded them (every rank samples here, so all join)
             self.sync_weights()
-        self.engine.wake_up()
+        self.engine.wake_up(tags=["kv_cache"])
         try:
             results = self.engine.generate(prompt_ids, seeds, s.temperature, s.max_new_tokens,
                                            () if s.stop_token_id is None else (s.stop_token_id,))
