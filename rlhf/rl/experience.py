@@ -88,8 +88,8 @@ class RolloutSettings:
     kl_estimator: str  # of the per-token KL in the rollout (classic_rl.core.losses.kl_penalty)
     uses_critic: bool
     recompute_logprobs: bool  # recompute the old log-probs with the trainer's forward (not the sampler's)
-    # The sampler is a separate engine (vLLM): its log-probs are compared with the recomputed ones, and with a
-    # cap (or correction without one) the losses are weighted by the truncated ratio (rlhf.rl.correction)
+    # The sampler is a separate engine (vLLM): its log-probs are compared with the recomputed ones and, with the
+    # correction on, the losses are weighted by their ratio truncated at the cap (rlhf.rl.correction)
     measure_sampling_mismatch: bool = False
     importance_sampling_correction: bool = False
     importance_sampling_cap: float | None = None

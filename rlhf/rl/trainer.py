@@ -200,9 +200,8 @@ class RLTrainer:
         self.optimizer_loop.update = self.update + 1
         # The one place the sampling correction joins every method's tensors (the losses multiply by it:
         # rlhf.rl.correction.apply_importance_weight); absent without vLLM, so nothing changes there.
-        batch = getattr(self, "_batch", None)
         for key in ("importance_weight", "sequence_importance_weight"):
-            weight = getattr(batch, key, None)
+            weight = getattr(self._batch, key, None)
             if weight is not None:
                 tensors = {**tensors, key: weight}
         return self.optimizer_loop.run(tensors, passes, shuffle, loss_fn)
