@@ -12,7 +12,9 @@ completion has exactly ``--new_tokens`` tokens. A GRPO trainer of ``--completion
 prompt) is built for each backend; the sampling figure is its sampler alone (the trainer's own
 ``sample`` call: the same prompts and settings), best of ``--repeats`` after one warm-up call; the step
 figure is ``trainer.step`` (``time/step``: rollout with the log-prob forwards, update, weight sync),
-median of ``--repeats`` after one warm-up step. Results go to WORK_DIR/results.json and a Markdown table.
+median of ``--repeats`` after one warm-up step, split into its rollout (sampling, reward, the
+log-prob forwards: the built-in sampler in fp32 keeps its own log-probs, vLLM's are recomputed) and its
+update (the optimizer loop and the weight sync, also timed alone). Results go to WORK_DIR/results.json and a Markdown table.
 """
 
 from __future__ import annotations
@@ -83,10 +85,15 @@ def child(args) -> dict:
             best = min(best, time.perf_counter() - t)
         tokens = int(samples.responses.numel())
         trainer.step(*trainer.next_batch())  # warm-up
-        steps = sorted(trainer.step(*trainer.next_batch())[0]["time/step"] for _ in range(args.repeats))
+        runs = sorted((trainer.step(*trainer.next_batch())[0] for _ in range(args.repeats)), key=lambda m: m["time/step"])
+        median = runs[len(runs) // 2]
+        t = time.perf_counter()
+        trainer.sampler.sync_weights()
+        sync = time.perf_counter() - t
         return {"size": args.size, "backend": args.backend, "parameters": params, "threads": torch.get_num_threads(),
                 "startup_s": startup, "tokens": tokens, "sample_s": best, "tokens_per_s": tokens / best,
-                "grpo_step_s": steps[len(steps) // 2]}
+                "grpo_step_s": median["time/step"], "rollout_s": median["time/rollout"],
+                "update_s": median["time/update"], "sync_s": sync}
     finally:
         trainer.sampler.close()
 
@@ -127,9 +134,11 @@ def main() -> None:
             results.append(json.loads(lines[-1].removeprefix("RESULT ")))
             print(json.dumps(results[-1]), flush=True)
     (work / "results.json").write_text(json.dumps(results, indent=2))
-    rows = ["| model | parameters | backend | startup s | sampling tokens/s | GRPO step s |", "|---|---|---|---|---|---|"]
+    rows = ["| model | parameters | backend | startup s | sampling tokens/s | GRPO step s | rollout s | update s | "
+            "weight sync s |", "|---|---|---|---|---|---|---|---|---|"]
     rows += [f"| {r['size']} | {r['parameters'] / 1e6:.1f}M | {r['backend']} | {r['startup_s']:.0f} | "
-             f"{r['tokens_per_s']:,.0f} | {r['grpo_step_s']:.2f} |" for r in results]
+             f"{r['tokens_per_s']:,.0f} | {r['grpo_step_s']:.2f} | {r['rollout_s']:.2f} | {r['update_s']:.2f} | "
+             f"{r['sync_s']:.3f} |" for r in results]
     print("\n".join(rows))
     (work / "results.md").write_text("\n".join(rows) + "\n")
 
