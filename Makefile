@@ -18,7 +18,7 @@ export MKL_NUM_THREADS ?= 1
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast test-vllm lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	@echo "== [1/3] creating $(VENV) with $(PYTHON)"
@@ -46,6 +46,14 @@ test: install
 	$(BIN)/ruff check .
 	@echo "== pytest: collecting the suite first (importing torch and transformers takes up to a minute on a small machine)"
 	$(BIN)/python -m pytest tests -v -p no:cacheprovider --durations=15
+	@if [ "$(RUN_VLLM_TESTS)" != "0" ]; then $(MAKE) test-vllm; else echo "== vLLM tests skipped (RUN_VLLM_TESTS=0)"; fi
+
+# The vLLM tests in their own venv (.venv-vllm: vLLM pins its torch build and an older transformers).
+# On the 2-core machine: about 4 minutes to build it (once), 1.5 minutes of tests. RUN_VLLM_TESTS=0
+# leaves them out of `make test`.
+RUN_VLLM_TESTS ?= 1
+test-vllm:
+	PYTHON=$(PYTHON) TORCH_VERSION=$(TORCH_VERSION) TORCH_INDEX=$(TORCH_INDEX) bash scripts/test_vllm.sh
 
 # While developing: everything but the learning and multi-process tests (marked `slow`), a few minutes.
 # No -q here: pyproject.toml's addopts already has one, and a second hides the "N passed" line.
@@ -57,4 +65,4 @@ bench: install
 	$(BIN)/python scripts/bench_tabular.py
 
 clean:
-	rm -rf $(VENV) runs out
+	rm -rf $(VENV) .venv-vllm runs out

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 
 from classic_rl.safe_io import UserError, debug_enabled, exit_status, one_line
-from rlhf.common.errors import DiskFull, TrainingDiverged, pop_debug_flag
+from rlhf.common.errors import DiskFull, EngineError, TrainingDiverged, pop_debug_flag
 from rlhf.common.help import cached as cached_help
 from rlhf.common.help import help_kind
 from rlhf.common.process_exit import end_processes
@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     **{m.name: (m.module, m.help) for m in METHODS.values()},
     "pipeline": ("rlhf.steps.pipeline", "tiny-model, sft, reward and an RL method in a row from one YAML config"),
     "label": ("rlhf.steps.label", "rank sampled responses by hand in a local web page (rankings for `rlhf reward`)"),
+    "vllm-serve": ("rlhf.steps.vllm_serve", "a vLLM engine for --use_vllm --vllm_mode server (as `trl vllm-serve`)"),
 }
 
 USAGE = (
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         finished = True
         if threads:  # at the end, so that an error in the input is still one line
             print(threads, file=sys.stderr)
-    except (UserError, ValueError, FileNotFoundError, TrainingDiverged, DiskFull) as err:  # one line, no traceback
+    except (UserError, ValueError, FileNotFoundError, TrainingDiverged, DiskFull, EngineError) as err:  # one line, no traceback
         if debug_enabled():
             raise
         print(f"rlhf {command}: error: {one_line(err)}", file=sys.stderr)

@@ -7,7 +7,12 @@ import os
 
 from classic_rl.safe_io import DEBUG_ENV, ConfigError, TrainingDiverged
 
-__all__ = ["ConfigError", "DiskFull", "TrainingDiverged", "pop_debug_flag"]
+__all__ = ["ConfigError", "DiskFull", "EngineError", "TrainingDiverged", "pop_debug_flag"]
+
+
+class EngineError(RuntimeError):
+    """A generation engine (vLLM) failed: crashed, unreachable or refused a request. The run stops with this
+    one line (exit status 1); the checkpoints written before stay as they are."""
 
 
 def pop_debug_flag(argv: list[str]) -> bool:

@@ -23,6 +23,7 @@ from classic_rl.core.losses import aggregate_loss, clipped_surrogate, kl_penalty
 from rlhf.common.distributed import all_reduce_sum
 from rlhf.methods.group import GroupRLTrainer
 from rlhf.methods.grpo_config import GRPOConfig, parse_grpo_args
+from rlhf.rl.correction import apply_importance_weight
 from rlhf.rl.experience import Rollout
 from rlhf.rl.forward import logprobs_and_entropy
 from rlhf.rl.trainer import run_trainer
@@ -60,6 +61,7 @@ class GRPOTrainer(GroupRLTrainer):
             logprobs, old, advantages, mask, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
             importance_sampling_level=cfg.importance_sampling_level,
         )
+        per_token = apply_importance_weight(per_token, micro)  # vLLM's sampling mismatch (not the KL: TRL)
         if cfg.beta != 0.0:
             per_token = per_token + cfg.beta * kl_penalty(logprobs, micro["ref_logprobs"], "k3")
         loss = aggregate_loss(per_token, mask, cfg.loss_type, max_length=cfg.max_completion_length, num_items=num_items)

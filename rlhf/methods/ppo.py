@@ -31,6 +31,7 @@ from classic_rl.core.advantages import gae
 from classic_rl.core.losses import clipped_surrogate, masked_mean, surrogate_stats, value_loss
 from rlhf.common.distributed import masked_whiten_across_processes
 from rlhf.methods.ppo_config import PPOConfig, parse_ppo_args
+from rlhf.rl.correction import apply_importance_weight
 from rlhf.rl.experience import Rollout
 from rlhf.rl.forward import logprobs_and_entropy
 from rlhf.rl.rewards import shape_rewards
@@ -140,7 +141,7 @@ class PPOTrainer(RLTrainer):
         logprobs, entropy = logprobs_and_entropy(logits, micro["responses"], cfg.temperature)
         mask = micro["mask"]
         per_token, log_ratio = clipped_surrogate(logprobs, micro["logprobs"], micro["advantages"], mask, epsilon=cfg.cliprange)
-        pg_loss = masked_mean(per_token, mask)
+        pg_loss = masked_mean(apply_importance_weight(per_token, micro), mask)  # vLLM's mismatch, policy only
         v_loss, v_clipfrac = value_loss(values.float(), micro["values"], micro["returns"], mask, cfg.cliprange_value)
         stats = surrogate_stats(log_ratio.detach(), micro["advantages"], mask, epsilon=cfg.cliprange)
         return pg_loss + cfg.vf_coef * v_loss, {

@@ -29,6 +29,7 @@ from rlhf.common.distributed import masked_whiten_across_processes
 from rlhf.methods.group import GroupRLTrainer
 from rlhf.methods.grpo_config import GroupRLConfig
 from rlhf.rl.config import docstrings_as_help, merge_repeated_flag
+from rlhf.rl.correction import apply_importance_weight
 from rlhf.rl.experience import Rollout
 from rlhf.rl.forward import logprobs_and_entropy
 from rlhf.rl.rewards import shape_rewards
@@ -95,7 +96,7 @@ class ReinforcePPTrainer(GroupRLTrainer):
         old = logprobs.detach() if cfg.num_iterations == 1 else micro["old_logprobs"]
         per_token, log_ratio = clipped_surrogate(logprobs, old, advantages, mask, epsilon=cfg.epsilon,
                                                  epsilon_high=cfg.epsilon_high)
-        loss = aggregate_loss(per_token, mask, "bnpo")
+        loss = aggregate_loss(apply_importance_weight(per_token, micro), mask, "bnpo")
         stats = surrogate_stats(log_ratio.detach(), advantages, mask, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high)
         return loss, {
             "loss": loss.detach(), "entropy": masked_mean(entropy, mask), "clip_ratio/region_mean": stats["clipfrac"],

