@@ -399,7 +399,8 @@ def parse_args(
         if not isinstance(config, dict):
             raise UserError(f"--config {config_path}: expected a YAML mapping of flags, got {type(config).__name__}")
         flags = config_section(config, command, config_path)
-        flags.pop("env", None)  # TRL's `env:` section is not supported: set variables in the shell
+        if isinstance(flags.get("env"), dict):  # TRL's `env:` section (variables) is not supported: set them in the shell
+            flags.pop("env")
         known = {action.dest: action for action in parser._actions}
         unknown = sorted(set(flags) - set(known))
         if unknown:

@@ -77,7 +77,7 @@ class RLTrainer:
         seed_everything(config.seed)  # same initial weights (value head) on every rank
         self.tokenizer = load_tokenizer(config.model_name_or_path, trust_remote_code=config.trust_remote_code)
         self.pad_id = self.tokenizer.pad_token_id
-        self.prompts = PromptStream(config, self.tokenizer, self.rank, self.world_size)
+        self.prompts = self.make_prompt_stream()
         self.num_updates = config.num_updates(self.world_size, len(self.prompts.train_prompts))
         parts = build_components(config, acc, self.tokenizer, self.build_trainable, lambda: self.num_updates, self.precision)
         self.stop_id, self.model, self._plain_model = parts.stop_id, parts.model, parts.plain_model
@@ -89,7 +89,7 @@ class RLTrainer:
         self.shuffle_generator = torch.Generator().manual_seed(config.seed + 1000 + self.rank)
         self.sampler = self.make_sampler()
         recompute = self.precision != "fp32" if config.recompute_rollout_logprobs is None else config.recompute_rollout_logprobs
-        self.experience = ExperienceMaker(
+        self.experience = self.make_experience_maker(
             self.sampler,
             RolloutSettings(config.temperature, config.local_rollout_forward_batch_size, self.stop_id, self.pad_id,
                             config.missing_eos_penalty, config.reward_clip, config.rollout_kl_estimator,
@@ -134,6 +134,26 @@ class RLTrainer:
     def progress(self, metrics: dict[str, float]) -> dict[str, str]:
         """What the progress bar shows."""
         return {}
+
+    # ------------------------------------------------------------------ the seam: data and experience
+    def make_prompt_stream(self):
+        """Where each update's batch comes from: the prompt stream, or with --env the env-seed stream
+        (reset seeds; ``rlhf.envs.seeds``). Either's position is part of every checkpoint."""
+        if self.config.env:
+            from rlhf.envs.seeds import EnvSeedStream
+
+            return EnvSeedStream(self.config, self.rank, self.world_size)
+        return PromptStream(self.config, self.tokenizer, self.rank, self.world_size)
+
+    def make_experience_maker(self, *args) -> ExperienceMaker:
+        """One batch -> a Rollout: prompts and one sampled response each, or with --env multi-turn episodes
+        (``rlhf.envs.experience``: the same Rollout, the env's text masked out of the loss)."""
+        if self.config.env:
+            from rlhf.envs.experience import EnvExperienceMaker
+
+            sync = needs_synchronised_generation(self.accelerator, self.config.ds3_gather_for_generation)
+            return EnvExperienceMaker(self.config, *args, all_finished=all_processes_finished if sync else None)
+        return ExperienceMaker(*args)
 
     # ------------------------------------------------------------------ the seam: sampling
     def make_sampler(self) -> Sampler:
@@ -201,6 +221,8 @@ class RLTrainer:
             local = self.update_policy(batch)
         finally:
             self.model.eval()
+        if hasattr(batch, "env_metrics"):  # episodes: return, success, turns, env steps
+            local.update(batch.env_metrics())
         self.sampler.sync_weights()
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
@@ -225,6 +247,10 @@ class RLTrainer:
         as in training (same sampler, same temperature) with a fixed seed, so before/after see the same
         randomness."""
         generator = torch.Generator(device=self.device).manual_seed(self.config.seed + 10_000 + self.rank)
+        if self.config.env:  # the mean undiscounted return (and success rate) on held-out env seeds
+            from rlhf.envs.evaluation import evaluate_held_out_episodes
+
+            return evaluate_held_out_episodes(self, generator)
         prompts, ids, weight_list = self.prompts.held_out_for_rank()
         weights = torch.tensor(weight_list, dtype=torch.float64, device=self.device)
         sums = torch.zeros(5, dtype=torch.float64, device=self.device)
@@ -297,8 +323,14 @@ class RLTrainer:
             "precision": self.precision, "use_peft": cfg.use_peft, "seed": cfg.seed,
             "generation_backend": self.sampler.name,
             "resumed_from": str(resume_from) if resume_from is not None else None,
+            **(self._env_summary(before, after) if cfg.env else {}),
             **self.summary_extras(last),
         }
+
+    def _env_summary(self, before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+        from rlhf.envs.evaluation import env_summary
+
+        return env_summary(self, before, after)
 
     def _print_samples(self, update: int, batch: Rollout, write, count: int = 3) -> None:
         write(f"[{self.command}] samples at update {update}/{self.num_updates}:")
