@@ -296,3 +296,43 @@ def test_rollouts_write_sft_conversations(tmp_path):
     cli_main(["rollouts", "--env", "FrozenLake-v1", "--env_kwargs", '{"is_slippery": false}', "--episodes", "20",
               "--max_turns", "5", "--output_file", str(again)])
     assert again.read_text() == out.read_text()  # seeded
+
+
+# ----------------------------------------------------------------------------- the agent pipeline
+def test_agent_pipeline_config_gives_every_step_the_env():
+    from rlhf.common.utils import config_section
+    from rlhf.steps.pipeline import PipelineConfig, step_flags
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "rlhf" / "agent_tiny.yaml"
+    cfg = PipelineConfig.from_yaml(path).validate()
+    assert cfg.steps == ["rollouts", "tiny_model", "sft", "grpo"]
+    out = Path(cfg.output_dir)
+    rollouts, sft = step_flags(cfg, "rollouts"), step_flags(cfg, "sft")
+    assert rollouts["env"] == "FrozenLake-v1" and json.loads(rollouts["env_kwargs"]) == {"is_slippery": False}
+    assert rollouts["output_dir"] == str(out / "rollouts") and rollouts["max_turns"] == 10
+    assert sft["dataset_name"] == str(out / "rollouts" / "rollouts.jsonl") and "env" not in sft
+    for method in ("grpo", "rloo", "ppo"):
+        flags = step_flags(cfg, method)
+        assert flags["env"] == "FrozenLake-v1" and "reward_model_path" not in flags
+        assert flags["model_name_or_path"] == str(out / "sft")
+    # a command run on its own with this file reads its section and the top-level env
+    import yaml
+
+    section = config_section(yaml.safe_load(path.read_text()), "grpo", path)
+    assert section["env"] == "FrozenLake-v1" and json.loads(section["env_kwargs"]) == {"is_slippery": False}
+    assert "env" not in config_section(yaml.safe_load(path.read_text()), "sft", path)
+    from rlhf.common.utils import set_command
+
+    set_command("grpo")  # as `rlhf grpo` does
+    try:
+        args = parse_grpo_args(["--config", str(path), "--model_name_or_path", "m", "--output_dir", "o"])
+    finally:
+        set_command(None)
+    assert args.env == "FrozenLake-v1" and args.max_turns == 10 and args.num_generations == 8
+
+
+def test_a_rollouts_step_needs_an_env(tmp_path):
+    from rlhf.steps.pipeline import PipelineConfig
+
+    with pytest.raises(ValueError, match="set the top-level `env`"):
+        PipelineConfig(output_dir=str(tmp_path), steps=["rollouts", "tiny_model", "sft"]).validate()
