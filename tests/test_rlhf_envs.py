@@ -336,3 +336,15 @@ def test_a_rollouts_step_needs_an_env(tmp_path):
 
     with pytest.raises(ValueError, match="set the top-level `env`"):
         PipelineConfig(output_dir=str(tmp_path), steps=["rollouts", "tiny_model", "sft"]).validate()
+
+
+@pytest.mark.parametrize("env,message", [
+    ("text_envs:RaisingEnv", "rlhf grpo: error: --env text_envs:RaisingEnv (episode seed 1073741824, turn 2): step("),
+    ("FrozenLak-v1", "rlhf grpo: error: --env FrozenLak-v1: Environment `FrozenLak` doesn't exist"),
+])
+def test_the_trainer_reports_a_bad_env_in_one_line(env, message, tiny, tmp_path, capsys):
+    """An unknown env fails before the model loads; one that raises mid-episode names its seed and turn."""
+    code = cli_main(["grpo", "--model_name_or_path", str(tiny), "--output_dir", str(tmp_path / "o"), "--env", env,
+                     *METHODS["grpo"][3], *QUIET, "--num_eval_prompts", "2"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "Loading weights" not in line]
+    assert code == 2 and len(err) == 1 and err[0].startswith(message), err

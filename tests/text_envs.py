@@ -46,3 +46,25 @@ class EndlessEnv(_TextEnv):
 
     def step(self, action):
         return "again", 0.0, False, False, {"valid_actions": ["go"]}
+
+
+
+class KillableLetters(_TextEnv):
+    """Three turns, each rewarded by the reply's fraction of ASCII letters (it varies between random replies),
+    then truncated (the env's own time limit: PPO bootstraps). SIGKILLs its own process at a reset once the
+    folder named by the KILL_AFTER environment variable exists (a checkpoint just written): a power cut."""
+
+    def reset(self, *, seed=None, options=None):
+        import os
+        import signal
+
+        marker = os.environ.get("KILL_AFTER")
+        if marker and os.path.isdir(marker):
+            os.kill(os.getpid(), signal.SIGKILL)
+        super().reset(seed=seed)
+        return f"say some letters ({int(self.np_random.integers(100))})", {}
+
+    def step(self, action):
+        self.turn += 1
+        reward = sum(c.isascii() and c.isalpha() for c in action) / max(len(action), 1)
+        return f"again {self.turn}", reward, False, self.turn >= 3, {}

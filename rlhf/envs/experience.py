@@ -89,7 +89,6 @@ class EnvExperienceMaker(ExperienceMaker):
             EpisodeLimits(config.max_new_tokens, config.max_turns, budget), s.stop_token_id, s.pad_token_id,
             all_finished, self.device,
         )
-        self.runner.start([0])  # build and reset one env now: a bad --env fails before any training
 
     @torch.no_grad()
     def make(self, prompts: list[str], seeds: list[int], generator: torch.Generator, where: str) -> EnvRollout:

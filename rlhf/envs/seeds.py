@@ -32,6 +32,15 @@ class EnvSeedStream:
         self.eval_seeds = [HELD_OUT_BASE + k for k in range(config.num_eval_prompts)]
         self.train_prompts: list[str] = []  # episodes are played, not stored
         self.eval_prompts = [self.label(s) for s in self.eval_seeds]
+        self._check_env()
+
+    def _check_env(self) -> None:
+        """Build the env and reset it once now: a bad --env fails before any model is loaded."""
+        from rlhf.envs.make import EnvSpec
+
+        env = EnvSpec.from_flags(self.config.env, self.config.env_kwargs).make()
+        env.reset(self.train_seed(0))
+        env.close()
 
     def label(self, seed: int) -> str:
         return f"{self.config.env} seed {seed}"
