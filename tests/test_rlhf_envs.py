@@ -348,3 +348,20 @@ def test_the_trainer_reports_a_bad_env_in_one_line(env, message, tiny, tmp_path,
                      *METHODS["grpo"][3], *QUIET, "--num_eval_prompts", "2"])
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "Loading weights" not in line]
     assert code == 2 and len(err) == 1 and err[0].startswith(message), err
+
+
+def test_rollouts_with_a_classic_rl_run_act_with_its_agent(tmp_path, capsys):
+    import classic_rl
+
+    agent = classic_rl.make("q_learning", env="FrozenLake-v1", env_kwargs={"is_slippery": False}, seed=0, gamma=0.95)
+    agent.learn(total_steps=5000, progress=False)
+    agent.save(tmp_path / "q")
+    out = tmp_path / "q.jsonl"
+    assert cli_main(["rollouts", "--env", "FrozenLake-v1", "--env_kwargs", '{"is_slippery": false}', "--policy",
+                     str(tmp_path / "q"), "--episodes", "3", "--max_turns", "10", "--output_file", str(out)]) == 0
+    assert "mean return +1.000, success 100.0%" in capsys.readouterr().out  # the greedy Q-learning path
+    moves = [m["content"] for m in json.loads(out.read_text().splitlines()[0])["messages"][1::2]]
+    assert len(moves) == 6  # the shortest path
+    assert cli_main(["rollouts", "--env", "CliffWalking-v1", "--policy", str(tmp_path / "q"), "--episodes", "1",
+                     "--output_file", str(out)]) == 2
+    assert "the agent was trained on FrozenLake-v1, not --env CliffWalking-v1" in capsys.readouterr().err
