@@ -90,6 +90,8 @@ class PPOConfig(RLConfig):
             self._fail(f"--total_episodes must be >= 1, got {self.total_episodes}")
         if self.env and self.total_episodes is None:
             self._fail("--env needs --total_episodes (the episodes of the run; there is no prompt set to pass over)")
+        if self.env and self.whiten_rewards:
+            self._fail("--whiten_rewards is per-token reward shaping; with --env the rewards are per turn (drop the flag)")
         self._require_positive(("cliprange", "cliprange_value", "kl_target", "kl_horizon", "num_train_epochs", "score_clip"))
         self._require_non_negative(("kl_coef", "vf_coef", "missing_eos_penalty"))
         if not 0.0 <= self.lam <= 1.0 or not 0.0 <= self.gamma <= 1.0:

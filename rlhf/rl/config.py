@@ -63,10 +63,10 @@ class RLConfig:
 
     # ------------------------------------------------------------------ environment (rlhf.envs)
     env: str | None = None
-    """Train on episodes of an environment instead of prompts (no --dataset_name, --reward_fn or
-    --reward_model_path: the env's rewards are the reward): a gymnasium id with Text spaces, or with
-    Discrete spaces through a text adapter (FrozenLake, CliffWalking, Taxi, Blackjack, GridWorld4x3), or
-    `module:Class` -- which imports that module as code, so only name modules you trust (docs/rlhf_envs.md)."""
+    """A gymnasium id or `module:Class` (imports that module as code: name only modules you trust) to train
+    on its episodes instead of prompts, its rewards as the reward (no --dataset_name, --reward_fn or
+    --reward_model_path). Text spaces are used as is, Discrete ones through a text adapter (FrozenLake,
+    CliffWalking, Taxi, Blackjack, GridWorld); see docs/rlhf_envs.md."""
     env_kwargs: str | None = None
     """With --env: a JSON object of keyword arguments for the env, e.g. '{"is_slippery": false}'."""
     max_turns: int | None = 8
