@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("rlhf.steps.sft", "supervised fine-tuning on demonstrations (TRL SFTTrainer)"),
     "reward": ("rlhf.steps.reward", "reward model from pairs or K-wise rankings"),
     **{m.name: (m.module, m.help) for m in METHODS.values()},
+    "rollouts": ("rlhf.envs.rollouts", "play an env (--env) with a random or classic_rl policy; conversations for sft"),
     "pipeline": ("rlhf.steps.pipeline", "tiny-model, sft, reward and an RL method in a row from one YAML config"),
     "label": ("rlhf.steps.label", "rank sampled responses by hand in a local web page (rankings for `rlhf reward`)"),
     "vllm-serve": ("rlhf.steps.vllm_serve", "a vLLM engine for --use_vllm --vllm_mode server (as `trl vllm-serve`)"),

@@ -236,14 +236,16 @@ def command_options() -> CommandOptions:
     return _state["options"]
 
 
-COMMAND_SECTIONS = ("tiny_model", "sft", "reward", *RL_METHODS)
+COMMAND_SECTIONS = ("rollouts", "tiny_model", "sft", "reward", *RL_METHODS)
+ENV_KEYS = ("env", "env_kwargs", "max_turns")  # a pipeline's top-level env, for the commands that play it
 
 
 def config_section(config: dict[str, Any], command: str | None, path: str | Path) -> dict[str, Any]:
     """The flags a command takes from a `--config` YAML file.
 
     A file with a section named after the command (`sft:`, `reward:`, `ppo:`, `tiny_model:`, ...), like a
-    pipeline YAML, gives that section, plus the top-level `seed` unless the section sets one; every other
+    pipeline YAML, gives that section, plus the top-level `seed` unless the section sets one (and for
+    `rollouts` and the RL methods the top-level `env`, `env_kwargs`, `max_turns` of an agent pipeline); every other
     top-level key (the pipeline's output_dir, steps, other sections) is ignored. Any other file is read
     whole as the command's flags.
     """
@@ -252,6 +254,11 @@ def config_section(config: dict[str, Any], command: str | None, path: str | Path
         flags = dict(config[section])
         if "seed" in config and "seed" not in flags:
             flags["seed"] = config["seed"]
+        if section in ("rollouts", *RL_METHODS) and config.get("env"):
+            for key in ENV_KEYS:
+                if config.get(key) is not None and key not in flags:
+                    value = config[key]
+                    flags[key] = json.dumps(value) if key == "env_kwargs" and isinstance(value, dict) else value
         return flags
     if section and section in config and config[section] is not None:
         raise UserError(f"--config {path}: section '{section}' must be a mapping of flags")
@@ -438,7 +445,8 @@ def parse_args(
         if not isinstance(config, dict):
             raise UserError(f"--config {config_path}: expected a YAML mapping of flags, got {type(config).__name__}")
         flags = config_section(config, command, config_path)
-        flags.pop("env", None)  # TRL's `env:` section is not supported: set variables in the shell
+        if isinstance(flags.get("env"), dict):  # TRL's `env:` section (variables) is not supported: set them in the shell
+            flags.pop("env")
         known = {action.dest: action for action in parser._actions}
         unknown = sorted(set(flags) - set(known))
         if unknown:

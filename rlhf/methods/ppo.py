@@ -96,8 +96,14 @@ class PPOTrainer(RLTrainer):
         """KL-shaped rewards, GAE, whitened advantages, then epochs x micro batches of PPO's losses."""
         cfg = self.config
         valid = batch.loss_mask  # the tokens the policy produced: every loss and statistic below
-        rewards, non_score = shape_rewards(batch.scores, batch.kl, valid, batch.last_trained_index, self.kl_ctl.value, cfg.whiten_rewards)
-        advantages, returns = gae(rewards, batch.values, mask=valid, gamma=cfg.gamma, lam=cfg.lam)
+        if getattr(batch, "turn_rewards", None) is not None:  # env episodes: GAE over turns (rlhf.envs.credit)
+            from rlhf.envs.credit import turn_advantages
+
+            advantages, returns, non_score = turn_advantages(batch, self.kl_ctl.value, cfg.gamma, cfg.lam)
+        else:
+            rewards, non_score = shape_rewards(batch.scores, batch.kl, valid, batch.last_trained_index, self.kl_ctl.value,
+                                               cfg.whiten_rewards)
+            advantages, returns = gae(rewards, batch.values, mask=valid, gamma=cfg.gamma, lam=cfg.lam)
         # Whitened with the statistics of every rank's batch, so N processes x b sequences take the
         # same step as one process with N x b (tests/test_rlhf_dataparallel.py).
         advantages = masked_whiten_across_processes(advantages, valid)

@@ -76,9 +76,10 @@ class PPOConfig(RLConfig):
     vf_coef: float = 0.1
     """Weight of the value loss in the total loss."""
     gamma: float = 1.0
-    """Discount over response tokens (1: the score at the end counts fully for every token)."""
+    """Discount over response tokens (1: the score at the end counts fully for every token); with --env, over
+    the turns of an episode."""
     lam: float = 0.95
-    """GAE lambda."""
+    """GAE lambda (with --env: over the turns of an episode)."""
 
     # ------------------------------------------------------------------ derived sizes
     def validate(self) -> PPOConfig:
@@ -87,6 +88,10 @@ class PPOConfig(RLConfig):
         self._require_at_least(("num_mini_batches", "num_ppo_epochs", "response_length"))
         if self.total_episodes is not None and self.total_episodes < 1:
             self._fail(f"--total_episodes must be >= 1, got {self.total_episodes}")
+        if self.env and self.total_episodes is None:
+            self._fail("--env needs --total_episodes (the episodes of the run; there is no prompt set to pass over)")
+        if self.env and self.whiten_rewards:
+            self._fail("--whiten_rewards is per-token reward shaping; with --env the rewards are per turn (drop the flag)")
         self._require_positive(("cliprange", "cliprange_value", "kl_target", "kl_horizon", "num_train_epochs", "score_clip"))
         self._require_non_negative(("kl_coef", "vf_coef", "missing_eos_penalty"))
         if not 0.0 <= self.lam <= 1.0 or not 0.0 <= self.gamma <= 1.0:

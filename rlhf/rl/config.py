@@ -52,13 +52,28 @@ class RLConfig:
     eval_holdout_fraction: float = 0.1
     """Without an eval dataset or test split, this fraction of the prompts is held out of training."""
     num_eval_prompts: int = 128
-    """At most this many held-out prompts measure `reward_mean_before/after` and `kl_mean`."""
+    """At most this many held-out prompts measure `reward_mean_before/after` and `kl_mean` (with --env:
+    this many episodes on held-out env seeds, and the reward is the mean undiscounted return)."""
     max_prompt_length: int | None = None
     """Keep the last this many prompt tokens (None: only what the model's context requires, with a warning)."""
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     """Weight dtype of the trained models and the reference (float32 master weights; bf16/fp16 compute
     comes from --bf16/--fp16 mixed precision). The reward model runs in the compute precision."""
     trust_remote_code: bool = False
+
+    # ------------------------------------------------------------------ environment (rlhf.envs)
+    env: str | None = None
+    """A gymnasium id or `module:Class` (imports that module as code: name only modules you trust) to train
+    on its episodes instead of prompts, its rewards as the reward (no --dataset_name, --reward_fn or
+    --reward_model_path). Text spaces are used as is, Discrete ones through a text adapter (FrozenLake,
+    CliffWalking, Taxi, Blackjack, GridWorld); see docs/rlhf_envs.md."""
+    env_kwargs: str | None = None
+    """With --env: a JSON object of keyword arguments for the env, e.g. '{"is_slippery": false}'."""
+    max_turns: int | None = 8
+    """With --env: an episode is truncated after this many policy turns (None: only the token budget)."""
+    max_episode_tokens: int | None = None
+    """With --env: an episode is truncated before a turn that could take the conversation past this many
+    tokens (None: the model's context length)."""
 
     # ------------------------------------------------------------------ batch sizes
     per_device_train_batch_size: int = 8
@@ -183,10 +198,14 @@ class RLConfig:
 
     def validate(self) -> RLConfig:
         """Raise :class:`ConfigError` naming the flag and the valid range for settings that cannot run."""
-        for name in ("output_dir", "model_name_or_path", "dataset_name"):
+        for name in ("output_dir", "model_name_or_path", *(() if self.env else ("dataset_name",))):
             if not getattr(self, name):
                 self._fail(f"--{name} is required")
-        if (self.reward_model_path is None) == (self.reward_fn is None):
+        if self.env:
+            from rlhf.envs.config import validate_env_flags
+
+            validate_env_flags(self)  # the env's rewards are the reward: no dataset or reward source
+        elif (self.reward_model_path is None) == (self.reward_fn is None):
             self._fail("give exactly one of --reward_model_path (a reward model) or "
                        "--reward_fn module:function (a Python scorer)")
         self._require_at_least(("per_device_train_batch_size", "gradient_accumulation_steps",

@@ -89,7 +89,8 @@ def build_components(
     stop_id = stop_token_id(config, tokenizer)
     with models_loaded_whole(acc):  # full weights at load; prepare() shards them
         model, ref_policy, reward_model, rm_tokenizer = _load_models(config, tokenizer, build_trainable)
-    reward_source = None if reward_model is not None else _reward_functions(config)
+    # With --env the environment's rewards are the reward (rlhf.envs): no reward source.
+    reward_source = None if reward_model is not None or config.env else _reward_functions(config)
 
     # Fused AdamW: one kernel for all parameters instead of a loop over tensors.
     optimizer = torch.optim.AdamW(

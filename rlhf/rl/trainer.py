@@ -81,7 +81,7 @@ class RLTrainer:
         seed_everything(config.seed)  # same initial weights (value head) on every rank
         self.tokenizer = load_tokenizer(config.model_name_or_path, trust_remote_code=config.trust_remote_code)
         self.pad_id = self.tokenizer.pad_token_id
-        self.prompts = PromptStream(config, self.tokenizer, self.rank, self.world_size)
+        self.prompts = self.make_prompt_stream()
         self.num_updates = config.num_updates(self.world_size, len(self.prompts.train_prompts))
         parts = build_components(config, acc, self.tokenizer, self.build_trainable, lambda: self.num_updates, self.precision)
         self.stop_id, self.model, self._plain_model = parts.stop_id, parts.model, parts.plain_model
@@ -95,7 +95,7 @@ class RLTrainer:
         recompute = self.precision != "fp32" if config.recompute_rollout_logprobs is None else config.recompute_rollout_logprobs
         # vLLM's log-probs are not the trainer's: the loss's old log-probs are recomputed, the two compared (TRL)
         vllm = config.use_vllm
-        self.experience = ExperienceMaker(
+        self.experience = self.make_experience_maker(
             self.sampler,
             RolloutSettings(config.temperature, config.local_rollout_forward_batch_size, self.stop_id, self.pad_id,
                             config.missing_eos_penalty, config.reward_clip, config.rollout_kl_estimator,
@@ -143,6 +143,26 @@ class RLTrainer:
     def progress(self, metrics: dict[str, float]) -> dict[str, str]:
         """What the progress bar shows."""
         return {}
+
+    # ------------------------------------------------------------------ the seam: data and experience
+    def make_prompt_stream(self):
+        """Where each update's batch comes from: the prompt stream, or with --env the env-seed stream
+        (reset seeds; ``rlhf.envs.seeds``). Either's position is part of every checkpoint."""
+        if self.config.env:
+            from rlhf.envs.seeds import EnvSeedStream
+
+            return EnvSeedStream(self.config, self.rank, self.world_size)
+        return PromptStream(self.config, self.tokenizer, self.rank, self.world_size)
+
+    def make_experience_maker(self, *args) -> ExperienceMaker:
+        """One batch -> a Rollout: prompts and one sampled response each, or with --env multi-turn episodes
+        (``rlhf.envs.experience``: the same Rollout, the env's text masked out of the loss)."""
+        if self.config.env:
+            from rlhf.envs.experience import EnvExperienceMaker
+
+            sync = needs_synchronised_generation(self.accelerator, self.config.ds3_gather_for_generation)
+            return EnvExperienceMaker(self.config, *args, all_finished=all_processes_finished if sync else None)
+        return ExperienceMaker(*args)
 
     # ------------------------------------------------------------------ the seam: sampling
     def make_sampler(self) -> Sampler:
@@ -222,6 +242,8 @@ class RLTrainer:
         finally:
             self.model.eval()
             self._batch = None
+        if hasattr(batch, "env_metrics"):  # episodes: return, success, turns, env steps
+            local.update(batch.env_metrics())
         self.sampler.sync_weights()
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
@@ -248,6 +270,10 @@ class RLTrainer:
         as in training (same sampler, same temperature) with a fixed seed, so before/after see the same
         randomness."""
         generator = torch.Generator(device=self.device).manual_seed(self.config.seed + HELD_OUT_SEED_OFFSET + self.rank)
+        if self.config.env:  # the mean undiscounted return (and success rate) on held-out env seeds
+            from rlhf.envs.evaluation import evaluate_held_out_episodes
+
+            return evaluate_held_out_episodes(self, generator)
         prompts, ids, weight_list = self.prompts.held_out_for_rank()
         weights = torch.tensor(weight_list, dtype=torch.float64, device=self.device)
         sums = torch.zeros(5, dtype=torch.float64, device=self.device)
@@ -331,6 +357,7 @@ class RLTrainer:
             "held_out_sampling": {"seed": cfg.seed + HELD_OUT_SEED_OFFSET, "slice": cfg.local_batch_size,
                                   "chunk": cfg.local_rollout_forward_batch_size, "temperature": cfg.temperature,
                                   "max_new_tokens": cfg.max_new_tokens},
+            **(self._env_summary(before, after) if cfg.env else {}),
             **self.summary_extras(last),
         }
 
@@ -343,6 +370,11 @@ class RLTrainer:
             self.progress_state.elapsed = elapsed
             self.save_checkpoint(output_dir)
         raise RunStopped(signal_name, f"{where}; checkpoint saved in {output_dir / f'checkpoint-{self.update}'}")
+
+    def _env_summary(self, before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+        from rlhf.envs.evaluation import env_summary
+
+        return env_summary(self, before, after)
 
     def _print_samples(self, update: int, batch: Rollout, write, count: int = 3) -> None:
         lines = [f"[{self.command}] samples at update {update}/{self.num_updates}:"]

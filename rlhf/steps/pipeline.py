@@ -3,8 +3,12 @@
     rlhf pipeline --config configs/rlhf/tiny.yaml [--output_dir DIR] [--seed N] [--steps sft reward ...]
                   [--resume | --overwrite_output_dir]
 
-The YAML file has top-level `output_dir`, `seed`, `steps` (a subset of tiny_model, sft, reward, ppo, in
-that order), an `evaluation` section, and one section per step holding that command's flags. Each step
+The YAML file has top-level `output_dir`, `seed`, `steps` (a subset of rollouts, tiny_model, sft, reward and
+an RL method, in that order), an `evaluation` section, and one section per step holding that command's flags.
+An LM agent's pipeline (configs/rlhf/agent_tiny.yaml) also has a top-level `env` (with `env_kwargs`,
+`max_turns`) that rollouts, the RL step and the evaluation play: rollouts writes the SFT conversations,
+the RL step trains on episodes (no reward model), and the evaluation compares the SFT and RL policies'
+mean return and success rate on held-out env seeds (`evaluation.num_prompts` episodes). Each step
 writes to OUTPUT_DIR/<step>/ and the next step starts from it: sft from the tiny model (unless
 `sft.model_name_or_path` is set), reward from the SFT model, ppo from the SFT policy with the reward
 model (unless `ppo.reward_fn` is set). The resolved flags of each step are kept in OUTPUT_DIR/configs/.
@@ -47,9 +51,11 @@ from rlhf.common.utils import (
 from rlhf.methods.registry import METHODS, RL_METHODS
 
 RL_STEPS = RL_METHODS  # the RL step: any registered method (usually one) after sft / reward
-STEPS = ("tiny_model", "sft", "reward", *RL_STEPS)
-STEP_MODULES = {"tiny_model": "rlhf.steps.tiny_model", "sft": "rlhf.steps.sft", "reward": "rlhf.steps.reward",
-                **{name: m.module for name, m in METHODS.items()}}
+# rollouts: demonstrations played in the pipeline's `env` (rlhf.envs.rollouts), the SFT data of an LM agent
+STEPS = ("rollouts", "tiny_model", "sft", "reward", *RL_STEPS)
+STEP_MODULES = {"rollouts": "rlhf.envs.rollouts", "tiny_model": "rlhf.steps.tiny_model", "sft": "rlhf.steps.sft",
+                "reward": "rlhf.steps.reward", **{name: m.module for name, m in METHODS.items()}}
+ENV_STEPS = ("rollouts", *RL_STEPS)  # the steps that play the pipeline's env
 
 
 @dataclass
@@ -67,7 +73,10 @@ class EvaluationConfig:
 class PipelineConfig:
     output_dir: str = "runs/rlhf-tiny"
     seed: int = 0
-    steps: list[str] = field(default_factory=lambda: list(STEPS))
+    steps: list[str] = field(default_factory=lambda: [s for s in STEPS if s != "rollouts"])
+    env: str | None = None  # an LM agent's env (rlhf.envs): rollouts and the RL step play it, the evaluation too
+    env_kwargs: dict[str, Any] | str | None = None
+    max_turns: int | None = None  # the episodes' turn limit in every step (None: each command's default)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)  # step -> its command's flags
 
@@ -108,11 +117,14 @@ class PipelineConfig:
         self.steps = [s for s in STEPS if s in self.steps]
         if "sft" in self.steps and "model_name_or_path" not in self.sft and not self.produces("tiny_model"):
             raise ValueError("without the tiny_model step, set sft.model_name_or_path (a hub id or local directory)")
+        if "rollouts" in self.steps and not (self.env or self.rollouts.get("env")):
+            raise ValueError("the rollouts step plays an env: set the top-level `env` (and `env_kwargs`)")
         return self
 
     def produces(self, step: str) -> bool:
         """True if `step`'s output is available to later steps: it runs now, or ran before in output_dir."""
-        return step in self.steps or (Path(self.output_dir) / step / "config.json").exists()
+        marker = "summary.json" if step == "rollouts" else "config.json"
+        return step in self.steps or (Path(self.output_dir) / step / marker).exists()
 
 
 def step_flags(cfg: PipelineConfig, step: str) -> dict[str, Any]:
@@ -125,7 +137,16 @@ def step_flags(cfg: PipelineConfig, step: str) -> dict[str, Any]:
         flags.setdefault("model_name_or_path", base)
     if step in ("reward", *RL_STEPS):
         flags.setdefault("model_name_or_path", policy)
-    if step in RL_STEPS and not flags.get("reward_fn"):
+    if step in ENV_STEPS and cfg.env:  # the pipeline's env, unless the section names its own
+        flags.setdefault("env", cfg.env)
+        if cfg.env_kwargs is not None:
+            kwargs = cfg.env_kwargs
+            flags.setdefault("env_kwargs", kwargs if isinstance(kwargs, str) else json.dumps(kwargs))
+        if cfg.max_turns is not None:
+            flags.setdefault("max_turns", cfg.max_turns)
+    if step == "sft" and cfg.produces("rollouts"):
+        flags.setdefault("dataset_name", str(out / "rollouts" / "rollouts.jsonl"))
+    if step in RL_STEPS and not flags.get("reward_fn") and not flags.get("env"):
         flags.setdefault("reward_model_path", str(out / "reward"))
     return flags
 
@@ -177,6 +198,26 @@ def run_step(cfg: PipelineConfig, step: str, resume: bool = False, overwrite: bo
 NUM_SAMPLES_KEPT = 8  # held-out prompts whose answers (each policy's) the pipeline's summary keeps
 
 
+def evaluate_agents(cfg: PipelineConfig) -> dict[str, dict[str, float]]:
+    """With an env: the SFT and RL policies' mean undiscounted return and success rate on held-out env seeds,
+    sampled with the built-in sampler at the RL step's temperature and limits."""
+    from rlhf.envs.evaluation import evaluate_policy
+
+    out, ev = Path(cfg.output_dir), cfg.evaluation
+    rl_name = next((s for s in RL_STEPS if s in cfg.steps), "ppo")
+    rl = step_flags(cfg, rl_name)
+    max_new_tokens = ev.max_new_tokens or rl.get(METHODS[rl_name].length_flag, 32)
+    temperature = ev.temperature if ev.temperature is not None else rl.get("temperature", 1.0)
+    results: dict[str, dict[str, float]] = {}
+    for name in ("sft", *RL_STEPS):
+        if (out / name / "config.json").exists():
+            results[name] = evaluate_policy(
+                str(out / name), rl["env"], rl.get("env_kwargs"), episodes=ev.num_prompts, seed=cfg.seed,
+                temperature=temperature, max_new_tokens=max_new_tokens, max_turns=rl.get("max_turns", 8),
+                max_episode_tokens=rl.get("max_episode_tokens"))
+    return results
+
+
 def evaluate_policies(cfg: PipelineConfig, rl_summary: dict[str, Any] | None = None,
                       samples_out: list[dict[str, Any]] | None = None) -> dict[str, dict[str, float]]:
     """Gold and learned-reward means and the EOS fraction of the SFT and RL policies' samples on held-out
@@ -184,7 +225,10 @@ def evaluate_policies(cfg: PipelineConfig, rl_summary: dict[str, Any] | None = N
 
     Sampled as the RL step sampled its held-out prompts for ``reward_mean_before/after`` and
     ``eos_fraction_before/after`` (its summary's ``held_out_sampling``: seed, slices, temperature, length),
-    so on the same prompts with the same reward the numbers are the RL step's own, not a second estimate."""
+    so on the same prompts with the same reward the numbers are the RL step's own, not a second estimate.
+    With an env: the agents' returns on held-out env seeds (:func:`evaluate_agents`)."""
+    if cfg.env:
+        return evaluate_agents(cfg)
     from rlhf.common.data import load_dataset_dict, render_prompt
     from rlhf.common.models import load_causal_lm, load_reward_model, load_tokenizer
     from rlhf.rl.prompts import HELD_OUT_SEED_OFFSET
@@ -241,6 +285,9 @@ def results_table(summaries: dict[str, dict[str, Any]], evaluation: dict[str, di
     before, after = evaluation.get("sft", {}), evaluation.get(rl_step, {})
     rows = [
         ("SFT eval loss (before -> after SFT)", f"{_fmt(sft.get('eval_loss_before'))} -> {_fmt(sft.get('eval_loss'))}"),
+        (f"held-out env return (SFT -> {rl} policy)", f"{_fmt(before.get('return_mean'))} -> {_fmt(after.get('return_mean'))}"),
+        (f"held-out success rate (SFT -> {rl} policy)",
+         f"{_fmt(before.get('success_rate'))} -> {_fmt(after.get('success_rate'))}"),
         ("RM held-out pairwise accuracy", _fmt(rm.get("eval_accuracy"))),
         (f"gold score (SFT -> {rl} policy)", f"{_fmt(before.get('gold'))} -> {_fmt(after.get('gold'))}"),
         (f"learned reward (SFT -> {rl} policy)", f"{_fmt(before.get('reward'))} -> {_fmt(after.get('reward'))}"),
