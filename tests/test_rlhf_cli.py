@@ -32,7 +32,7 @@ def test_python_dash_m_rlhf_runs_the_cli():
 
 def test_unknown_command_is_rejected_with_the_valid_names(capsys):
     assert cli.main(["train"]) == 2
-    assert "unknown command 'train'; valid: tiny-model, sft, reward, ppo, grpo, rloo, reinforce_pp, pipeline" in capsys.readouterr().err
+    assert "unknown command 'train'; valid: tiny-model, sft, reward, ppo, grpo, rloo, reinforce_pp, rollouts, pipeline, label, vllm-serve" in capsys.readouterr().err
 
 
 def test_a_command_whose_module_is_missing_says_so(monkeypatch, capsys):
