@@ -19,7 +19,7 @@ from rlhf.common.utils import (
 )
 from rlhf.rl.config import RLConfig
 
-__all__ = ["run_trainer", "save_final", "save_policy"]
+__all__ = ["run_summary", "run_trainer", "save_final", "save_policy"]
 
 
 def run_trainer(trainer_class: type, config: RLConfig) -> dict[str, Any]:
@@ -90,3 +90,37 @@ def save_policy(trainer, output_dir: Path) -> None:
         policy.gradient_checkpointing_disable()
     policy.save_pretrained(output_dir)
     trainer.tokenizer.save_pretrained(output_dir)
+
+
+def run_summary(trainer, before: dict[str, float], after: dict[str, float], train_runtime: float,
+            last: dict[str, float], resume_from: Path | None) -> dict[str, Any]:
+    """summary.json of an RL run: what it trained, the held-out numbers before and after, where and how."""
+    from rlhf.common.distributed import describe_distribution
+    from rlhf.rl.prompts import HELD_OUT_SEED_OFFSET
+
+    cfg = trainer.config
+    env = {}
+    if cfg.env:
+        from rlhf.envs.evaluation import env_summary
+
+        env = env_summary(trainer, before, after)
+    return {
+        "command": trainer.command, "model_name_or_path": cfg.model_name_or_path,
+        "reward_source": cfg.reward_model_path or cfg.reward_fn, "dataset_name": cfg.dataset_name,
+        "num_train_prompts": len(trainer.prompts.train_prompts), "num_eval_prompts": len(trainer.prompts.eval_prompts),
+        "reward_mean_before": before.get("reward_mean"), "reward_mean_after": after["reward_mean"],
+        "score_mean_before": before.get("score_mean"), "score_mean_after": after["score_mean"],
+        "eos_fraction_before": before.get("eos_fraction"), "eos_fraction_after": after["eos_fraction"],
+        "kl_mean": after["kl_mean"], "train_runtime": train_runtime, "num_updates": trainer.num_updates,
+        "episodes": trainer.episode, "episodes_per_second": trainer.episode / max(train_runtime, 1e-9),
+        **describe_distribution(trainer.accelerator),  # distributed_type, zero_stage, world_size
+        "precision": trainer.precision, "use_peft": cfg.use_peft, "seed": cfg.seed,
+        "generation_backend": trainer.sampler.name,
+        "resumed_from": str(resume_from) if resume_from is not None else None,
+        # how the held-out prompts were sampled, so the pipeline's comparison draws the same samples
+        "held_out_sampling": {"seed": cfg.seed + HELD_OUT_SEED_OFFSET, "slice": cfg.local_batch_size,
+                              "chunk": cfg.local_rollout_forward_batch_size, "temperature": cfg.temperature,
+                              "max_new_tokens": cfg.max_new_tokens},
+        **env,
+        **trainer.summary_extras(last),
+    }

@@ -29,7 +29,6 @@ from torch import Tensor, nn
 from rlhf.common.console import write_above_bars
 from rlhf.common.distributed import (
     all_processes_finished,
-    describe_distribution,
     make_accelerator,
     needs_synchronised_generation,
     sharded,
@@ -47,7 +46,7 @@ from rlhf.rl.forward import logits_for_responses
 from rlhf.rl.metrics import check_finite, mean_over_ranks
 from rlhf.rl.optimizer_loop import LossFn, OptimizerLoop
 from rlhf.rl.prompts import HELD_OUT_SEED_OFFSET, PromptStream
-from rlhf.rl.runner import run_trainer, save_policy
+from rlhf.rl.runner import run_summary, run_trainer, save_policy
 from rlhf.rl.sampler import HFSampler, Sampler, SamplingSettings
 from rlhf.rl.setup import build_components, choose_precision, refuse_unsupported
 from rlhf.rl.state import Progress, TrainerState
@@ -335,31 +334,7 @@ class RLTrainer:
             self.metrics.close()
             signals.__exit__(None, None, None)
         train_runtime = time.perf_counter() - start
-        return self.summary(self.progress_state.before or {}, self.evaluate_reward(), train_runtime, last, resume_from)
-
-    def summary(self, before: dict[str, float], after: dict[str, float], train_runtime: float,
-                last: dict[str, float], resume_from: Path | None) -> dict[str, Any]:
-        cfg = self.config
-        return {
-            "command": self.command, "model_name_or_path": cfg.model_name_or_path,
-            "reward_source": cfg.reward_model_path or cfg.reward_fn, "dataset_name": cfg.dataset_name,
-            "num_train_prompts": len(self.prompts.train_prompts), "num_eval_prompts": len(self.prompts.eval_prompts),
-            "reward_mean_before": before.get("reward_mean"), "reward_mean_after": after["reward_mean"],
-            "score_mean_before": before.get("score_mean"), "score_mean_after": after["score_mean"],
-            "eos_fraction_before": before.get("eos_fraction"), "eos_fraction_after": after["eos_fraction"],
-            "kl_mean": after["kl_mean"], "train_runtime": train_runtime, "num_updates": self.num_updates,
-            "episodes": self.episode, "episodes_per_second": self.episode / max(train_runtime, 1e-9),
-            **describe_distribution(self.accelerator),  # distributed_type, zero_stage, world_size
-            "precision": self.precision, "use_peft": cfg.use_peft, "seed": cfg.seed,
-            "generation_backend": self.sampler.name,
-            "resumed_from": str(resume_from) if resume_from is not None else None,
-            # how the held-out prompts were sampled, so the pipeline's comparison draws the same samples
-            "held_out_sampling": {"seed": cfg.seed + HELD_OUT_SEED_OFFSET, "slice": cfg.local_batch_size,
-                                  "chunk": cfg.local_rollout_forward_batch_size, "temperature": cfg.temperature,
-                                  "max_new_tokens": cfg.max_new_tokens},
-            **(self._env_summary(before, after) if cfg.env else {}),
-            **self.summary_extras(last),
-        }
+        return run_summary(self, self.progress_state.before or {}, self.evaluate_reward(), train_runtime, last, resume_from)
 
     def _stop(self, signal_name: str, output_dir: Path | None, already_saved: bool, elapsed: float) -> None:
         """Save the state after this update (unless just saved) and raise :class:`RunStopped`."""
@@ -370,11 +345,6 @@ class RLTrainer:
             self.progress_state.elapsed = elapsed
             self.save_checkpoint(output_dir)
         raise RunStopped(signal_name, f"{where}; checkpoint saved in {output_dir / f'checkpoint-{self.update}'}")
-
-    def _env_summary(self, before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
-        from rlhf.envs.evaluation import env_summary
-
-        return env_summary(self, before, after)
 
     def _print_samples(self, update: int, batch: Rollout, write, count: int = 3) -> None:
         lines = [f"[{self.command}] samples at update {update}/{self.num_updates}:"]
@@ -401,16 +371,3 @@ class RLTrainer:
 
     def save(self, output_dir: Path) -> None:
         save_policy(self, output_dir)
-
-    # attributes of earlier versions
-    @property
-    def train_prompts(self) -> list[str]:
-        return self.prompts.train_prompts
-
-    @property
-    def eval_prompts(self) -> list[str]:
-        return self.prompts.eval_prompts
-
-    @property
-    def eval_ids(self) -> list[list[int]]:
-        return self.prompts.eval_ids

@@ -4,7 +4,7 @@
 
 Start it first (on its own GPU, or the CPU), then the training run with the same host and port. It serves
 one engine to every rank of the job, over HTTP (JSON; the weights as one safetensors body, so it needs no
-NCCL and runs on the CPU too):
+NCCL and runs on the CPU too). Its endpoints, one per line.
 
     GET  /health/          {"status": "ok"}
     GET  /info/            the model, dtype and logprobs mode
@@ -109,7 +109,10 @@ def make_server(engine, host: str, port: int, info: dict) -> ThreadingHTTPServer
 
 def main(argv: list[str] | None = None) -> None:
     """`rlhf vllm-serve` entry point."""
-    args = parse_args(argv)
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(["--help" if a == "--help-all" else a for a in argv])  # every flag is in --help
     from rlhf.rl.vllm_engine import EngineOptions, LocalEngine
 
     engine = LocalEngine(EngineOptions(
