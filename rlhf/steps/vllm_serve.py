@@ -109,7 +109,6 @@ def make_server(engine, host: str, port: int, info: dict) -> ThreadingHTTPServer
 
 def main(argv: list[str] | None = None) -> None:
     """`rlhf vllm-serve` entry point."""
-    import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(["--help" if a == "--help-all" else a for a in argv])  # every flag is in --help
