@@ -307,7 +307,7 @@ def test_rlhf_pipelines_run_and_report(block, tmp_path):
 def metric_names(text: str) -> list[str]:
     """First column of the Markdown table headed `| metric | value |` in `text`."""
     rows = text.split("| metric", 1)[1].split("\n\n", 1)[0].splitlines()[2:]
-    return [row.strip("|").split(" | ")[0].strip().replace("\\|", "|") for row in rows]
+    return [row.strip("|").split(" | ")[0].strip().replace("\\|", "|") for row in rows if row.startswith("|")]
 
 
 def test_rlhf_pipeline_resume_skips_finished_steps_and_resumes_the_interrupted_one(tmp_path, capsys):
