@@ -46,7 +46,10 @@ def test_built_in_spaces_sample_valid_settings_of_each_algorithm():
         space = space_for(algo, Budget(50_000, 5, base), None, agent_cls.Config)
         for _ in range(3):
             settings = space.sample(study.ask())
-            apply_overrides(base, settings, f"{algo}'s built-in space")  # names and values the config takes
+            assert settings, algo  # a built-in space searches something
+            tuned = apply_overrides(base, settings, f"{algo}'s built-in space")  # names and values the config takes
+            for name, value in settings.items():  # each sampled value is the one the agent would train with
+                assert getattr(tuned, name) == pytest.approx(value), (algo, name)
 
 
 def test_rollouts_that_do_not_fit_between_evaluations_are_not_offered():
