@@ -18,12 +18,13 @@ OUT gets table.md (the Markdown table) and table.json (the same numbers), and th
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from classic_rl.safe_io import dumps_strict
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from classic_rl.safe_io import atomic_write_text
 
     atomic_write_text(out / "table.md", text + "\n")
-    atomic_write_text(out / "table.json", json.dumps(rows, indent=2) + "\n")
+    atomic_write_text(out / "table.json", dumps_strict(rows, indent=2) + "\n")
     print("\n" + text)
     return rows
 

@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from classic_rl.safe_io import dumps_strict
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "rlhf" / "data"
 SIZES = {  # name -> (hidden, intermediate, layers, heads, vocab); head_dim 32 or 64 (vLLM CPU kernels)
@@ -133,7 +135,7 @@ def main() -> None:
                 continue
             results.append(json.loads(lines[-1].removeprefix("RESULT ")))
             print(json.dumps(results[-1]), flush=True)
-    (work / "results.json").write_text(json.dumps(results, indent=2))
+    (work / "results.json").write_text(dumps_strict(results, indent=2))
     rows = ["| model | parameters | backend | startup s | sampling tokens/s | GRPO step s | rollout s | update s | "
             "weight sync s |", "|---|---|---|---|---|---|---|---|---|"]
     rows += [f"| {r['size']} | {r['parameters'] / 1e6:.1f}M | {r['backend']} | {r['startup_s']:.0f} | "

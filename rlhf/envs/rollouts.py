@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from classic_rl.safe_io import UserError, atomic_write_text
+from classic_rl.safe_io import UserError, atomic_write_text, dumps_strict
 from rlhf.envs.config import parse_env_kwargs
 from rlhf.envs.episodes import HARD_TURN_LIMIT, Episode
 from rlhf.envs.evaluation import episode_statistics
@@ -86,7 +86,6 @@ def play_episode(env: CheckedEnv, policy: Policy, seed: int, max_turns: int | No
 
 
 def run_rollouts(cfg: RolloutsConfig) -> dict[str, Any]:
-    import json
 
     from rlhf.envs.seeds import EnvSeedStream
 
@@ -98,7 +97,7 @@ def run_rollouts(cfg: RolloutsConfig) -> dict[str, Any]:
     episodes = [play_episode(env, policy, seed_of(cfg.seed, i), cfg.max_turns) for i in range(cfg.episodes)]
     env.close()
     out = cfg.output_path
-    atomic_write_text(out, "".join(json.dumps({"messages": e.messages}) + "\n" for e in episodes))
+    atomic_write_text(out, "".join(dumps_strict({"messages": e.messages}) + "\n" for e in episodes))
     summary = {"command": "rollouts", "env": cfg.env, "env_kwargs": spec.kwargs, "policy": cfg.policy,
                "max_turns": cfg.max_turns, "seed": cfg.seed, "output_file": str(out), **episode_statistics(episodes)}
     if cfg.output_dir:
