@@ -303,6 +303,19 @@ def ranked_responses(example: dict[str, Any], fmt: str) -> list[Any]:
 
 
 # ----------------------------------------------------------------------------------------------- lengths
+def load_checked_train_eval(data_args: Any, training_args: Any, task: str, model: Any, tokenizer: Any
+                            ) -> tuple[Dataset, Dataset | None, str]:
+    """The training and held-out splits of a Trainer-based step (sft, reward), their lengths checked
+    against the model's context (``training_args.max_length`` is capped to it), and the data format."""
+    limit = context_limit(model, training_args.max_length)
+    training_args.max_length = limit  # never train or score past the model's context window
+    train, held_out = load_train_eval(
+        data_args, seed=training_args.seed, task=task,
+        check=lambda data, name: check_lengths(data, name, task, tokenizer, limit),
+    )
+    return train, held_out, detect_format(train.column_names, task)
+
+
 def context_limit(model: Any, max_length: int | None) -> int | None:
     """The longest sequence a step may train on: `max_length`, capped by the model's context window."""
     context = getattr(getattr(model, "config", None), "max_position_embeddings", None)

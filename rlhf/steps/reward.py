@@ -37,11 +37,8 @@ from trl.trainer.utils import pad
 
 from rlhf.common.data import (
     DataArguments,
-    check_lengths,
-    context_limit,
-    detect_format,
+    load_checked_train_eval,
     load_dataset_dict,
-    load_train_eval,
     ranked_responses,
     render_prompt,
     response_text,
@@ -313,13 +310,7 @@ def run_reward(
             trust_remote_code=trust,
             attn_implementation=model_args.attn_implementation,
         )
-    limit = context_limit(model, training_args.max_length)
-    training_args.max_length = limit  # never score past the model's context window
-    train, held_out = load_train_eval(
-        data_args, seed=training_args.seed, task="reward",
-        check=lambda data, name: check_lengths(data, name, "reward", tokenizer, limit),
-    )
-    fmt = detect_format(train.column_names, "reward")
+    train, held_out, fmt = load_checked_train_eval(data_args, training_args, "reward", model, tokenizer)
 
     sections = {"data": data_args, "model": model_args, "training": training_args, "reward": reward_args}
     with run_directory(training_args, sections) as out:

@@ -23,7 +23,7 @@ from typing import Any
 
 from trl import ModelConfig, SFTConfig, SFTTrainer
 
-from rlhf.common.data import DataArguments, check_lengths, context_limit, detect_format, load_train_eval
+from rlhf.common.data import DataArguments, load_checked_train_eval
 from rlhf.common.distributed import (
     check_trainer_sharding,
     evaluate_before_training,
@@ -57,13 +57,7 @@ def run_sft(data_args: DataArguments, training_args: SFTConfig, model_args: Mode
     prepare_trainer_arguments(training_args)  # DeepSpeed / FSDP launch configs on a machine without a GPU
     check_output_dir(training_args)
     model, tokenizer = load_policy_and_tokenizer(model_args, training_args)
-    limit = context_limit(model, training_args.max_length)
-    training_args.max_length = limit  # never train past the model's context window
-    train, held_out = load_train_eval(
-        data_args, seed=training_args.seed, task="sft",
-        check=lambda data, name: check_lengths(data, name, "sft", tokenizer, limit),
-    )
-    fmt = detect_format(train.column_names, "sft")
+    train, held_out, fmt = load_checked_train_eval(data_args, training_args, "sft", model, tokenizer)
     if fmt == "messages" and not getattr(tokenizer, "chat_template", None):
         raise ValueError("the {messages} format needs a tokenizer with a chat template; this tokenizer has none")
     if training_args.assistant_only_loss is None:  # loss on the assistant's turns whenever the template allows
