@@ -143,7 +143,23 @@ def _grid_moves(row: int, col: int, n_rows: int, n_cols: int, moves: dict[str, t
             if 0 <= row + dr < n_rows and 0 <= col + dc < n_cols and not blocked(row + dr, col + dc)]
 
 
-class FrozenLakeText(TextAdapter):
+class GridText(TextAdapter):
+    """A grid whose state is ``row * n_cols + col`` (FrozenLake, CliffWalking): the cell in words, and the
+    moves that stay on the grid. Subclasses set ``moves``, ``DELTAS``, ``n_rows`` and ``n_cols``."""
+
+    DELTAS: dict[str, tuple[int, int]] = {}
+    n_rows = n_cols = 0
+
+    def describe(self, state, info) -> str:
+        row, col = divmod(int(state), self.n_cols)
+        return f"row {row} col {col}"
+
+    def valid_moves(self, state, info) -> list[str]:
+        row, col = divmod(int(state), self.n_cols)
+        return [m for m in self.moves if m in _grid_moves(row, col, self.n_rows, self.n_cols, self.DELTAS)]
+
+
+class FrozenLakeText(GridText):
     """gymnasium's FrozenLake: reach G over the ice without falling into a hole (reward 1 at G)."""
 
     moves = ("left", "down", "right", "up")  # FrozenLake's actions 0..3
@@ -159,19 +175,11 @@ class FrozenLakeText(TextAdapter):
         return (f"Frozen lake {self.n_rows}x{self.n_cols} (S start, F ice, H hole, G goal); reach G, avoid holes.\n"
                 + "\n".join(self.rows))
 
-    def describe(self, state, info) -> str:
-        row, col = divmod(int(state), self.n_cols)
-        return f"row {row} col {col}"
-
-    def valid_moves(self, state, info) -> list[str]:
-        row, col = divmod(int(state), self.n_cols)
-        return [m for m in self.moves if m in _grid_moves(row, col, self.n_rows, self.n_cols, self.DELTAS)]
-
     def succeeded(self, reward, terminated, info) -> bool:
         return terminated and reward > 0
 
 
-class CliffWalkingText(TextAdapter):
+class CliffWalkingText(GridText):
     """gymnasium's CliffWalking: from the bottom-left corner to the bottom-right one, each move -1, the
     cliff between them -100 and back to the start."""
 
@@ -187,14 +195,6 @@ class CliffWalkingText(TextAdapter):
         last = self.n_rows - 1
         return (f"Cliff walk {self.n_rows}x{self.n_cols}: go from row {last} col 0 to row {last} col {self.n_cols - 1}; "
                 f"row {last} cols 1-{self.n_cols - 2} is a cliff (-100, back to the start); each move costs 1.")
-
-    def describe(self, state, info) -> str:
-        row, col = divmod(int(state), self.n_cols)
-        return f"row {row} col {col}"
-
-    def valid_moves(self, state, info) -> list[str]:
-        row, col = divmod(int(state), self.n_cols)
-        return [m for m in self.moves if m in _grid_moves(row, col, self.n_rows, self.n_cols, self.DELTAS)]
 
     def succeeded(self, reward, terminated, info) -> bool:
         return terminated  # the goal is the only terminal state
