@@ -60,3 +60,16 @@ def load_script(name: str):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def save_tiny_model(path: Path, **overrides) -> Path:
+    """A small random-init Llama and its tokenizer saved in ``path`` (hidden 32, 2 layers, vocab 300 unless
+    ``overrides`` say otherwise): the policy of the rlhf unit tests."""
+    from rlhf.steps.tiny_model import TinyModelConfig, build_tiny_model
+
+    settings = {"vocab_size": 300, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                "num_attention_heads": 2, **overrides}
+    model, tokenizer = build_tiny_model(TinyModelConfig(output_dir=str(path), **settings))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import save_tiny_model
 from gymnasium.utils.env_checker import check_env
 
 from classic_rl.safe_io import UserError
@@ -21,7 +22,6 @@ from rlhf.methods.grpo_config import parse_grpo_args
 from rlhf.methods.ppo_config import parse_ppo_args
 from rlhf.methods.reinforce_pp import parse_reinforce_pp_args
 from rlhf.methods.rloo_config import parse_rloo_args
-from rlhf.steps.tiny_model import TinyModelConfig, build_tiny_model
 
 DATA = Path(__file__).resolve().parents[1] / "rlhf" / "data"
 QUIET = ["--disable_tqdm", "--report_to", "none", "--use_cpu", "--num_sample_generations", "0", "--seed", "0"]
@@ -40,13 +40,7 @@ ADAPTED = [("FrozenLake-v1", {"is_slippery": False}), ("CliffWalking-v1", {}), (
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("tiny")
-    model, tokenizer = build_tiny_model(TinyModelConfig(output_dir=str(path), vocab_size=300, hidden_size=32,
-                                                        intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                                        max_position_embeddings=512))
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_model(tmp_path_factory.mktemp("tiny"), max_position_embeddings=512)
 
 
 def trainer_for(command: str, tiny: Path, out: Path, *extra: str):

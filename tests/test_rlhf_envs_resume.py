@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import save_tiny_model
 from safetensors.torch import load_file
-
-from rlhf.steps.tiny_model import TinyModelConfig, build_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -26,13 +25,7 @@ pytestmark = pytest.mark.slow  # subprocess runs
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("tiny")
-    model, tokenizer = build_tiny_model(TinyModelConfig(output_dir=str(path), vocab_size=300, hidden_size=32,
-                                                        intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                                        max_position_embeddings=512))
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_model(tmp_path_factory.mktemp("tiny"), max_position_embeddings=512)
 
 
 def _flags(command: str, tiny: Path, out: Path) -> list[str]:

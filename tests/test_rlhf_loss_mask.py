@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import save_tiny_model
 
 from rlhf.methods import grpo, ppo, reinforce_pp, rloo
 from rlhf.methods.grpo_config import parse_grpo_args
 from rlhf.methods.ppo_config import parse_ppo_args
 from rlhf.methods.reinforce_pp import parse_reinforce_pp_args
 from rlhf.methods.rloo_config import parse_rloo_args
-from rlhf.steps.tiny_model import TinyModelConfig, build_tiny_model
 
 DATA = Path(__file__).resolve().parents[1] / "rlhf" / "data"
 WIDTH = 6  # response tokens; no stop token, so every column is a real token
@@ -38,12 +38,7 @@ METHODS = {
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("tiny")
-    model, tokenizer = build_tiny_model(TinyModelConfig(output_dir=str(path), vocab_size=300, hidden_size=32,
-                                                        intermediate_size=64, num_hidden_layers=2, num_attention_heads=2))
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
 def one_loss(command: str, tiny: Path, out: Path, monkeypatch):
