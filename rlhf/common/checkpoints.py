@@ -6,6 +6,9 @@ model and run files directly in ``OUTPUT_DIR``. Rules that keep a user's work sa
 - :func:`prepare_output_dir` refuses an existing non-empty folder unless the user says
   ``--overwrite_output_dir`` (then only the files the command writes are replaced) or resumes a run
   there. Nothing in the folder is ever deleted wholesale.
+- :func:`locked_output_dir` does the same under the folder's lock (``OUTPUT_DIR/.lock``, an OS file
+  lock held by the main process for the whole command): a second command on the same folder stops
+  with one line naming the holder's PID instead of mixing its model, checkpoints and log with ours.
 - :func:`checkpoint_writer` writes a checkpoint into a hidden temporary folder and renames it into
   place only once complete, so a kill at any instant leaves every earlier checkpoint loadable and
   never a half-written ``checkpoint-<step>``.
@@ -20,12 +23,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import re
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from classic_rl.safe_io import STAGING_DIR, UserError, atomic_directory
+from classic_rl.safe_io import LOCK_FILE, STAGING_DIR, RunDirLocked, UserError, atomic_directory, lock_holder, lock_run_dir
 from rlhf.common.errors import DiskFull
 
 __all__ = [
@@ -36,8 +40,10 @@ __all__ = [
     "checkpoint_writer",
     "latest_checkpoint",
     "list_checkpoints",
+    "locked_output_dir",
     "prepare_output_dir",
     "prune_checkpoints",
+    "refuse_if_in_use",
     "resolve_resume_path",
 ]
 
@@ -55,7 +61,7 @@ def prepare_output_dir(output_dir: str | Path, *, overwrite: bool = False, resum
     path = Path(output_dir).expanduser().resolve()
     if path.exists() and not path.is_dir():
         raise UserError(f"--output_dir {output_dir} is a file, not a folder; choose a folder path")
-    if path.is_dir() and any(path.iterdir()) and not (overwrite or resume):
+    if path.is_dir() and _holds_files(path) and not (overwrite or resume):
         raise UserError(
             f"--output_dir {output_dir} already exists and is not empty; choose a new folder, pass "
             "--overwrite_output_dir to write into it (only this command's files are replaced), or "
@@ -66,6 +72,59 @@ def prepare_output_dir(output_dir: str | Path, *, overwrite: bool = False, resum
     except OSError as err:
         raise UserError(f"--output_dir {output_dir} cannot be created: {err.strerror}") from err
     return path
+
+
+def _holds_files(path: Path) -> bool:
+    """Whether ``path`` holds anything but its lock file (which a run folder's lock leaves behind)."""
+    return any(p.name != LOCK_FILE for p in path.iterdir())
+
+
+@contextlib.contextmanager
+def locked_output_dir(output_dir: str | Path, *, overwrite: bool = False, resume: bool = False) -> Iterator[Path]:
+    """:func:`prepare_output_dir` under the folder's lock, held for the ``with`` block (the command).
+
+    Only the main process (global rank 0) takes the lock; the other ranks of the same launch write the
+    same folder and just check it. The lock is ``classic_rl.safe_io.lock_run_dir``: the kernel drops it
+    when the process ends in any way, so a killed run never leaves a stale lock. The folder is checked
+    before the lock file is created (a refused folder is left untouched) and again under the lock
+    (another command may have filled it in between). A folder this block created and that holds
+    nothing but the lock when the block fails is removed again.
+    """
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield prepare_output_dir(output_dir, overwrite=overwrite, resume=resume)
+        return
+    path = Path(output_dir).expanduser().resolve()
+    existed = path.exists()
+    refuse_if_in_use(output_dir)
+    prepare_output_dir(output_dir, overwrite=overwrite, resume=resume)
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(lock_run_dir(path))
+        except RunDirLocked:  # it started between our check and our lock
+            raise RunDirLocked(_in_use(output_dir, path, lock_holder(path) or -1)) from None
+        try:
+            prepare_output_dir(output_dir, overwrite=overwrite, resume=resume)
+            yield path
+        except BaseException:
+            if not existed and path.is_dir() and not _holds_files(path):
+                (path / LOCK_FILE).unlink(missing_ok=True)  # our own empty folder: a failed start leaves nothing
+                path.rmdir()
+            raise
+
+
+def refuse_if_in_use(output_dir: str | Path) -> None:
+    """Raise :class:`RunDirLocked` (one line naming the holder's PID) when another process holds the
+    folder's lock. Call it on the main process only: the other ranks of a launch share the folder."""
+    path = Path(output_dir).expanduser().resolve()
+    holder = lock_holder(path) if path.is_dir() else None
+    if holder is not None:
+        raise RunDirLocked(_in_use(output_dir, path, holder))
+
+
+def _in_use(output_dir: str | Path, path: Path, holder: int) -> str:
+    who = f"PID {holder}" if holder > 0 else "a process that is just starting"
+    return (f"--output_dir {output_dir} is in use by another run ({who} holds {path / LOCK_FILE}); wait for it "
+            "to finish or stop it, or choose another --output_dir")
 
 
 def checkpoint_step(path: str | Path) -> int | None:

@@ -6,13 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rlhf.common.checkpoints import full_disk_reported, prepare_output_dir, resolve_resume_path
+from rlhf.common.checkpoints import full_disk_reported, locked_output_dir, resolve_resume_path
 from rlhf.common.distributed import sharded
 from rlhf.common.utils import (
     SUMMARY_FILE,
     check_ranges,
     command_options,
-    is_main_process,
     staged_output,
     write_config,
     write_json,
@@ -31,10 +30,9 @@ def run_trainer(trainer_class: type, config: RLConfig) -> dict[str, Any]:
     config.validate()
     check_ranges(config)  # also: --report_to a tracker that is not installed
     resume = resolve_resume_path(config.resume_from_checkpoint, config.output_dir)
-    existed = Path(config.output_dir).expanduser().exists()
     overwrite = command_options().overwrite_output_dir
-    out = prepare_output_dir(config.output_dir, overwrite=overwrite, resume=resume is not None)
-    try:
+    # The folder's lock is held until the final files are written; a failed start leaves no folder.
+    with locked_output_dir(config.output_dir, overwrite=overwrite, resume=resume is not None) as out:
         trainer = trainer_class(config)
         try:
             summary = trainer.train(out, resume)
@@ -42,10 +40,6 @@ def run_trainer(trainer_class: type, config: RLConfig) -> dict[str, Any]:
             save_final(trainer, out, summary)
         finally:
             trainer.sampler.close()
-    except BaseException:
-        if is_main_process() and not existed and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()  # our own empty folder: a failed start leaves nothing behind
-        raise
     if trainer.accelerator.is_main_process:
         print(
             f"{config.command}: held-out reward {summary['reward_mean_before']:+.3f} -> {summary['reward_mean_after']:+.3f} "

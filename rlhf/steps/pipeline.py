@@ -37,7 +37,7 @@ from typing import Any
 import yaml
 
 from classic_rl.safe_io import UserError, atomic_write_text
-from rlhf.common.checkpoints import latest_checkpoint, prepare_output_dir
+from rlhf.common.checkpoints import latest_checkpoint, locked_output_dir
 from rlhf.common.errors import ConfigError
 from rlhf.common.utils import (
     barrier,
@@ -386,8 +386,13 @@ def run_pipeline(cfg: PipelineConfig, resume: bool = False, overwrite: bool = Fa
                 f"drop '{step}' from steps to run the other steps"
             ) from err
     PartialState()  # join the process group under a distributed launcher, so steps can wait for rank 0
-    prepare_output_dir(cfg.output_dir, overwrite=overwrite, resume=resume)
-    barrier()  # every rank has checked the folder before rank 0 writes into it
+    # The pipeline's folder is locked for the whole run (each step also locks its own subfolder).
+    with locked_output_dir(cfg.output_dir, overwrite=overwrite, resume=resume):
+        barrier()  # every rank has checked the folder before rank 0 writes into it
+        return _run_steps(cfg, resume=resume, overwrite=overwrite)
+
+
+def _run_steps(cfg: PipelineConfig, resume: bool, overwrite: bool) -> dict[str, Any]:
     summaries = {step: run_step(cfg, step, resume=resume, overwrite=overwrite) for step in cfg.steps}
     summary: dict[str, Any] = {"command": "pipeline", "steps": cfg.steps, "seed": cfg.seed, "summaries": summaries}
     if not is_main_process():

@@ -30,8 +30,10 @@ from rlhf.common.checkpoints import (
     checkpoint_step,
     full_disk_reported,
     latest_checkpoint,
+    locked_output_dir,
     prepare_output_dir,
     prune_checkpoints,
+    refuse_if_in_use,
     resolve_resume_path,
 )
 from rlhf.common.distributed import describe_distribution, full_model_for_saving, models_loaded_whole
@@ -267,7 +269,10 @@ def resolve_resume(training_args: TrainingArguments) -> Path | None:
 def check_output_dir(training_args: TrainingArguments) -> None:
     """Refuse a non-empty OUTPUT_DIR before minutes of loading (the same rule as `run_directory`, which
     creates the folder only once the model and data are known to be good)."""
-    if Path(training_args.output_dir).expanduser().exists():
+    path = Path(training_args.output_dir).expanduser()
+    if path.exists():
+        if is_main_process():
+            refuse_if_in_use(training_args.output_dir)
         resume = training_args.resume_from_checkpoint not in (None, False, "", "false", "False")
         prepare_output_dir(training_args.output_dir, overwrite=command_options().overwrite_output_dir, resume=resume)
 
@@ -293,15 +298,16 @@ def run_directory(training_args: TrainingArguments, sections: dict[str, Any] | N
     settings = comparable(sections) if sections is not None else None
     if resume_from is not None and settings is not None:
         check_resume_settings(resume_from, settings)
-    path = prepare_output_dir(
+    # The folder's lock is held by rank 0 until the final files are written (see `locked_output_dir`).
+    with locked_output_dir(
         training_args.output_dir, overwrite=command_options().overwrite_output_dir, resume=resume_from is not None
-    )
-    barrier()
-    training_args.output_dir = str(path)
-    training_args.resume_from_checkpoint = str(resume_from) if resume_from else None
-    metrics = JsonlMetricsCallback(path)
-    metrics.start(resume_step=checkpoint_step(resume_from) if resume_from else None)
-    yield RunDirectory(path, resume_from, metrics, settings=settings)
+    ) as path:
+        barrier()
+        training_args.output_dir = str(path)
+        training_args.resume_from_checkpoint = str(resume_from) if resume_from else None
+        metrics = JsonlMetricsCallback(path)
+        metrics.start(resume_step=checkpoint_step(resume_from) if resume_from else None)
+        yield RunDirectory(path, resume_from, metrics, settings=settings)
 
 
 def run_train_loss(trainer: Trainer, result: Any, out: RunDirectory) -> float | None:

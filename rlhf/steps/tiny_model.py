@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from rlhf.common.checkpoints import prepare_output_dir
+from rlhf.common.checkpoints import locked_output_dir
 from rlhf.common.data import shipped_data_dir
 from rlhf.common.models import PAD_TOKEN
 from rlhf.common.utils import (
@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
     from accelerate import PartialState
 
     PartialState()  # join the process group under a launcher: every rank checks the folder before rank 0 writes
-    out = prepare_output_dir(cfg.output_dir, overwrite=command_options().overwrite_output_dir)
-    with staged_output(out) as staging:  # files replace earlier ones only once all are written
+    with locked_output_dir(cfg.output_dir, overwrite=command_options().overwrite_output_dir) as out, \
+            staged_output(out) as staging:  # files replace earlier ones only once all are written
         if is_main_process():
             model.save_pretrained(staging)
             tokenizer.save_pretrained(staging)
