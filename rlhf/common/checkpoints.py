@@ -29,7 +29,15 @@ import shutil
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from classic_rl.safe_io import LOCK_FILE, STAGING_DIR, RunDirLocked, UserError, atomic_directory, lock_holder, lock_run_dir
+from classic_rl.safe_io import (
+    LOCK_FILE,
+    STAGING_DIR,
+    RunDirLocked,
+    UserError,
+    atomic_directory,
+    lock_holder,
+    lock_run_dir,
+)
 from rlhf.common.errors import DiskFull
 
 __all__ = [
