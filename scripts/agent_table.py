@@ -12,7 +12,8 @@ step by step through the pipeline's own functions. Columns:
   came from plus its RL episodes; the SFT row: the rollouts alone);
 - wall time: seconds of training on this machine (LM rows: rollouts + tiny model + SFT [+ RL]).
 
-OUT gets table.md (the Markdown table) and table.json (the same numbers), and the LM steps' folders.
+OUT gets table.md (the Markdown table), table.json (the same numbers), episodes.json (the first held-out
+episodes of each LM policy as conversations, the same env seeds for all) and the LM steps' folders.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def classic_row(algo: str, seed: int) -> dict[str, Any]:
     return {"success_rate": mean, "return_mean": mean, "env_steps": agent.num_timesteps, "wall_s": wall}
 
 
-def lm_rows(out: Path, seed: int) -> dict[str, dict[str, Any]]:
+def lm_rows(out: Path, seed: int, episodes_out: list[dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
     from rlhf.steps.pipeline import PipelineConfig, evaluate_policies, run_step
 
     cfg = PipelineConfig.from_yaml(ROOT / "configs" / "rlhf" / "agent_tiny.yaml")
@@ -67,7 +68,7 @@ def lm_rows(out: Path, seed: int) -> dict[str, dict[str, Any]]:
         start = time.perf_counter()
         summaries[step] = run_step(cfg, step, overwrite=True)
         walls[step] = time.perf_counter() - start
-    evaluation = evaluate_policies(cfg)
+    evaluation = evaluate_policies(cfg, samples_out=episodes_out)
     base_wall = walls["rollouts"] + walls["tiny_model"] + walls["sft"]
     base_steps = summaries["rollouts"]["env_steps"]
     rows = {"sft": {**_scores(evaluation["sft"]), "env_steps": base_steps, "wall_s": base_wall}}
@@ -106,13 +107,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = {algo: classic_row(algo, args.seed) for algo in CLASSIC}
-    lm = lm_rows(out, args.seed)
+    episodes: list[dict[str, Any]] = []
+    lm = lm_rows(out, args.seed, episodes)
     rows.update({"sft": lm["sft"], "grpo": lm["grpo"], "lm_ppo": lm["ppo"]})
     text = table(rows)
     from classic_rl.safe_io import atomic_write_text
 
     atomic_write_text(out / "table.md", text + "\n")
     atomic_write_text(out / "table.json", dumps_strict(rows, indent=2) + "\n")
+    atomic_write_text(out / "episodes.json", dumps_strict(episodes, indent=2) + "\n")
     print("\n" + text)
     return rows
 

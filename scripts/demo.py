@@ -1,6 +1,7 @@
 """The end-to-end demo behind `make demo`: tabular RL, a deep agent, then the RLHF pipeline.
 
-    python scripts/demo.py [--out runs/demo] [--skip-deep] [--skip-rlhf] [--skip-grpo] [--seeds 10] [--episodes 500]
+    python scripts/demo.py [--out runs/demo] [--skip-deep] [--skip-rlhf] [--skip-grpo] [--skip-agents]
+                           [--seeds 10] [--episodes 500]
 
 1. Value iteration on the course's 4x3 grid world (V with the greedy policy, as a table and a figure).
 2. SARSA vs Q-learning on Cliff Walking (epsilon 0.1, alpha 0.5, several seeds): Sutton & Barto's
@@ -10,6 +11,9 @@
    few held-out prompts answered by the SFT and the PPO policy.
 5. `rlhf pipeline --config configs/rlhf/grpo_tiny.yaml`: SFT then GRPO on a task with an exactly
    checkable answer (reverse three digits), scored on held-out prompts.
+6. FrozenLake-v1 four ways (`scripts/agent_table.py`): tabular Q-learning, classic-rl PPO, and a tiny LM
+   agent that reads and writes text (SFT on random transcripts, then GRPO and PPO with the lake's reward),
+   with a few held-out episodes of the LM agent before and after RL as conversations.
 Every step writes a run directory under --out; the printed tables summarise them. At the end the
 same tables and figures go to OUT/results.md and OUT/index.html (one page, viewable offline), and
 OUT/demo.json holds them for other tools (scripts/demo_report.py renders it).
@@ -60,7 +64,8 @@ CLIFF_EXPLANATION = [
 
 def _section(title: str, **parts: Any) -> dict[str, Any]:
     return {"title": title, "text": parts.get("text", []), "tables": parts.get("tables", []),
-            "figures": parts.get("figures", []), "samples": parts.get("samples", [])}
+            "figures": parts.get("figures", []), "samples": parts.get("samples", []),
+            **{key: parts[key] for key in ("samples_caption", "episodes", "episodes_caption") if key in parts}}
 
 
 def _print_table(table: dict[str, Any]) -> None:
@@ -227,7 +232,8 @@ def rlhf_section(out: Path, config_path: Path) -> dict[str, Any]:
             "samples). KL: how far PPO moved the policy from the SFT model it started from."]
     figures = [{"path": "rlhf/ppo_curves.png", "caption": "reward and KL over PPO training"}]
     return _section("4. RLHF: SFT, reward model, PPO on a tiny language model", text=text, tables=[table],
-                    figures=[f for f in figures if (out / f["path"]).exists()], samples=samples)
+                    figures=[f for f in figures if (out / f["path"]).exists()], samples=samples,
+                    samples_caption="held-out prompts answered before (SFT) and after PPO, sampled; gold = the task's scorer")
 
 
 def grpo_section(out: Path, config_path: Path) -> dict[str, Any]:
@@ -256,7 +262,44 @@ def grpo_section(out: Path, config_path: Path) -> dict[str, Any]:
     print_samples(samples, "GRPO")
     figures = [{"path": "rlhf-grpo/grpo_curves.png", "caption": "reward and KL over GRPO training"}]
     return _section("5. GRPO: critic-free RL from a checkable reward", text=text, tables=[table],
-                    figures=[f for f in figures if (out / f["path"]).exists()], samples=samples)
+                    figures=[f for f in figures if (out / f["path"]).exists()], samples=samples,
+                    samples_caption="held-out prompts answered before (SFT) and after GRPO, sampled; gold 1 = right")
+
+
+# ----------------------------------------------------------------------------------------- 6. LM agents
+EPISODES_SHOWN = 3
+
+
+def print_episode(episode: dict[str, Any]) -> None:
+    print(f"\nHeld-out episode (env seed {episode['env_seed']}), the LM agent before and after RL:")
+    for answer in episode["answers"]:
+        moves = [m["content"].strip() for m in answer["messages"] if m["role"] == "assistant"]
+        result = "reached the goal" if answer.get("success") else "failed"
+        print(f"  {answer['policy'].upper():<4} {result} after {answer['turns']} turns: {' -> '.join(moves)}")
+
+
+def agents_section(out: Path) -> dict[str, Any]:
+    print("\n== 6. FrozenLake four ways: tabular Q-learning, classic PPO, a tiny LM agent (SFT, then GRPO / PPO)",
+          flush=True)
+    agents_dir = out / "agents"
+    cmd = [sys.executable, str(ROOT / "scripts" / "agent_table.py"), "--out", str(agents_dir)]
+    print("$ " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    table = read_markdown_table(agents_dir / "table.md")
+    table["caption"] = ("FrozenLake-v1 4x4, not slippery: success rate and mean return (classic agents greedy over "
+                        "100 episodes, LM policies sampled on held-out env seeds), environment steps and wall time "
+                        "of training")
+    episodes = json.loads((agents_dir / "episodes.json").read_text())[:EPISODES_SHOWN]
+    for episode in episodes[:1]:
+        print_episode(episode)
+    text = ["The same gymnasium environment, solved by a 16-entry Q-table, by PPO on an MLP, and by a language "
+            "model that reads the state as text and answers with a move. The LM's first policy is cloned from "
+            "random play (rlhf rollouts --policy random), so it wanders and rarely reaches the goal; GRPO (groups "
+            "of episodes from one env seed) and PPO (a critic and GAE across the turns) on the lake's reward "
+            "make it walk to the goal. The environment's turns are context only: the loss covers the model's "
+            "own tokens."]
+    return _section("6. LM agents: FrozenLake by Q-learning, classic PPO and a tiny LM", text=text, tables=[table],
+                    episodes=episodes, episodes_caption="held-out episode of the LM agent, before (SFT) and after RL")
 
 
 # ---------------------------------------------------------------------------------------------------- main
@@ -291,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rlhf-config", type=lambda p: Path(p).resolve(), default=ROOT / "configs/rlhf/tiny.yaml")
     parser.add_argument("--skip-grpo", action="store_true", help="skip GRPO on the verifiable task")
     parser.add_argument("--grpo-config", type=lambda p: Path(p).resolve(), default=ROOT / "configs/rlhf/grpo_tiny.yaml")
+    parser.add_argument("--skip-agents", action="store_true", help="skip FrozenLake: classic and LM agents")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()  # the rlhf steps run from the repository root and write here too
     if out.exists() and any(out.iterdir()):
@@ -304,9 +348,11 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(rlhf_section(out, Path(args.rlhf_config)))
     if not args.skip_grpo:
         sections.append(grpo_section(out, Path(args.grpo_config)))
+    if not args.skip_agents:
+        sections.append(agents_section(out))
     seconds = time.perf_counter() - start
     write_results(out, [s for s in sections if s], seconds)
-    if not (args.skip_deep or args.skip_rlhf or args.skip_grpo):  # the README's tables are of the whole demo
+    if not (args.skip_deep or args.skip_rlhf or args.skip_grpo or args.skip_agents):  # the README's are the whole demo's
         import readme_tables
 
         readme_tables.main([str(out)])

@@ -4,9 +4,12 @@
 
 ``scripts/demo.py`` writes ``demo.json``: a title and a list of sections, each with ``title``,
 ``text`` (paragraphs), ``tables`` (``caption``, ``header``, ``rows`` of strings), ``figures``
-(``path`` relative to the demo folder, ``caption``; a PNG, or a GIF clip such as PPO's greedy episode) and ``samples`` (``prompt`` and ``answers``,
-each ``policy``, ``text``, ``gold``). Figures are linked by relative paths, so the folder can be
-moved or zipped whole; nothing is fetched from the network.
+(``path`` relative to the demo folder, ``caption``; a PNG, or a GIF clip such as PPO's greedy episode),
+``samples`` (``prompt`` and ``answers``, each ``policy``, ``text``, ``gold``; ``samples_caption``) and
+``episodes`` (an LM agent's held-out episodes: ``env_seed`` and ``answers``, each ``policy``,
+``messages``, ``return``, ``success``, shown side by side as conversations; ``episodes_caption``).
+Figures are linked by relative paths, so the folder can be moved or zipped whole; nothing is fetched
+from the network.
 """
 
 from __future__ import annotations
@@ -28,6 +31,12 @@ figure { margin: 1em 0 2em; }
 figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { font-style: italic; color: #555; }
 .sample td.text { font-family: ui-monospace, monospace; white-space: pre-wrap; }
+.episode td { width: 33%; }
+.turn { font-family: ui-monospace, monospace; white-space: pre-wrap; margin: 0.25em 0; padding: 0.25em 0.5em;
+        border-radius: 0.4em; }
+.turn.user { background: #f1f1f1; }
+.turn.assistant { background: #ddeeff; margin-left: 2em; }
+.turn.system { color: #666; font-style: italic; }
 """
 
 
@@ -47,7 +56,7 @@ def _table_html(table: dict[str, Any]) -> str:
     return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _samples_html(samples: list[dict[str, Any]]) -> str:
+def _samples_html(samples: list[dict[str, Any]], caption: str) -> str:
     if not samples:
         return ""
     rows = []
@@ -57,9 +66,28 @@ def _samples_html(samples: list[dict[str, Any]]) -> str:
             prompt = (f'<td rowspan="{len(answers)}">{html.escape(sample["prompt"])}</td>' if i == 0 else "")
             rows.append(f"<tr>{prompt}<td>{html.escape(answer['policy'])}</td>"
                         f"<td>{answer['gold']:+.2f}</td><td class=\"text\">{html.escape(answer['text'])}</td></tr>")
-    return ('<table class="sample"><caption>held-out prompts answered before (SFT) and after PPO, sampled; '
-            "gold = the task's scorer</caption><thead><tr><th>prompt</th><th>policy</th><th>gold</th>"
-            f"<th>response</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+    return (f'<table class="sample"><caption>{html.escape(caption)}</caption><thead><tr><th>prompt</th>'
+            f"<th>policy</th><th>gold</th><th>response</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+
+
+def _conversation_html(messages: list[dict[str, str]]) -> str:
+    return "".join(f'<div class="turn {html.escape(m.get("role", "user"), quote=True)}">'
+                   f"{html.escape(str(m.get('content', '')))}</div>" for m in messages)
+
+
+def _episodes_html(episodes: list[dict[str, Any]], caption: str) -> str:
+    """Each held-out episode as one row of conversations, one column per policy (before and after RL)."""
+    parts = []
+    for episode in episodes:
+        answers = episode["answers"]
+        head = "".join(
+            f"<th>{html.escape(a['policy'])}: return {a['return']:g}"
+            + ("" if a.get("success") is None else ", reached the goal" if a["success"] else ", failed")
+            + f" ({a.get('turns', '?')} turns)</th>" for a in answers)
+        cells = "".join(f"<td>{_conversation_html(a['messages'])}</td>" for a in answers)
+        parts.append(f'<table class="episode"><caption>{html.escape(caption)}: env seed {episode["env_seed"]}'
+                     f"</caption><thead><tr>{head}</tr></thead><tbody><tr>{cells}</tr></tbody></table>")
+    return "".join(parts)
 
 
 def render(manifest: dict[str, Any]) -> str:
@@ -80,7 +108,9 @@ def render(manifest: dict[str, Any]) -> str:
             src = html.escape(Path(fig["path"]).as_posix(), quote=True)
             parts.append(f'<figure><img src="{src}" alt="{html.escape(fig.get("caption", ""), quote=True)}">'
                          f"<figcaption>{html.escape(fig.get('caption', ''))}</figcaption></figure>")
-        parts.append(_samples_html(section.get("samples", [])))
+        parts.append(_samples_html(section.get("samples", []), section.get(
+            "samples_caption", "held-out prompts answered before (SFT) and after RL, sampled; gold = the task's scorer")))
+        parts.append(_episodes_html(section.get("episodes", []), section.get("episodes_caption", "held-out episode")))
     parts.append("</body></html>\n")
     return "\n".join(p for p in parts if p)
 

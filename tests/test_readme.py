@@ -126,7 +126,7 @@ def test_make_targets_exist(command):
 # The RLHF blocks run as printed (same flags, same order) in a copy of the repository's working layout whose
 # configs/rlhf/*.yaml hold the shipped settings with small budgets, so every command finishes in seconds.
 # The shipped budgets are checked by hand (docs: the table in "What `make demo` shows").
-RLHF_BLOCKS = ("rlhf-pipeline", "rlhf-steps", "rlhf-grpo", "rlhf-zero3", "rlhf-rank")
+RLHF_BLOCKS = ("rlhf-pipeline", "rlhf-steps", "rlhf-grpo", "rlhf-zero3", "rlhf-rank", "rlhf-agents")
 SMALL_BUDGETS = {
     "tiny.yaml": {
         "evaluation": {"num_prompts": 8},
@@ -140,6 +140,13 @@ SMALL_BUDGETS = {
         "evaluation": {"num_prompts": 8},
         "sft": {"max_steps": 4, "logging_steps": 2},
         "grpo": {"max_steps": 2, "per_device_train_batch_size": 16, "num_eval_prompts": 8},
+    },
+    "agent_tiny.yaml": {
+        "evaluation": {"num_prompts": 4},
+        "rollouts": {"episodes": 40},
+        "sft": {"max_steps": 4, "logging_steps": 2},
+        "grpo": {"max_steps": 2, "per_device_train_batch_size": 8, "num_generations": 4, "num_eval_prompts": 4},
+        "ppo": {"total_episodes": 16, "per_device_train_batch_size": 8, "num_eval_prompts": 4},
     },
 }
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
@@ -195,7 +202,7 @@ def test_readme_marks_the_rlhf_blocks():
         lang, code = blocks[name]
         assert lang == "bash", name
         for command in shell_commands(code):
-            assert command.split()[0] in ("rlhf", "accelerate", "pip"), f"{name}: {command}"
+            assert command.split()[0] in ("rlhf", "accelerate", "pip", "python"), f"{name}: {command}"
     assert shell_commands(blocks["rlhf-pipeline"][1]) == ["rlhf pipeline --config configs/rlhf/tiny.yaml"]
     assert shell_commands(blocks["rlhf-grpo"][1]) == ["rlhf pipeline --config configs/rlhf/grpo_tiny.yaml"]
     # Every shipped config the README runs exists with the budgets the small copies replace.
@@ -302,6 +309,41 @@ def test_rlhf_pipelines_run_and_report(block, tmp_path):
         assert (out / "ppo_curves.png").is_file() and (out / "reward" / "summary.json").is_file()
         # The README's table (What `make demo` shows) has the rows of results.md, in order.
         assert metric_names(README.read_text()) == metric_names(table)
+
+
+@pytest.mark.slow
+def test_rlhf_agents_block_runs_as_printed(tmp_path):
+    """The LM-agent pipeline and the side-by-side table script, as printed, with small budgets."""
+    import rlhf.cli  # noqa: F401
+
+    pipeline, table_script = shell_commands(marked_blocks()["rlhf-agents"][1])
+    assert pipeline == "rlhf pipeline --config configs/rlhf/agent_tiny.yaml"
+    assert table_script == "python scripts/agent_table.py"
+    root = small_layout(tmp_path)
+    with working_directory(root):
+        run_rlhf(pipeline)
+    out = root / "runs" / "rlhf-agent-tiny"
+    result = summary(out)
+    assert result["steps"] == ["rollouts", "tiny_model", "sft", "grpo"]
+    for policy in ("sft", "grpo"):
+        assert set(result["evaluation"][policy]) >= {"return_mean", "success_rate", "episodes"}
+    # the held-out episodes are kept as conversations, each seed played by both policies
+    first = result["samples"][0]
+    assert [a["policy"] for a in first["answers"]] == ["sft", "grpo"]
+    assert first["answers"][0]["messages"][0]["role"] in ("system", "user")
+    assert any(m["role"] == "assistant" for m in first["answers"][1]["messages"])
+
+    (root / "scripts").mkdir()
+    shutil.copy(README.parent / "scripts" / "agent_table.py", root / "scripts")  # reads root/configs
+    env = {**os.environ, "PYTHONPATH": str(README.parent), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    argv = [sys.executable, *shlex.split(table_script)[1:]]  # `python` is this interpreter
+    done = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = (root / "runs" / "agent_table" / "table.md").read_text()
+    assert table.count("\n| ") == 5 and "tabular Q-learning" in table and "SFT + PPO" in table
+    episodes = json.loads((root / "runs" / "agent_table" / "episodes.json").read_text())
+    assert sorted(a["policy"] for a in episodes[0]["answers"]) == ["grpo", "ppo", "sft"]
+    assert len({a["env_seed"] for a in episodes}) == len(episodes)  # each a different held-out seed
 
 
 def metric_names(text: str) -> list[str]:

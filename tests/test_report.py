@@ -13,7 +13,7 @@ from classic_rl.safe_io import UserError
 def demo_dir(tmp_path_factory):
     demo = load_script("demo")
     out = tmp_path_factory.mktemp("demo") / "demo"
-    assert demo.main(["--out", str(out), "--skip-deep", "--skip-rlhf", "--skip-grpo", "--seeds", "2", "--episodes", "40"]) == 0
+    assert demo.main(["--out", str(out), "--skip-deep", "--skip-rlhf", "--skip-grpo", "--skip-agents", "--seeds", "2", "--episodes", "40"]) == 0
     return out
 
 
@@ -64,6 +64,30 @@ def test_rlhf_section_with_table_curves_and_samples(tmp_path):
     with pytest.raises(UserError, match="missing.png"):
         report.build_report(tmp_path)
     assert not (tmp_path / "index.html").exists()
+
+
+def test_agents_section_shows_episodes_before_and_after_rl_as_conversations(tmp_path):
+    demo = load_script("demo")
+    report = load_script("demo_report")
+    moves = {"SFT": ["left", "up"], "GRPO": ["right", "down"]}
+    episode = {"env_seed": 1000003, "answers": [
+        {"policy": policy, "return": float(policy == "GRPO"), "success": policy == "GRPO", "turns": 2,
+         "messages": [{"role": "user", "content": "You are at <row 0>. Moves: left, down, right, up."},
+                      *({"role": "assistant", "content": m} for m in replies)]}
+        for policy, replies in moves.items()]}
+    table = {"header": ["agent", "success rate"], "rows": [["tiny LM: SFT + GRPO", "0.88"]]}
+    manifest = {"title": "t", "sections": [demo._section("6. LM agents", tables=[table], episodes=[episode],
+                                                         episodes_caption="held-out episode")]}
+    (tmp_path / "demo.json").write_text(json.dumps(manifest))
+    page = report.build_report(tmp_path).read_text()
+    assert "held-out episode: env seed 1000003" in page
+    assert "SFT: return 0, failed (2 turns)" in page and "GRPO: return 1, reached the goal (2 turns)" in page
+    assert "You are at &lt;row 0&gt;." in page  # escaped, not markup
+    # each policy's conversation in its own column, its replies in order, as assistant turns
+    sft_cell, grpo_cell = page.split('<table class="episode">')[1].split("<td>")[1:3]
+    assert sft_cell.index(">left<") < sft_cell.index(">up<") and ">right<" not in sft_cell
+    assert grpo_cell.count('class="turn assistant"') == 2 and ">down<" in grpo_cell
+    assert (tmp_path / "demo.json").read_text() and "0.88" in page
 
 
 def test_readme_grid_world_table_is_the_demos(demo_dir):

@@ -88,8 +88,11 @@ def episode_statistics(episodes: list[Episode]) -> dict[str, Any]:
 @torch.no_grad()
 def evaluate_policy(model_dir: str, env: str, env_kwargs: Any, *, episodes: int, seed: int, temperature: float,
                     max_new_tokens: int, max_turns: int | None, max_episode_tokens: int | None = None,
-                    batch_size: int = 64) -> dict[str, Any]:
-    """A saved policy on ``episodes`` held-out seeds with the built-in sampler, on the CPU or one GPU."""
+                    batch_size: int = 64, shown_out: list[dict[str, Any]] | None = None,
+                    num_shown: int = 0) -> dict[str, Any]:
+    """A saved policy on ``episodes`` held-out seeds with the built-in sampler, on the CPU or one GPU.
+
+    The first ``num_shown`` episodes go to ``shown_out`` as conversations (:func:`shown_episode`)."""
     from rlhf.common.models import load_causal_lm, load_tokenizer
     from rlhf.envs.chat import ChatFormat
     from rlhf.envs.episodes import EpisodeLimits, EpisodeRunner
@@ -111,4 +114,13 @@ def evaluate_policy(model_dir: str, env: str, env_kwargs: Any, *, episodes: int,
     played: list[Episode] = []
     for start in range(0, episodes, batch_size):
         played += runner.run(seeds[start : start + batch_size], generator)
+    if shown_out is not None:
+        shown_out.extend(shown_episode(e) for e in played[:num_shown])
     return episode_statistics(played)
+
+
+def shown_episode(episode: Episode) -> dict[str, Any]:
+    """One episode as its env seed, the conversation (``messages``), return, success and how it ended."""
+    ended = "terminated" if episode.terminated else "truncated" if episode.truncated else "running"
+    return {"env_seed": episode.seed, "messages": episode.messages, "return": episode.total_return,
+            "success": episode.success, "turns": episode.turns, "ended": ended}

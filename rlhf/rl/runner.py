@@ -41,12 +41,12 @@ def run_trainer(trainer_class: type, config: RLConfig) -> dict[str, Any]:
         finally:
             trainer.sampler.close()
     if trainer.accelerator.is_main_process:
-        print(
-            f"{config.command}: held-out reward {summary['reward_mean_before']:+.3f} -> {summary['reward_mean_after']:+.3f} "
-            f"({summary['num_eval_prompts']} prompts), KL {summary['kl_mean']:.3f}, {summary['train_runtime']:.1f}s, "
-            f"world size {summary['world_size']} "
-            f"-> {config.output_dir}"
-        )
+        held_out = (f"held-out return {summary['return_mean_before']:+.3f} -> {summary['return_mean_after']:+.3f} "
+                    f"({summary['num_eval_episodes']} episodes)" if config.env else
+                    f"held-out reward {summary['reward_mean_before']:+.3f} -> {summary['reward_mean_after']:+.3f} "
+                    f"({summary['num_eval_prompts']} prompts)")
+        print(f"{config.command}: {held_out}, KL {summary['kl_mean']:.3f}, {summary['train_runtime']:.1f}s, "
+              f"world size {summary['world_size']} -> {config.output_dir}")
     return summary
 
 

@@ -198,9 +198,11 @@ def run_step(cfg: PipelineConfig, step: str, resume: bool = False, overwrite: bo
 NUM_SAMPLES_KEPT = 8  # held-out prompts whose answers (each policy's) the pipeline's summary keeps
 
 
-def evaluate_agents(cfg: PipelineConfig) -> dict[str, dict[str, float]]:
+def evaluate_agents(cfg: PipelineConfig,
+                    samples_out: list[dict[str, Any]] | None = None) -> dict[str, dict[str, float]]:
     """With an env: the SFT and RL policies' mean undiscounted return and success rate on held-out env seeds,
-    sampled with the built-in sampler at the RL step's temperature and limits."""
+    sampled with the built-in sampler at the RL step's temperature and limits. The first NUM_SAMPLES_KEPT
+    episodes go to ``samples_out``: for each held-out env seed, each policy's conversation."""
     from rlhf.envs.evaluation import evaluate_policy
 
     out, ev = Path(cfg.output_dir), cfg.evaluation
@@ -209,12 +211,19 @@ def evaluate_agents(cfg: PipelineConfig) -> dict[str, dict[str, float]]:
     max_new_tokens = ev.max_new_tokens or rl.get(METHODS[rl_name].length_flag, 32)
     temperature = ev.temperature if ev.temperature is not None else rl.get("temperature", 1.0)
     results: dict[str, dict[str, float]] = {}
+    shown: dict[str, list[dict[str, Any]]] = {}
     for name in ("sft", *RL_STEPS):
         if (out / name / "config.json").exists():
             results[name] = evaluate_policy(
                 str(out / name), rl["env"], rl.get("env_kwargs"), episodes=ev.num_prompts, seed=cfg.seed,
                 temperature=temperature, max_new_tokens=max_new_tokens, max_turns=rl.get("max_turns", 8),
-                max_episode_tokens=rl.get("max_episode_tokens"))
+                max_episode_tokens=rl.get("max_episode_tokens"), shown_out=shown.setdefault(name, []),
+                num_shown=NUM_SAMPLES_KEPT)
+    if samples_out is not None:  # the same held-out seeds for every policy: before and after RL side by side
+        seeds = [e["env_seed"] for e in shown.get("sft") or next(iter(shown.values()), [])]
+        samples_out[:] = [{"env_seed": seed, "answers": [{"policy": name, **episodes[k]}
+                                                          for name, episodes in shown.items() if k < len(episodes)]}
+                          for k, seed in enumerate(seeds)]
     return results
 
 
@@ -228,7 +237,7 @@ def evaluate_policies(cfg: PipelineConfig, rl_summary: dict[str, Any] | None = N
     so on the same prompts with the same reward the numbers are the RL step's own, not a second estimate.
     With an env: the agents' returns on held-out env seeds (:func:`evaluate_agents`)."""
     if cfg.env:
-        return evaluate_agents(cfg)
+        return evaluate_agents(cfg, samples_out)
     from rlhf.common.data import load_dataset_dict, render_prompt
     from rlhf.common.models import load_causal_lm, load_reward_model, load_tokenizer
     from rlhf.rl.prompts import HELD_OUT_SEED_OFFSET
