@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", default="runs/agent_table")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    from rlhf.common.distributed import keep_deepspeed_unloaded
+
+    keep_deepspeed_unloaded()  # as the rlhf commands: no DeepSpeed import (and warning) just to save a model
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = {algo: classic_row(algo, args.seed) for algo in CLASSIC}

@@ -81,7 +81,7 @@ def _episodes_html(episodes: list[dict[str, Any]], caption: str) -> str:
     for episode in episodes:
         answers = episode["answers"]
         head = "".join(
-            f"<th>{html.escape(a['policy'])}: return {a['return']:g}"
+            f"<th>{html.escape(a['policy'].upper())}: return {a['return']:g}"
             + ("" if a.get("success") is None else ", reached the goal" if a["success"] else ", failed")
             + f" ({a.get('turns', '?')} turns)</th>" for a in answers)
         cells = "".join(f"<td>{_conversation_html(a['messages'])}</td>" for a in answers)
