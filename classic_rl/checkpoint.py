@@ -29,6 +29,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -179,6 +180,7 @@ class StopRequested(KeyboardInterrupt):
 class _StopFlag:
     def __init__(self) -> None:
         self.signal_name: str | None = None
+        self.received_at = 0.0  # time.monotonic() of the first signal
 
     def check(self) -> None:
         if self.signal_name is not None:
@@ -188,6 +190,16 @@ class _StopFlag:
 
 STOP = _StopFlag()
 """Set by the handlers of :func:`stop_signals`; checked at every safe point."""
+
+LAUNCHER_ECHO_S = 1.0
+"""Under a distributed launcher (``accelerate launch``, ``torchrun``) one Ctrl-C in a terminal reaches each
+rank twice: from the terminal, which signals the whole foreground process group, and from the launcher,
+which forwards the signal it got to its workers at once. A second signal that soon after the first is
+that echo, not a second Ctrl-C; without this rule every Ctrl-C under a launcher stopped at once."""
+
+
+def _under_launcher() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ
 
 
 @contextmanager
@@ -209,8 +221,11 @@ def stop_signals() -> Iterator[None]:
                 os.kill(os.getpid(), signal.SIGTERM)
             raise KeyboardInterrupt
         if STOP.signal_name is not None:  # asked twice: stop now
+            if _under_launcher() and time.monotonic() - STOP.received_at < LAUNCHER_ECHO_S:
+                return  # the launcher passing on the same Ctrl-C
             raise KeyboardInterrupt
         STOP.signal_name = names.get(signum, "SIGINT")
+        STOP.received_at = time.monotonic()
 
     previous = {sig: signal.getsignal(sig) for sig in names}
     STOP.signal_name = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import importlib
+import os
 import sys
 from collections.abc import Callable
 
@@ -105,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:  # Ctrl-C / SIGTERM: one line, the shell's exit status (130, 143)
         if debug_enabled():
             raise
-        print(f"rlhf {command}: {_stopped_line(command, err)}", file=sys.stderr)
+        if not hasattr(err, "where") or os.environ.get("RANK", "0") == "0":  # every rank stops there: said once
+            print(f"rlhf {command}: {_stopped_line(command, err)}", file=sys.stderr)
         return exit_status(err)
     finally:
         set_command(None)
@@ -116,8 +118,6 @@ def main(argv: list[str] | None = None) -> int:
 def _set_threads(command: str, rest: list[str]) -> str | None:
     """Take `--num_threads N` out of `rest` and set torch's threads per process (classic_rl.threads)
     before the command builds anything; returns the line to print (None on other ranks and for `--help`)."""
-    import os
-
     from classic_rl.threads import configure_threads, local_processes, pop_num_threads_flag
 
     line = configure_threads(pop_num_threads_flag(rest), local_processes())

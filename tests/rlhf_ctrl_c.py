@@ -7,6 +7,7 @@ Python as one)."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ sys.path.insert(0, str(REPO))
 def wait_for_signal(twice: bool) -> None:
     from classic_rl.checkpoint import STOP
 
-    print("WAITING FOR CTRL-C", flush=True)
+    print(f"WAITING FOR CTRL-C {os.getpid()}", flush=True)
     deadline = time.monotonic() + 120
     while STOP.signal_name is None and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -1,7 +1,8 @@
 """Ctrl-C and SIGTERM in `rlhf ppo`, `rlhf sft` and the pipeline's steps: the run stops after the update (or
 optimizer step) under way, saves a checkpoint, says in one line how to resume, exits 130 (143 for SIGTERM);
 the resumed run ends with the weights and metrics of the uninterrupted one. A second Ctrl-C stops at once with
-one line. The signal comes from outside, to a real process waiting at a known update (tests/rlhf_ctrl_c.py)."""
+one line. The signal comes from outside, to a real process waiting at a known update (tests/rlhf_ctrl_c.py);
+under a 2-process `accelerate launch` the whole process group gets it, as from a terminal."""
 
 from __future__ import annotations
 
@@ -146,4 +147,54 @@ def test_ctrl_c_during_sft_saves_the_step_and_resumes_to_the_uninterrupted_run(s
         "continue with the same command and --resume_from_checkpoint true"]
     assert (stopped / "checkpoint-3").is_dir() and not (stopped / "summary.json").exists()
     assert rlhf_main(["sft", *_sft_flags(small_model, stopped), "--resume_from_checkpoint", "true"]) == 0
+    _same_run(full, stopped)
+
+
+def _launch(args: list[str]) -> subprocess.Popen:
+    """`accelerate launch` of 2 CPU processes (the shipped DDP config) running ARGS, in its own session
+    (process group), as a terminal runs it."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(REPO), "ACCELERATE_USE_CPU": "true"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(REPO / "configs" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", "0", *args]
+    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def test_ctrl_c_under_a_two_process_launch_stops_every_rank_after_the_update_and_resumes(small_model, rewards,
+                                                                                          tmp_path):
+    """A terminal's Ctrl-C reaches the launcher and both ranks, and the launcher passes it on to the ranks
+    once more: that echo is not a second Ctrl-C. Every rank stops after update 2, the checkpoint is
+    saved, one line says so, exit 130; the resumed launch ends with the uninterrupted launch's weights."""
+    def flags(out: Path) -> list[str]:
+        return [*_ppo_flags(small_model, out, rewards), "--total_episodes", "64"]  # 4 updates of 2 x 8
+
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    proc = _launch([str(DRIVER), "2", "--", "ppo", *flags(stopped)])
+    ranks, received = [], 0
+    for line in proc.stdout:
+        if line.startswith("WAITING FOR CTRL-C"):
+            ranks.append(int(line.split()[-1]))
+            if len(ranks) == 2:
+                os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the launcher and both ranks get it
+        elif "SIGNAL RECEIVED" in line:
+            received += 1
+            if received == 2:  # the launcher's copy, here surely apart from the first (it may merge with it)
+                for pid in ranks:
+                    os.kill(pid, signal.SIGINT)
+                break
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert _our_lines(err) == [  # said once, by rank 0
+        f"rlhf ppo: stopped by SIGINT after update 2/4; checkpoint saved in {stopped / 'checkpoint-2'}; "
+        "continue with the same command and --resume_from_checkpoint true"]
+    assert (stopped / "checkpoint-2" / "trainer_state.json").is_file() and not (stopped / "model.safetensors").exists()
+
+    for out, extra in ((stopped, ["--resume_from_checkpoint", "true"]), (full, [])):
+        launch = _launch(["-m", "rlhf", "ppo", *flags(out), *extra])
+        _, err = launch.communicate(timeout=600)
+        assert launch.returncode == 0, err[-3000:]
+    summary = json.loads((stopped / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["num_updates"] == 4
     _same_run(full, stopped)

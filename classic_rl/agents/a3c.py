@@ -32,11 +32,12 @@ import torch
 import torch.multiprocessing as mp
 
 from classic_rl.agents.actor_critic import actor_critic_loss
-from classic_rl.agents.base import register, seed_everything
+from classic_rl.agents.base import register
 from classic_rl.agents.on_policy import OnPolicyAgent, OnPolicyConfig, RolloutCollector, make_vector_env
 from classic_rl.env_utils import make_env
 from classic_rl.logger import RunLogger
 from classic_rl.policies import ActorCritic
+from classic_rl.seeding import seed_everything
 from classic_rl.threads import set_worker_threads
 from classic_rl.workers import (
     A3C_RAY_REFUSAL,

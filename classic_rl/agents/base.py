@@ -39,6 +39,7 @@ from classic_rl.config import resolve_config, to_dict
 from classic_rl.env_utils import env_label, make_env
 from classic_rl.logger import RunLogger
 from classic_rl.safe_io import UserError, dumps_strict
+from classic_rl.seeding import seed_everything
 
 REGISTRY: dict[str, type[Agent]] = {}
 
@@ -49,12 +50,6 @@ def register(cls: type[Agent]) -> type[Agent]:
         raise TypeError(f"{cls.__name__} needs a class attribute 'algo'")
     REGISTRY[cls.algo] = cls
     return cls
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def global_rng_states() -> dict[str, Any]:

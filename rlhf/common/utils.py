@@ -11,7 +11,6 @@ import dataclasses
 import json
 import math
 import os
-import random
 import shutil
 import warnings
 from collections.abc import Iterator, Sequence
@@ -53,14 +52,6 @@ def hardware_defaults() -> dict[str, bool]:
 def precision_name(args: Any) -> str:
     """'bf16', 'fp16' or 'fp32' for a TrainingArguments-like object."""
     return "bf16" if getattr(args, "bf16", False) else "fp16" if getattr(args, "fp16", False) else "fp32"
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices) for a deterministic run."""
-    from transformers import set_seed
-
-    random.seed(seed)
-    set_seed(seed)
 
 
 def world_size() -> int:

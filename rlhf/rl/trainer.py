@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from classic_rl.seeding import seed_everything
 from rlhf.common.console import write_above_bars
 from rlhf.common.distributed import (
     all_processes_finished,
@@ -38,7 +39,6 @@ from rlhf.common.errors import ConfigError
 from rlhf.common.metrics import MetricsSink
 from rlhf.common.models import load_tokenizer
 from rlhf.common.stopping import RunStopped, stop_pending, stop_signals
-from rlhf.common.utils import seed_everything
 from rlhf.rl.config import RLConfig
 from rlhf.rl.correction import reduce_mismatch_metrics
 from rlhf.rl.experience import ExperienceMaker, Rollout, RolloutSettings

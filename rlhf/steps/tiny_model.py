@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from classic_rl.seeding import seed_everything
 from rlhf.common.checkpoints import locked_output_dir
 from rlhf.common.data import shipped_data_dir
 from rlhf.common.models import PAD_TOKEN
@@ -25,7 +26,6 @@ from rlhf.common.utils import (
     count_parameters,
     is_main_process,
     parse_args,
-    seed_everything,
     staged_output,
     world_size,
     write_config,
