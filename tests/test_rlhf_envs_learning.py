@@ -48,10 +48,12 @@ def test_grpo_learns_the_small_lake(lake_sft, tmp_path):
 
 @pytest.mark.slow
 def test_ppo_learns_the_small_lake(lake_sft, tmp_path):
+    # lr 1e-3 as configs/rlhf/agent_tiny.yaml: at 2e-3 the run reached 0.84 by update 20 on this machine, then
+    # one update undid it (held-out 0.14); at 1e-3 it climbs steadily (0.77)
     out = tmp_path / "ppo"
     assert cli_main(["ppo", "--model_name_or_path", str(lake_sft), "--output_dir", str(out), *RL,
                      "--total_episodes", "960", "--per_device_train_batch_size", "32", "--num_ppo_epochs", "1",
-                     "--response_length", "6", "--value_head_on_policy", "--learning_rate", "2e-3", "--kl_coef", "0.02",
+                     "--response_length", "6", "--value_head_on_policy", "--learning_rate", "1e-3", "--kl_coef", "0.02",
                      "--missing_eos_penalty", "0"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["success_rate_before"] < 0.3

@@ -22,6 +22,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from classic_rl.safe_io import LOCK_FILE, lock_holder
+
 pytestmark = pytest.mark.slow  # multi-process runs: part of `make test`, not `make test-fast`
 
 pytest.importorskip("deepspeed", reason="the sharded tests need `pip install -e '.[deepspeed]'` (make test does it)")
@@ -227,7 +229,9 @@ def test_sharded_checkpoints_hold_full_weights_and_every_ranks_optimizer_state(r
     # --save_total_limit 2: checkpoint-1 pruned; the resumed run prunes only its own; no staging leftovers
     assert [p.name for p in list_checkpoints(full)] == ["checkpoint-2", "checkpoint-3"]
     assert [p.name for p in list_checkpoints(resumed)] == ["checkpoint-2", "checkpoint-3"]
-    assert not [p.name for d in (full, resumed) for p in d.iterdir() if p.name.startswith(".")]
+    # no staging leftovers; the run-folder lock file (taken by rank 0 alone) stays, as with every run
+    assert not [p.name for d in (full, resumed) for p in d.iterdir() if p.name.startswith(".") and p.name != LOCK_FILE]
+    assert all((d / LOCK_FILE).is_file() and lock_holder(d) is None for d in (full, resumed))
     checkpoint = full / "checkpoint-2"
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     assert state["distribution"] == _report(runs, name)["distribution"]
