@@ -49,6 +49,7 @@ __all__ = [
     "exit_status",
     "one_line",
     "read_yaml",
+    "has_run_files",
     "lock_holder",
     "lock_run_dir",
     "to_strict_json",
@@ -241,6 +242,11 @@ def atomic_directory(final: str | os.PathLike, *, main: bool = True,
 # ----------------------------------------------------------------------------- run-folder lock
 LOCK_FILE = ".lock"
 """The lock file inside a run folder; it holds the PID of the process that has the folder."""
+
+
+def has_run_files(path: str | os.PathLike) -> bool:
+    """Whether the folder ``path`` holds anything but its lock file (which a finished run's lock leaves)."""
+    return any(p.name != LOCK_FILE for p in Path(path).iterdir())
 
 
 class RunDirLocked(UserError):

@@ -37,6 +37,7 @@ from classic_rl.safe_io import (
     RunDirLocked,
     UserError,
     atomic_write_json,
+    has_run_files,
     lock_holder,
     lock_run_dir,
 )
@@ -140,7 +141,7 @@ def _check_new_out(out: Path, algo: str, env_id: str) -> None:
     if holder is not None:
         raise RunDirLocked(f"--out {out} is in use by another run (PID {holder} holds {out / LOCK_FILE}); "
                            "pick another --out")
-    if out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()):
+    if out.is_dir() and has_run_files(out):
         try:
             meta = Agent.read_meta(out)
         except (FileNotFoundError, UserError):

@@ -35,6 +35,7 @@ from classic_rl.safe_io import (
     RunDirLocked,
     UserError,
     atomic_directory,
+    has_run_files,
     lock_holder,
     lock_run_dir,
 )
@@ -69,7 +70,7 @@ def prepare_output_dir(output_dir: str | Path, *, overwrite: bool = False, resum
     path = Path(output_dir).expanduser().resolve()
     if path.exists() and not path.is_dir():
         raise UserError(f"--output_dir {output_dir} is a file, not a folder; choose a folder path")
-    if path.is_dir() and _holds_files(path) and not (overwrite or resume):
+    if path.is_dir() and has_run_files(path) and not (overwrite or resume):
         raise UserError(
             f"--output_dir {output_dir} already exists and is not empty; choose a new folder, pass "
             "--overwrite_output_dir to write into it (only this command's files are replaced), or "
@@ -80,11 +81,6 @@ def prepare_output_dir(output_dir: str | Path, *, overwrite: bool = False, resum
     except OSError as err:
         raise UserError(f"--output_dir {output_dir} cannot be created: {err.strerror}") from err
     return path
-
-
-def _holds_files(path: Path) -> bool:
-    """Whether ``path`` holds anything but its lock file (which a run folder's lock leaves behind)."""
-    return any(p.name != LOCK_FILE for p in path.iterdir())
 
 
 @contextlib.contextmanager
@@ -114,7 +110,7 @@ def locked_output_dir(output_dir: str | Path, *, overwrite: bool = False, resume
             prepare_output_dir(output_dir, overwrite=overwrite, resume=resume)
             yield path
         except BaseException:
-            if not existed and path.is_dir() and not _holds_files(path):
+            if not existed and path.is_dir() and not has_run_files(path):
                 (path / LOCK_FILE).unlink(missing_ok=True)  # our own empty folder: a failed start leaves nothing
                 path.rmdir()
             raise
